@@ -1,0 +1,40 @@
+# Everything a fresh machine needs is set up by these targets; see README.md.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Real cctools programs (compatibility tests) and Redis (bench/vs_redis.py).
+SYSTEM_PROGRAMS := catalog_server catalog_query catalog_update chirp_server redis-server
+
+.PHONY: setup venv system demo test lint chaos chaos-full bench clean
+
+setup: venv system
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+system:
+	@scripts/install-system-packages $(SYSTEM_PROGRAMS)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+chaos: setup
+	$(PY) -m chaos
+
+bench: setup
+	$(PY) bench/vs_redis.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,195 @@
+"""The catalog client API: announce a service, query the catalog, resolve a name.
+
+Which catalogs: ``CATALOG_HOST``, a comma-separated list of ``host[:port]``
+(port 9097 when omitted), default ``localhost:9097``. Announcements go to every
+catalog in the list; queries try them in turn until one answers. This works the
+same against our catalog (``python -m catalog``) and a real cctools
+``catalog_server``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import socket
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import requests
+
+from netkit.addresses import parse_address_list
+
+log = logging.getLogger("catalog.client")
+
+DEFAULT_PORT = 9097
+DEFAULT_CATALOG = f"localhost:{DEFAULT_PORT}"
+DEFAULT_TIMEOUT = 5.0
+ANNOUNCE_INTERVAL = 60.0
+# Above this an update is compressed (0x1A + zlib), as cctools does; past the
+# datagram limit it goes over TCP port+1 instead.
+COMPRESS_ABOVE = 1200
+MAX_DATAGRAM = 65507
+COMPRESSED_MARK = b"\x1a"
+
+Catalog = tuple[str, int]
+Record = dict[str, Any]
+
+
+class CatalogUnavailable(ConnectionError):
+    """No catalog in the list answered a query."""
+
+
+def catalog_addresses(spec: str | None = None) -> list[Catalog]:
+    """The catalogs to use: ``spec``, else ``CATALOG_HOST``, else ``localhost:9097``.
+
+    Raises ``netkit.addresses.AddressError`` for a malformed list.
+    """
+    if spec is None:
+        spec = os.environ.get("CATALOG_HOST") or DEFAULT_CATALOG
+    return parse_address_list(spec, DEFAULT_PORT)
+
+
+def encode_update(record: Record) -> bytes:
+    """The bytes of one update: JSON, compressed behind 0x1A when large."""
+    data = orjson.dumps(record)
+    if len(data) > COMPRESS_ABOVE:
+        data = COMPRESSED_MARK + zlib.compress(data)
+    return data
+
+
+def announce(record: Record, catalogs: Iterable[Catalog] | None = None) -> None:
+    """Sends ``record`` to every catalog. Never raises: a catalog that is down
+    only misses this announcement, and the next one reaches it."""
+    data = encode_update(record)
+    for host, port in catalogs if catalogs is not None else catalog_addresses():
+        try:
+            if len(data) <= MAX_DATAGRAM:
+                _send_datagram(host, port, data)
+            else:
+                _send_stream(host, port + 1, data)
+        except OSError as exc:
+            log.warning("could not announce to catalog %s:%d: %s", host, port, exc)
+
+
+def _send_datagram(host: str, port: int, data: bytes) -> None:
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM):
+        with socket.socket(family, kind, proto) as sock:
+            sock.sendto(data, address)
+        return
+
+
+def _send_stream(host: str, port: int, data: bytes) -> None:
+    with socket.create_connection((host, port), timeout=2.0) as sock:
+        sock.sendall(data)
+
+
+def query(
+    expression: str | None = None,
+    catalogs: Iterable[Catalog] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[Record]:
+    """Every live record, or those for which the JX ``expression`` is true.
+
+    Tries each catalog in turn, waiting at most ``timeout`` seconds for each;
+    raises ``CatalogUnavailable`` if none gives a valid answer.
+    """
+    path = "/query.json"
+    if expression is not None:
+        path = "/query/" + base64.b64encode(expression.encode()).decode()
+    failures = []
+    for host, port in catalogs if catalogs is not None else catalog_addresses():
+        url = f"http://{_url_host(host)}:{port}{path}"
+        try:
+            response = requests.get(url, timeout=timeout)
+            response.raise_for_status()
+            records = orjson.loads(response.content)
+        except (requests.RequestException, orjson.JSONDecodeError) as exc:
+            failures.append(f"{host}:{port}: {exc}")
+            continue
+        if not isinstance(records, list):
+            failures.append(f"{host}:{port}: reply is not a JSON array")
+            continue
+        return [record for record in records if isinstance(record, dict)]
+    raise CatalogUnavailable("no catalog answered: " + "; ".join(failures))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def matching(records: Iterable[Record], type: str, project: str) -> list[Record]:
+    """The records of one ``type`` and ``project``, freshest first."""
+    found = [r for r in records if r.get("type") == type and r.get("project") == project]
+    found.sort(key=_heard_from, reverse=True)
+    return found
+
+
+def _heard_from(record: Record) -> float:
+    value = record.get("lastheardfrom", 0)
+    return value if isinstance(value, int | float) else 0
+
+
+def resolve(
+    type: str,
+    project: str,
+    catalogs: Iterable[Catalog] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Record | None:
+    """The freshest record of that ``type`` and ``project``, or None if none is listed.
+
+    A restarted service leaves its old record behind until it expires; the one
+    heard from most recently is the one that is up. Raises ``CatalogUnavailable``.
+    """
+    found = matching(query(catalogs=catalogs, timeout=timeout), type, project)
+    return found[0] if found else None
+
+
+def record_endpoint(record: Record) -> tuple[str, int]:
+    """The ``(host, port)`` to connect to for a record; ``ValueError`` if it has none.
+
+    ``address`` is what the catalog saw the service send from; ``name`` is its
+    host name as the catalog resolved it.
+    """
+    port = record.get("port")
+    host = record.get("address") or record.get("name")
+    if not isinstance(port, int) or not 0 < port < 65536 or not isinstance(host, str):
+        raise ValueError(f"catalog record has no usable address and port: {record!r:.200}")
+    return host, port
+
+
+class Announcer:
+    """Announces a record at start and every ``interval`` seconds, from an event loop.
+
+    ``make_record`` is called for each announcement so that the record carries
+    fresh figures. The loop calls ``poll()`` each turn and waits no longer than
+    ``seconds_until_due()``.
+    """
+
+    def __init__(
+        self,
+        make_record: Callable[[], Record],
+        interval: float = ANNOUNCE_INTERVAL,
+        catalogs: list[Catalog] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.make_record = make_record
+        self.interval = interval
+        self.catalogs = catalogs if catalogs is not None else catalog_addresses()
+        self.clock = clock
+        self.due = clock()
+
+    def poll(self) -> bool:
+        """Announces if due; True if it did."""
+        now = self.clock()
+        if now < self.due:
+            return False
+        announce(self.make_record(), self.catalogs)
+        self.due = now + self.interval
+        return True
+
+    def seconds_until_due(self) -> float:
+        return max(0.0, self.due - self.clock())

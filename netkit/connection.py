@@ -1,0 +1,108 @@
+"""A non-blocking, line-framed TCP connection for ``selectors`` event loops.
+
+The servers (hash table, TS, LS) own one ``Connection`` per peer. It does the
+socket I/O that the sans-IO protocol code must not: reading into a
+``LineFramer``, and writing out a buffer that never blocks the loop. Output is
+bounded by backpressure: while ``backlogged`` is true the server stops reading
+from that peer, so a client that never reads its replies costs at most
+``high_water`` bytes plus one reply, and never stalls anyone else.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from netkit.framing import DEFAULT_MAX_LINE, LineFramer
+
+RECV_SIZE = 256 * 1024
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+
+
+class Closed(Exception):
+    """The peer closed the connection or it failed; the reason is the message."""
+
+
+class Connection:
+    """One peer of an event-driven server."""
+
+    __slots__ = ("_out", "framer", "high_water", "last_active", "name", "sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        max_line: int = DEFAULT_MAX_LINE,
+        high_water: int = DEFAULT_HIGH_WATER,
+    ) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Replies are small and latency matters more than packet count.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.name = name
+        self.framer = LineFramer(max_line)
+        self.high_water = high_water
+        self._out = bytearray()
+        self.last_active = time.monotonic()
+
+    def read_lines(self) -> list[bytes]:
+        """Reads what the socket has and returns the complete lines.
+
+        Raises ``Closed`` on EOF or error, and ``LineTooLong`` (from the framer)
+        when the peer exceeds the line bound.
+        """
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            raise Closed(f"receive failed: {exc.strerror or exc}") from exc
+        if not data:
+            raise Closed("peer closed the connection")
+        self.last_active = time.monotonic()
+        return self.framer.feed(data)
+
+    def send(self, data: bytes) -> None:
+        """Queues ``data`` and writes as much as the socket takes now.
+
+        Raises ``Closed`` if the socket has failed.
+        """
+        if self._out:
+            self._out += data
+        else:
+            self._out = bytearray(data)
+        self.flush()
+
+    def flush(self) -> None:
+        """Writes queued output until the socket would block. Raises ``Closed``."""
+        out = self._out
+        while out:
+            try:
+                sent = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise Closed(f"send failed: {exc.strerror or exc}") from exc
+            del out[:sent]
+
+    @property
+    def wants_write(self) -> bool:
+        """True while output is queued: the loop should wait for writability."""
+        return bool(self._out)
+
+    @property
+    def backlogged(self) -> bool:
+        """True when the peer is not reading fast enough: stop reading from it."""
+        return len(self._out) >= self.high_water
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of output queued and not yet taken by the socket."""
+        return len(self._out)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
