@@ -10,6 +10,7 @@ from that peer, so a client that never reads its replies costs at most
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -102,7 +103,5 @@ class Connection:
         return len(self._out)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass

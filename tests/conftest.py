@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,7 +19,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Starts processes that are stopped when the test ends, whatever happens."""
     started: list[Process] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None, name: str = "proc", cwd: Path | None = None) -> Process:
+    def start(
+        args: list[str],
+        env: dict[str, str] | None = None,
+        name: str = "proc",
+        cwd: Path | None = None,
+    ) -> Process:
         process = Process(args, tmp_path / f"{name}-{len(started)}.log", env=env, cwd=cwd)
         started.append(process)
         return process
@@ -43,7 +49,15 @@ def catalog(spawn, tmp_path: Path) -> CatalogHandle:
     """Our catalog (python -m catalog) on free ports, with its own state directory."""
     port = free_port()
     process = spawn(
-        python_module("catalog", "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(tmp_path / "catalog-state")),
+        python_module(
+            "catalog",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "catalog-state"),
+        ),
         name="catalog",
     )
     wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="catalog to listen")
@@ -54,7 +68,9 @@ def catalog(spawn, tmp_path: Path) -> CatalogHandle:
 def cctools_missing() -> str | None:
     for program in ("catalog_server", "catalog_query", "catalog_update"):
         if shutil.which(program) is None:
-            return f"{program} not installed (apt-get install coop-computing-tools; make test does it)"
+            return (
+                f"{program} not installed (apt-get install coop-computing-tools; make test does it)"
+            )
     return None
 
 
@@ -65,14 +81,16 @@ def cctools_catalog(tmp_path: Path) -> Iterator[CatalogHandle]:
     if reason:
         pytest.skip(reason)
     port = free_port()
-    pid = int(subprocess.run([str(CCTOOLS_CATALOG), str(port)], check=True, capture_output=True, text=True).stdout.split()[0])
+    pid = int(
+        subprocess.run(
+            [str(CCTOOLS_CATALOG), str(port)], check=True, capture_output=True, text=True
+        ).stdout.split()[0]
+    )
     try:
         yield CatalogHandle(None, port)  # type: ignore[arg-type]
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.hookimpl(hookwrapper=True)
