@@ -1,0 +1,1 @@
+"""The catalog: a cctools-compatible name server (server, client API, command-line browser)."""

@@ -1,0 +1,1 @@
+"""The hash table service: requests, engine (table, sessions, storage), wire protocol, server, client."""
