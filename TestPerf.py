@@ -1,0 +1,258 @@
+"""TestPerf: measure the hash table service's throughput and latency.
+
+    python TestPerf.py PROJECT                      one client, in this process
+    python TestPerf.py PROJECT --clients 4          4 concurrent client processes, and their sum
+    python TestPerf.py PROJECT --sweep 1,2,4,8,16   the level-out table, N = 1, 2, 4, ...
+
+Copies started by hand at once (``python TestPerf.py X & python TestPerf.py X &
+wait``) work too: every client uses keys of its own. The stages are insert,
+lookup, scan, query, size and remove; each runs for --stage-seconds (remove
+removes what insert inserted). See REPORT.md for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from catalog.client import catalog_addresses
+from netkit.addresses import AddressError, parse_address
+from netkit.logs import setup_logging
+from perftest import report
+from perftest.runner import WorkerFailed, run_clients, testperf_path, worker_main
+from perftest.workload import STAGES, Workload
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="TestPerf.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("project", help="the project name the server announces to the catalog")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="concurrent client processes (default 1)",
+    )
+    group.add_argument(
+        "--sweep",
+        type=_client_counts,
+        metavar="N,N,...",
+        help="run with each number of clients in turn, e.g. 1,2,4,8",
+    )
+    parser.add_argument(
+        "--stage-seconds",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="how long each timed stage runs (default 1.0)",
+    )
+    parser.add_argument(
+        "--min-ops",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="fewest operations a stage runs, however long it takes (default 100)",
+    )
+    parser.add_argument(
+        "--value-size",
+        type=_nonnegative_int,
+        default=0,
+        metavar="BYTES",
+        help="padding added to every value (default 0)",
+    )
+    parser.add_argument(
+        "--stages",
+        type=_stages,
+        default=list(STAGES),
+        metavar="S,S,...",
+        help=f"stages to run, in order (default {','.join(STAGES)})",
+    )
+    parser.add_argument(
+        "--catalog",
+        metavar="HOSTS",
+        help="catalogs to ask (default: $CATALOG_HOST, else localhost:9097)",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="talk to this server directly instead of looking the project up",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="save every figure as JSON")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="save the summed figures as CSV")
+    parser.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="save throughput vs clients as a PNG plot"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.catalog:
+        try:
+            catalog_addresses(args.catalog)
+        except AddressError as exc:
+            parser.error(f"--catalog: {exc}")
+    if args.server:
+        try:
+            args.server = parse_address(args.server, 0)
+        except AddressError as exc:
+            parser.error(f"--server: {exc}")
+        if args.server[1] == 0:
+            parser.error("--server needs HOST:PORT")
+    if "remove" in args.stages and "insert" not in args.stages:
+        parser.error("--stages: remove needs insert before it")
+    if any(s in args.stages for s in ("lookup", "scan", "query")) and "insert" not in args.stages:
+        parser.error("--stages: lookup, scan and query need insert before them")
+    return args
+
+
+def _positive_int(text: str) -> int:
+    value = _nonnegative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _client_counts(text: str) -> list[int]:
+    counts = [_positive_int(item) for item in text.split(",") if item.strip()]
+    if not counts:
+        raise argparse.ArgumentTypeError("give at least one number of clients")
+    return counts
+
+
+def _stages(text: str) -> list[str]:
+    stages = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage {unknown or text!r}; choose from {','.join(STAGES)}"
+        )
+    return sorted(set(stages), key=STAGES.index)
+
+
+def make_client(args: argparse.Namespace):
+    from HashTableClient import HashTableClient
+
+    if args.server:
+        return HashTableClient.at(*args.server)
+    return HashTableClient(args.project, catalog=args.catalog)
+
+
+def workload_options(args: argparse.Namespace) -> dict:
+    return {
+        "stage_seconds": args.stage_seconds,
+        "min_ops": args.min_ops,
+        "value_size": args.value_size,
+    }
+
+
+def worker_command(args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, str(testperf_path()), args.project, "--worker", "--quiet"]
+    command += ["--stage-seconds", str(args.stage_seconds), "--min-ops", str(args.min_ops)]
+    command += ["--value-size", str(args.value_size), "--stages", ",".join(args.stages)]
+    if args.catalog:
+        command += ["--catalog", args.catalog]
+    if args.server:
+        command += ["--server", f"{args.server[0]}:{args.server[1]}"]
+    return command
+
+
+def run_in_process(args: argparse.Namespace, progress: report.ProgressLine):
+    with make_client(args) as client:
+        workload = Workload(client, **workload_options(args))
+        progress("warming up")
+        workload.warm_up()
+        results = []
+        for stage in args.stages:
+            progress(f"1 client: {stage}")
+            results.append(workload.run_stage(stage))
+    return [results]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    if args.worker:
+        with make_client(args) as client:
+            return worker_main(client, args.stages, workload_options(args))
+
+    info = report.machine()
+    meta = {
+        "project": args.project,
+        "command": " ".join(
+            ["python", "TestPerf.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": info,
+        "stage_seconds": args.stage_seconds,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    print(
+        f"TestPerf {args.project}: {report.machine_line(info)}; stages of {args.stage_seconds:g} s",
+        flush=True,
+    )
+    progress = report.ProgressLine()
+    counts = args.sweep or [args.clients]
+    sweep = []
+    try:
+        for clients in counts:
+            if clients == 1 and not args.sweep:
+                results = run_in_process(args, progress)
+            else:
+                results = run_clients(worker_command(args), clients, args.stages, progress)
+            progress.clear()
+            print(
+                f"\n=== {clients} concurrent client(s) ===\n{report.format_run(results)}",
+                flush=True,
+            )
+            sweep.append((clients, results))
+    except WorkerFailed as exc:
+        progress.clear()
+        print(f"TestPerf: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.clear()
+        print("TestPerf: interrupted", file=sys.stderr)
+        return 130
+    if args.sweep:
+        print("\n" + report.format_sweep(sweep))
+    if args.json:
+        args.json.write_bytes(report.sweep_json(sweep, meta))
+    if args.csv:
+        report.write_csv(args.csv, sweep)
+    if args.plot:
+        report.write_plot(args.plot, sweep, f"TestPerf {args.project} ({info['cores']} cores)")
+    errors = sum(r.errors for _, results in sweep for client in results for r in client)
+    if errors:
+        logging.getLogger("TestPerf").error("%d operations gave a wrong answer", errors)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

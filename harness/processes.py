@@ -1,0 +1,125 @@
+"""Real processes for tests, the demo and benchmarks: start them, wait until they serve, always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+CCTOOLS_CATALOG = SHARED / "tools" / "cctools-catalog"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for TCP and UDP alike, and (for catalogs) with port+1 free too."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65000 and all(_bindable(port + d) for d in (0, 1)):
+            return port
+    raise RuntimeError("no free port")
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
+    """Polls ``condition`` until it returns something true; returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Process:
+    """A child process whose output goes to a file, stopped by ``stop()``."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.args = args
+        self.log_path = log_path
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), full_env.get("PYTHONPATH")])
+        )
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd or ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL, the crash the durability promises are about."""
+        if self.alive():
+            self.popen.kill()
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        if not self._log.closed:
+            self._log.close()
+        return self.popen.returncode
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def python_script(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / script), *args]

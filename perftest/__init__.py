@@ -1,0 +1,1 @@
+"""TestPerf internals: the workload, latency statistics, the multi-process runner, and reports."""
