@@ -1,0 +1,72 @@
+"""Starting the project's own services as real processes: a catalog, hash table servers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness.processes import Process, free_port, python_module, python_script, tcp_open, wait_until
+
+_LISTENING = re.compile(r"listening on \S*?:(\d+)")
+
+
+class StartFailed(RuntimeError):
+    """A service exited or never became ready; the message carries its output."""
+
+
+def start_catalog(state_dir: Path, log_dir: Path, port: int | None = None) -> tuple[Process, int]:
+    """Our catalog on loopback; returns it and its port once it answers."""
+    port = port or free_port()
+    process = Process(
+        python_module(
+            "catalog", "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir)
+        ),
+        log_dir / f"catalog-{port}.log",
+    )
+    _wait_ready(process, lambda: tcp_open("127.0.0.1", port), "catalog")
+    return process, port
+
+
+def start_hashtable_server(
+    project: str,
+    data_dir: Path,
+    catalog: str,
+    log_dir: Path,
+    *extra: str,
+) -> tuple[Process, int]:
+    """A hash table server on loopback announcing to ``catalog``; returns it and its port."""
+    log_path = log_dir / f"server-{project}.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    process = Process(
+        python_script(
+            "HashTableServer.py",
+            project,
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ),
+        log_path,
+        env={"CATALOG_HOST": catalog},
+    )
+
+    def port() -> int | None:
+        match = _LISTENING.search(process.output()[start:])
+        return int(match.group(1)) if match else None
+
+    return process, _wait_ready(process, port, "hash table server")
+
+
+def _wait_ready(process: Process, ready, what: str, timeout: float = 20.0):
+    try:
+        value = wait_until(lambda: ready() or not process.alive(), timeout=timeout, what=what)
+    except TimeoutError:
+        process.stop()
+        raise StartFailed(
+            f"{what} did not start in {timeout:g} s:\n{process.output()[-2000:]}"
+        ) from None
+    if not process.alive():
+        process.stop()
+        raise StartFailed(f"{what} exited:\n{process.output()[-2000:]}")
+    return value
