@@ -1,0 +1,129 @@
+"""TSs in the catalog: the record a TS announces, and the LS's watch for them.
+
+A TS started with ``--project P`` announces ``{"type": "dns-ts", "project": P,
+"port": PORT, ...}`` (``catalog.client.Announcer``). An LS started with
+``--project P`` asks the catalog every ``interval`` seconds for the records of
+that type and project and connects to each one's address and port.
+
+The catalog query is blocking HTTP, so it runs on a thread of its own; the
+result is handed to the event loop through a socket pair that the loop watches,
+so a slow or dead catalog never delays a query. When no catalog answers, the LS
+keeps the TSs it has rather than dropping them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import math
+import socket
+import threading
+
+from catalog import client as catalog_client
+
+log = logging.getLogger("lb.discovery")
+
+TS_TYPE = "dns-ts"
+# A record outlives this many missed announcements (catalogs that honour a
+# record's own ``lifetime``, like ours, then forget a dead TS quickly).
+LIFETIME_ANNOUNCEMENTS = 3
+
+Endpoint = tuple[str, int]
+
+
+def ts_record(port: int, project: str, entries: int, interval: float) -> catalog_client.Record:
+    """What a TS announces about itself."""
+    return {
+        "type": TS_TYPE,
+        "project": project,
+        "port": port,
+        "owner": _user(),
+        "entries": entries,
+        "lifetime": max(1, math.ceil(LIFETIME_ANNOUNCEMENTS * interval)),
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def listed_endpoints(records: list[catalog_client.Record], project: str) -> set[Endpoint]:
+    """The addresses of the project's TSs among catalog ``records``."""
+    endpoints = set()
+    for record in catalog_client.matching(records, TS_TYPE, project):
+        try:
+            endpoints.add(catalog_client.record_endpoint(record))
+        except ValueError as exc:
+            log.debug("ignoring record: %s", exc)
+    return endpoints
+
+
+class CatalogWatcher:
+    """Polls the catalog off the event loop; the loop selects on ``wakeup``
+    and then calls ``take()`` for the newest list."""
+
+    def __init__(
+        self,
+        project: str,
+        interval: float,
+        catalogs: list[catalog_client.Catalog] | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self.project = project
+        self.interval = interval
+        self.catalogs = catalogs if catalogs is not None else catalog_client.catalog_addresses()
+        self.timeout = timeout
+        self._latest: set[Endpoint] | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="catalog-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=self.timeout * len(self.catalogs) + 1)
+        self._wake_read.close()
+        self._wake_write.close()
+
+    @property
+    def wakeup(self) -> socket.socket:
+        """The socket the loop selects on for reading."""
+        return self._wake_read
+
+    def take(self) -> set[Endpoint] | None:
+        """The newest list the catalog gave since the last call, or None."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._wake_read.recv(4096):
+                pass
+        with self._lock:
+            latest, self._latest = self._latest, None
+        return latest
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            endpoints = self.poll()
+            if endpoints is not None:
+                with self._lock:
+                    self._latest = endpoints
+                # Full buffer: a wake-up is already pending, which is all we need.
+                with contextlib.suppress(BlockingIOError, OSError):
+                    self._wake_write.send(b"!")
+            self._stopped.wait(self.interval)
+
+    def poll(self) -> set[Endpoint] | None:
+        """One catalog query: the listed TSs, or None if no catalog answered."""
+        try:
+            records = catalog_client.query(catalogs=self.catalogs, timeout=self.timeout)
+        except catalog_client.CatalogUnavailable as exc:
+            log.warning("catalog query failed; keeping the current TSs: %s", exc)
+            return None
+        return listed_endpoints(records, self.project)

@@ -1,0 +1,373 @@
+"""The LS: one selectors loop over the clients, the TS links and the catalog watch.
+
+``python -m lb.ls PORT [TS_HOST TS_PORT]... [--project NAME] [--timeout 5]``
+
+The loop does the socket I/O and the time-keeping; what to send where is
+decided by ``lb.balancer.Balancer``. Per turn: wait for sockets (no longer
+than the next query deadline or TS reconnection), feed what arrived to the
+balancer, expire due queries, (re)connect due TSs, then send out what the
+balancer queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import selectors
+import socket
+import sys
+import time
+
+from catalog.client import catalog_addresses
+from lb.balancer import Balancer
+from lb.cli import add_logging_options, port_number, positive_seconds, start_program
+from lb.discovery import CatalogWatcher, Endpoint
+from lb.netio import accept_ready, forget, open_listener, set_interest
+from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
+from lb.tslink import CONNECTING, DOWN, UP, TsLink
+from netkit.addresses import AddressError
+from netkit.connection import Closed, Connection
+from netkit.framing import LineTooLong
+
+log = logging.getLogger("lb.ls")
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_REFRESH = 5.0
+# A client with this many queries unanswered is not read from until some are
+# answered: its queries wait in its socket, not in our memory.
+MAX_UNANSWERED = 10_000
+
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+LISTENER, WATCHER = "listener", "watcher"
+
+
+class Client:
+    """A client of the LS. ``reading`` turns false at its EOF; the LS then
+    sends the answers still due and closes."""
+
+    __slots__ = ("conn", "reading")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.reading = True
+
+    def __str__(self) -> str:
+        return self.conn.name
+
+
+class LoadBalancer:
+    def __init__(
+        self,
+        listener: socket.socket,
+        timeout: float = DEFAULT_TIMEOUT,
+        servers: list[Endpoint] | None = None,
+        watcher: CatalogWatcher | None = None,
+        max_unanswered: int = MAX_UNANSWERED,
+    ) -> None:
+        self.listener = listener
+        self.timeout = timeout
+        self.balancer = Balancer(timeout)
+        self.static = set(servers or ())
+        self.watcher = watcher
+        self.max_unanswered = max_unanswered
+        self.selector = selectors.DefaultSelector()
+        self.links: dict[Endpoint, TsLink] = {}
+        self.clients: set[Client] = set()
+        self._dirty: set[Client] = set()
+
+    def serve_forever(self) -> None:
+        self.selector.register(self.listener, READ, LISTENER)
+        for endpoint in sorted(self.static):
+            self._add_link(endpoint)
+        if self.watcher is not None:
+            self.selector.register(self.watcher.wakeup, READ, WATCHER)
+            self.watcher.start()
+        while True:
+            events = self.selector.select(self._wait(time.monotonic()))
+            now = time.monotonic()
+            for key, mask in events:
+                peer = key.data
+                if peer is LISTENER:
+                    self._accept()
+                elif peer is WATCHER:
+                    self._refresh(now)
+                elif isinstance(peer, Client):
+                    self._client_ready(peer, mask, now)
+                else:
+                    self._link_ready(peer, mask, now)
+            self.balancer.expire(now)
+            self._tend_links(now)
+            self._deliver(now)
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        for client in list(self.clients):
+            self._drop_client(client)
+        for endpoint in list(self.links):
+            self._remove_link(endpoint)
+        self.listener.close()
+        self.selector.close()
+        stats = self.balancer.stats
+        log.info(
+            "LS stopped: %d answered, %d timed out, %d invalid, %d late answers ignored",
+            stats.answered,
+            stats.timed_out,
+            stats.invalid,
+            stats.late,
+        )
+
+    def _wait(self, now: float) -> float | None:
+        """How long the loop may sleep: until the next deadline of any kind."""
+        deadlines = [link.due for link in self.links.values() if link.state != UP]
+        query_deadline = self.balancer.next_deadline()
+        if query_deadline is not None:
+            deadlines.append(query_deadline)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    # Clients
+
+    def _accept(self) -> None:
+        for sock, name in accept_ready(self.listener):
+            client = Client(Connection(sock, name, max_line=MAX_QUERY_LINE))
+            self.clients.add(client)
+            self.balancer.open_client(client)
+            log.info("client %s connected", name)
+            self._dirty.add(client)
+
+    def _client_ready(self, client: Client, mask: int, now: float) -> None:
+        self._dirty.add(client)
+        if mask & WRITE:
+            try:
+                client.conn.flush()
+            except Closed as exc:
+                log.info("client %s gone: %s", client, exc)
+                self._drop_client(client)
+                return
+        if mask & READ:
+            self._read_client(client, now)
+
+    def _read_client(self, client: Client, now: float) -> None:
+        try:
+            lines = client.conn.read_lines()
+        except LineTooLong:
+            log.warning("client %s sent a line over %d bytes; closing", client, MAX_QUERY_LINE)
+            client.reading = False
+            self.balancer.client_error(client, line_too_long_answer())
+        except Closed as exc:
+            # EOF (or a failed receive): no more queries, but the answers still
+            # due go out; if the client is gone, sending them fails and drops it.
+            log.debug("client %s: %s", client, exc)
+            client.reading = False
+        else:
+            self.balancer.client_lines(client, lines, now)
+
+    def _sync_client(self, client: Client) -> None:
+        conn = client.conn
+        unanswered = self.balancer.unanswered(client)
+        if not client.reading and not unanswered and not conn.wants_write:
+            log.info("client %s done", client)
+            self._drop_client(client)
+            return
+        events = WRITE if conn.wants_write else 0
+        if client.reading and not conn.backlogged and unanswered < self.max_unanswered:
+            events |= READ
+        set_interest(self.selector, conn.sock, events, client)
+
+    def _drop_client(self, client: Client) -> None:
+        forget(self.selector, client.conn.sock)
+        client.conn.close()
+        self.clients.discard(client)
+        self.balancer.close_client(client)
+
+    # TSs
+
+    def _add_link(self, endpoint: Endpoint) -> None:
+        self.links[endpoint] = TsLink(*endpoint, connect_timeout=self.timeout)
+        self._tend_links(time.monotonic())
+
+    def _remove_link(self, endpoint: Endpoint) -> None:
+        link = self.links.pop(endpoint)
+        if link.sock is not None:
+            forget(self.selector, link.sock)
+        self.balancer.close_server(link)
+        link.close()
+
+    def _refresh(self, now: float) -> None:
+        assert self.watcher is not None
+        listed = self.watcher.take()
+        if listed is None:
+            return
+        wanted = self.static | listed
+        for endpoint in sorted(wanted - self.links.keys()):
+            log.info("TS %s:%d is listed in the catalog; adding it", *endpoint)
+            self._add_link(endpoint)
+        for endpoint in sorted(self.links.keys() - wanted):
+            log.info("TS %s:%d is no longer listed in the catalog; dropping it", *endpoint)
+            self._remove_link(endpoint)
+
+    def _link_ready(self, link: TsLink, mask: int, now: float) -> None:
+        if link.state == CONNECTING:
+            reason = link.finish_connect()
+            if reason:
+                self._link_down(link, now, reason)
+            else:
+                self.balancer.open_server(link)
+                self._sync_link(link)
+            return
+        assert link.conn is not None
+        try:
+            if mask & WRITE:
+                link.conn.flush()
+            if mask & READ:
+                self.balancer.server_lines(link, link.conn.read_lines(), now)
+        except (Closed, LineTooLong) as exc:
+            self._link_down(link, now, str(exc))
+            return
+        self._sync_link(link)
+
+    def _link_down(self, link: TsLink, now: float, reason: str) -> None:
+        if link.sock is not None:
+            forget(self.selector, link.sock)
+        self.balancer.close_server(link)
+        link.fail(now, reason)
+
+    def _tend_links(self, now: float) -> None:
+        """Starts due connection attempts and gives up on those taking too long."""
+        for link in self.links.values():
+            if link.state == UP or link.due > now:
+                continue
+            if link.state == CONNECTING:
+                self._link_down(link, now, "connect timed out")
+            elif link.state == DOWN:
+                link.connect(now)
+                if link.state == CONNECTING:
+                    self._sync_link(link)
+
+    def _sync_link(self, link: TsLink) -> None:
+        assert link.sock is not None
+        if link.state == CONNECTING:
+            events = WRITE
+        else:
+            assert link.conn is not None
+            events = READ | (WRITE if link.conn.wants_write else 0)
+        set_interest(self.selector, link.sock, events, link)
+
+    # Output
+
+    def _deliver(self, now: float) -> None:
+        """Sends what the balancer queued, and updates what each peer waits for."""
+        for peer, data in self.balancer.take_output().items():
+            if isinstance(peer, Client):
+                self._dirty.add(peer)
+                try:
+                    peer.conn.send(data)
+                except Closed as exc:
+                    log.info("client %s gone: %s", peer, exc)
+                    self._drop_client(peer)
+            else:
+                self._send_to_link(peer, data, now)
+        dirty, self._dirty = self._dirty, set()
+        for client in dirty:
+            if client in self.clients:
+                self._sync_client(client)
+
+    def _send_to_link(self, link: TsLink, data: bytes, now: float) -> None:
+        conn = link.conn
+        if link.state != UP or conn is None:
+            return
+        if conn.backlogged:
+            if not link.dropping:
+                log.warning("TS %s is not reading its queries; skipping it until it does", link)
+                link.dropping = True
+            return
+        link.dropping = False
+        try:
+            conn.send(data)
+        except Closed as exc:
+            self._link_down(link, now, str(exc))
+            return
+        self._sync_link(link)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="The load-balancing server (LS): resolves each client's host names "
+        "by asking every TS at once and relaying the first answer.",
+    )
+    parser.add_argument("port", type=port_number, help="TCP port to listen on (0: any)")
+    parser.add_argument(
+        "servers",
+        nargs="*",
+        metavar="TS_HOST TS_PORT",
+        help="the TSs, as host and port pairs (any number)",
+    )
+    parser.add_argument(
+        "--project", help="also use every TS of this project listed in the catalog (CATALOG_HOST)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for a TS answer before NAME - TIMED OUT (default %(default)g)",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=positive_seconds,
+        default=DEFAULT_REFRESH,
+        help="seconds between catalog queries with --project (default %(default)g)",
+    )
+    parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
+    add_logging_options(parser)
+    return parser
+
+
+def server_pairs(parser: argparse.ArgumentParser, words: list[str]) -> list[Endpoint]:
+    """The ``TS_HOST TS_PORT`` pairs of the command line; exits with a message if malformed."""
+    if len(words) % 2:
+        parser.error("TSs are given as pairs: TS_HOST TS_PORT")
+    pairs = []
+    for host, port in zip(words[::2], words[1::2], strict=True):
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"TS {host} {port}: the port must be a number from 1 to 65535")
+        pairs.append((host, int(port)))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    servers = server_pairs(parser, args.servers)
+    if not servers and not args.project:
+        parser.error("give at least one TS_HOST TS_PORT pair, or --project")
+    start_program(args)
+    watcher = None
+    if args.project:
+        try:
+            watcher = CatalogWatcher(args.project, args.refresh, catalog_addresses())
+        except AddressError as exc:
+            parser.exit(2, f"{parser.prog}: bad CATALOG_HOST: {exc}\n")
+    try:
+        listener = open_listener(args.host, args.port)
+    except OSError as exc:
+        parser.exit(1, f"{parser.prog}: cannot listen on port {args.port}: {exc.strerror or exc}\n")
+    server = LoadBalancer(listener, args.timeout, servers, watcher)
+    log.info(
+        "LS listening on port %d; TSs: %s; time-out %g s",
+        listener.getsockname()[1],
+        ", ".join(f"{host}:{port}" for host, port in servers) or "none fixed",
+        args.timeout,
+    )
+    if args.project:
+        log.info("taking TSs of project %r from the catalog every %g s", args.project, args.refresh)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

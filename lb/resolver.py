@@ -1,0 +1,175 @@
+"""The client: resolves a file of host names through an LS.
+
+``python -m lb.client LS_HOST LS_PORT [-i PROJ2-HNS.txt] [-o RESOLVED.txt]``
+
+All the names go out at once (no lockstep: the LS works on them together),
+while the answers are read as they come; the LS answers in the order of the
+queries, so answer ``i`` belongs to name ``i``. When every answer is in, the
+client writes them, one a line, in input order. Nothing is written if the LS
+goes away or stops answering before then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import selectors
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from lb.cli import add_logging_options, assignment_file, positive_seconds, start_program
+from lb.protocol import INVALID, MAX_ANSWER_LINE, TIMED_OUT, query_name
+from netkit.connection import Closed, Connection
+from netkit.framing import LineTooLong
+
+log = logging.getLogger("lb.client")
+
+NAMES_FILE = "PROJ2-HNS.txt"
+RESOLVED_FILE = "RESOLVED.txt"
+STDIO = "-"
+CONNECT_TIMEOUT = 5.0
+# The LS answers every query within its time-out (5 s by default); this much
+# silence means it is stuck or gone.
+DEFAULT_WAIT = 60.0
+
+
+class ResolveError(Exception):
+    """The LS could not be reached or did not answer every query."""
+
+
+def read_names(data: bytes) -> list[bytes]:
+    """The host names of a names file: one a line, blank lines skipped."""
+    return [name for name in map(query_name, data.split(b"\n")) if name is not None]
+
+
+def resolve(host: str, port: int, names: list[bytes], wait: float = DEFAULT_WAIT) -> list[bytes]:
+    """Asks the LS at ``host:port`` for every name; returns the answers in order.
+
+    Raises ``ResolveError`` if the LS cannot be reached, closes early, or is
+    silent for ``wait`` seconds.
+    """
+    if not names:
+        return []
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise ResolveError(
+            f"cannot connect to the LS at {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    conn = Connection(sock, f"{host}:{port}", max_line=MAX_ANSWER_LINE)
+    answers: list[bytes] = []
+    with selectors.DefaultSelector() as selector, sock:
+        try:
+            conn.send(b"".join(name + b"\n" for name in names))
+            selector.register(sock, selectors.EVENT_READ)
+            finished_sending = False
+            while len(answers) < len(names):
+                if not finished_sending and not conn.wants_write:
+                    # Half-close: the LS sees EOF, answers what it has, and closes.
+                    sock.shutdown(socket.SHUT_WR)
+                    finished_sending = True
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wants_write else 0)
+                selector.modify(sock, events)
+                ready = selector.select(wait)
+                if not ready:
+                    raise ResolveError(
+                        f"the LS sent nothing for {wait:g} s "
+                        f"({len(answers)} of {len(names)} answers received)"
+                    )
+                for _, mask in ready:
+                    if mask & selectors.EVENT_WRITE:
+                        conn.flush()
+                    if mask & selectors.EVENT_READ:
+                        answers.extend(conn.read_lines())
+        except (Closed, OSError) as exc:
+            raise ResolveError(
+                f"connection to the LS lost after {len(answers)} of {len(names)} answers: {exc}"
+            ) from None
+        except LineTooLong as exc:
+            raise ResolveError(f"the LS sent an answer line too long ({exc})") from None
+    return answers[: len(names)]
+
+
+def write_lines(path: str, lines: list[bytes]) -> None:
+    """Writes the lines to ``path`` (or standard output for ``-``); a file is
+    replaced whole, so a reader never sees half of it."""
+    data = b"".join(line + b"\n" for line in lines)
+    if path == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Resolves a file of host names through an LS.")
+    parser.add_argument("host", help="the LS's host name or address")
+    parser.add_argument("port", type=int, help="the LS's port")
+    parser.add_argument(
+        "-i",
+        "--input",
+        help=f"host names, one a line, '-' for standard input (default: {NAMES_FILE} here, "
+        "else the shipped sample)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=RESOLVED_FILE,
+        help="where the answers go, '-' for standard output (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=positive_seconds,
+        default=DEFAULT_WAIT,
+        help="give up when the LS is silent this many seconds (default %(default)g)",
+    )
+    add_logging_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"port {args.port} is not a port number (1-65535)")
+    start_program(args)
+    source = args.input or str(assignment_file(NAMES_FILE))
+    try:
+        data = sys.stdin.buffer.read() if source == STDIO else Path(source).read_bytes()
+    except OSError as exc:
+        parser.exit(1, f"{parser.prog}: cannot read {source}: {exc.strerror or exc}\n")
+    names = read_names(data)
+    try:
+        answers = resolve(args.host, args.port, names, args.wait)
+    except ResolveError as exc:
+        parser.exit(1, f"{parser.prog}: {exc}\n")
+    try:
+        write_lines(args.output, answers)
+    except OSError as exc:
+        parser.exit(1, f"{parser.prog}: cannot write {args.output}: {exc.strerror or exc}\n")
+    timed_out = sum(answer.endswith(TIMED_OUT) for answer in answers)
+    invalid = sum(INVALID in answer for answer in answers)
+    log.info(
+        "%d names: %d resolved, %d timed out, %d invalid; answers in %s",
+        len(names),
+        len(answers) - timed_out - invalid,
+        timed_out,
+        invalid,
+        args.output,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

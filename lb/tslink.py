@@ -1,0 +1,112 @@
+"""The LS's link to one TS: connects without blocking, reconnects with backoff."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+
+from lb.protocol import MAX_ANSWER_LINE
+from netkit.backoff import Backoff
+from netkit.connection import Connection
+
+log = logging.getLogger("lb.tslink")
+
+# First retry soon (a TS restarting takes a moment), then back off up to the cap,
+# so that a TS listed but dead costs a connection attempt every few seconds at most.
+RETRY_INITIAL = 0.5
+RETRY_CAP = 10.0
+
+# Queries queued for a TS that does not read them (hung, or SIGSTOPped) beyond
+# this are dropped rather than buffered: the other TSs answer them meanwhile, and
+# a TS that wakes up should not first chew through a backlog of dead queries.
+SEND_HIGH_WATER = 256 * 1024
+
+DOWN, CONNECTING, UP = "down", "connecting", "up"
+
+
+class TsLink:
+    """A TS's address and the state of the connection to it.
+
+    ``down`` (waiting until ``due`` to try again), ``connecting`` (a
+    non-blocking connect in flight, given up at ``due``), or ``up`` (``conn`` is
+    a ``Connection``). The event loop selects on ``sock`` and calls
+    ``connect``, ``finish_connect`` or ``fail``; the link keeps its own schedule.
+    """
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self.state = DOWN
+        self.due = 0.0
+        self.sock: socket.socket | None = None
+        self.conn: Connection | None = None
+        self.backoff = Backoff(RETRY_INITIAL, RETRY_CAP)
+        self.attempts = 0
+        # Set while queries are being dropped for a TS that does not read them.
+        self.dropping = False
+
+    def __str__(self) -> str:
+        return self.name
+
+    def connect(self, now: float) -> None:
+        """Starts connecting; on an immediate failure the link is down again."""
+        try:
+            # The addresses are looked up at each attempt (a TS may move), and
+            # tried in turn, one per attempt, so that a name with an IPv6 and an
+            # IPv4 address reaches a TS that listens on only one of them.
+            # Looking up an IP address, or a name in /etc/hosts, does not block.
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, address = infos[self.attempts % len(infos)]
+            self.attempts += 1
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            self.fail(now, f"cannot resolve: {exc.strerror or exc}")
+            return
+        sock.setblocking(False)
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            self.fail(now, errno.errorcode.get(code, str(code)))
+            return
+        self.sock = sock
+        self.state = CONNECTING
+        self.due = now + self.connect_timeout
+
+    def finish_connect(self) -> str | None:
+        """Called when the connecting socket is writable: None if the connection
+        is up, else why it failed (the loop then unregisters it and calls ``fail``)."""
+        assert self.sock is not None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            return f"connect failed: {errno.errorcode.get(code, code)}"
+        self.conn = Connection(
+            self.sock, self.name, max_line=MAX_ANSWER_LINE, high_water=SEND_HIGH_WATER
+        )
+        self.state = UP
+        self.dropping = False
+        self.backoff.reset()
+        log.info("connected to TS %s", self.name)
+        return None
+
+    def fail(self, now: float, reason: str) -> None:
+        """Closes whatever is open and schedules the next attempt."""
+        was_up = self.state == UP
+        self.close()
+        delay = self.backoff.next_delay()
+        self.state = DOWN
+        self.due = now + delay
+        level = logging.WARNING if was_up or self.backoff.attempts == 1 else logging.INFO
+        log.log(level, "TS %s unavailable (%s); next attempt in %.1f s", self.name, reason, delay)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        elif self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.conn = None
+        self.sock = None
