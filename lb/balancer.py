@@ -144,7 +144,11 @@ class Balancer:
             query = self._pending.get(query_id)
             if query is None:
                 self.stats.late += 1
-                log.info("late answer from TS %s to query %d ignored", server, query_id)
+                log.info(
+                    "answer from TS %s to query %d ignored: answered or timed out already",
+                    server,
+                    query_id,
+                )
                 continue
             if fold(answer_name(answer)) != fold(query.name):
                 log.warning(

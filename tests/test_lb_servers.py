@@ -1,0 +1,473 @@
+"""lb with real processes and sockets: the assignment's sample byte for byte, its
+command lines, concurrency, time-outs, frozen and killed TSs, bad input, and
+discovery through our catalog and the real cctools catalog."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.processes import CCTOOLS_CATALOG, ROOT
+from lb.cli import SAMPLES
+from lb.resolver import resolve
+from netkit.framing import LineFramer
+from tests.procs import Process, free_port, python_module, python_script, tcp_open, wait_until
+
+TIMEOUT = "1"  # the LS's time-out in these tests, to keep them short
+RIGHT = {
+    b"www.princeton.edu": b"www.princeton.edu 128.1.1.4 A IN",
+    b"rutgers.edu": b"rutgers.edu 172.34.4.6 A IN",
+    b"amazon.com": b"amazon.com 94.5.6.7 A IN",
+    b"google.com": b"GOOGLE.com 46.1.3.7 A IN",
+}
+
+
+def start_ts(
+    spawn, table: Path, *options: str, port: int | None = None, env=None
+) -> tuple[Process, int]:
+    port = free_port() if port is None else port
+    process = spawn(
+        python_module("lb.ts", str(port), str(table), "--host", "127.0.0.1", *options),
+        env=env,
+        name="ts",
+    )
+    wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="TS to listen")
+    assert process.alive(), process.output()
+    return process, port
+
+
+def start_ls(spawn, ts_ports: list[int], *options: str, env=None) -> tuple[Process, int]:
+    port = free_port()
+    pairs = [word for ts in ts_ports for word in ("127.0.0.1", str(ts))]
+    process = spawn(
+        python_module(
+            "lb.ls", str(port), *pairs, "--timeout", TIMEOUT, "--host", "127.0.0.1", *options
+        ),
+        env=env,
+        name="ls",
+    )
+    wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="LS to listen")
+    assert process.alive(), process.output()
+    return process, port
+
+
+@dataclass
+class Sample:
+    """The sample's two TSs and an LS over them."""
+
+    ls: Process
+    port: int
+    ts1: Process
+    ts1_port: int
+    ts2: Process
+    ts2_port: int
+
+
+def sample_servers(spawn) -> Sample:
+    ts1, ts1_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt")
+    ts2, ts2_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS2.txt")
+    ls, port = start_ls(spawn, [ts1_port, ts2_port])
+    return Sample(ls, port, ts1, ts1_port, ts2, ts2_port)
+
+
+def write_table(path: Path, entries: dict[str, str]) -> Path:
+    path.write_text("".join(f"{name} {address} A\n" for name, address in entries.items()))
+    return path
+
+
+class Session:
+    """One client connection kept open across several rounds of queries."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.framer = LineFramer()
+        self.lines: list[bytes] = []
+
+    def ask(self, names: list[bytes]) -> list[bytes]:
+        self.sock.sendall(b"".join(name + b"\n" for name in names))
+        return self.read(len(names))
+
+    def read(self, count: int) -> list[bytes]:
+        while len(self.lines) < count:
+            data = self.sock.recv(65536)
+            assert data, f"LS closed the connection; got {self.lines}"
+            self.lines += self.framer.feed(data)
+        answers, self.lines = self.lines[:count], self.lines[count:]
+        return answers
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run(args: list[str], cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, timeout=60, text=True, **kwargs
+    )
+
+
+# The assignment's behaviour
+
+
+def test_assignment_command_lines_give_the_sample_byte_for_byte(spawn, tmp_path: Path) -> None:
+    """ts1.py, ts2.py, ls.py and client.py as the assignment runs them: in a
+    directory holding its files, with its arguments only (so the 5 s time-out)."""
+    for name in ("PROJ2-DNSTS1.txt", "PROJ2-DNSTS2.txt", "PROJ2-HNS.txt"):
+        shutil.copy(SAMPLES / name, tmp_path / name)
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    spawn(python_script("lb/ts1.py", str(p1)), cwd=tmp_path, name="ts1")
+    spawn(python_script("lb/ts2.py", str(p2)), cwd=tmp_path, name="ts2")
+    wait_until(lambda: tcp_open("127.0.0.1", p1) and tcp_open("127.0.0.1", p2), what="TSs")
+    ls = spawn(
+        python_script("lb/ls.py", str(p3), "localhost", str(p1), "localhost", str(p2)),
+        cwd=tmp_path,
+        name="ls",
+    )
+    wait_until(lambda: tcp_open("127.0.0.1", p3), what="LS")
+    done = subprocess.run(
+        python_script("lb/client.py", "localhost", str(p3)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "RESOLVED.txt").read_bytes() == (SAMPLES / "RESOLVED.txt").read_bytes()
+    log = ls.output()
+    # The log tells which TS answered each query.
+    assert re.search(rf"www.princeton.edu from \S+ answered by TS localhost:{p2} ", log)
+    assert re.search(rf"rutgers.edu from \S+ answered by TS localhost:{p1} ", log)
+    assert re.search(r"nothinghere.com from \S+: no TS answered in 5 s", log)
+
+
+def test_module_entry_points_give_the_sample_byte_for_byte(spawn, tmp_path: Path) -> None:
+    """python -m lb.ts / lb.ls / lb.client; the client, run where there is no
+    PROJ2-HNS.txt, reads the shipped sample."""
+    port = sample_servers(spawn).port
+    done = run(python_module("lb.client", "127.0.0.1", str(port), "-o", "out.txt"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_bytes() == (SAMPLES / "RESOLVED.txt").read_bytes()
+    assert "5 names: 3 resolved, 2 timed out, 0 invalid" in done.stderr
+
+
+# Concurrency and time-outs
+
+
+def test_concurrent_clients_pipelining_get_their_own_answers_in_order(
+    spawn, tmp_path: Path
+) -> None:
+    a = {f"a{i}.example": f"10.1.{i // 250}.{i % 250}" for i in range(300)}
+    b = {f"B{i}.example": f"10.2.{i // 250}.{i % 250}" for i in range(300)}
+    _, ts_a = start_ts(spawn, write_table(tmp_path / "a.txt", a))
+    _, ts_b = start_ts(spawn, write_table(tmp_path / "b.txt", b))
+    ls, port = start_ls(spawn, [ts_a, ts_b])
+    answers = {name.lower(): f"{name} {address} A IN" for name, address in {**a, **b}.items()}
+
+    def one_client(seed: int) -> tuple[list[bytes], list[bytes]]:
+        rng = random.Random(seed)
+        names = [rng.choice([*a, *b]) for _ in range(300)] + [
+            f"none{seed}-{i}.x" for i in range(20)
+        ]
+        names = [name.upper() if rng.random() < 0.3 else name for name in names]
+        rng.shuffle(names)
+        expected = [answers.get(name.lower(), f"{name} - TIMED OUT").encode() for name in names]
+        return resolve("127.0.0.1", port, [name.encode() for name in names], wait=20), expected
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for got, expected in pool.map(one_client, range(6)):
+            assert got == expected
+    log = ls.output()
+    assert f"answered by TS 127.0.0.1:{ts_a}" in log
+    assert f"answered by TS 127.0.0.1:{ts_b}" in log
+
+
+def test_a_thousand_unresolvable_names_take_about_one_time_out(spawn) -> None:
+    port = sample_servers(spawn).port
+    names = [b"nothing%d.example" % i for i in range(1000)]
+    started = time.monotonic()
+    answers = resolve("127.0.0.1", port, names, wait=30)
+    elapsed = time.monotonic() - started
+    assert answers == [name + b" - TIMED OUT" for name in names]
+    # In lockstep this takes 1000 time-outs; all at once, about one (1 s here).
+    assert elapsed < 10, f"1000 time-outs took {elapsed:.1f} s"
+
+
+def test_a_late_answer_from_a_frozen_ts_does_not_answer_a_later_query(spawn) -> None:
+    lab = sample_servers(spawn)
+    session = Session(lab.port)
+    try:
+        assert session.ask([b"google.com"]) == [RIGHT[b"google.com"]]
+        lab.ts2.signal(signal.SIGSTOP)
+        try:
+            assert session.ask([b"google.com"]) == [b"google.com - TIMED OUT"]
+        finally:
+            lab.ts2.signal(signal.SIGCONT)
+        # The thawed TS now answers query 2, long after its time-out.
+        wait_until(lambda: "to query 2 ignored" in lab.ls.output(), what="the late answer")
+        names = [b"www.princeton.edu", b"rutgers.edu", b"nothinghere.com", b"google.com"]
+        assert session.ask(names) == [
+            RIGHT[b"www.princeton.edu"],
+            RIGHT[b"rutgers.edu"],
+            b"nothinghere.com - TIMED OUT",
+            RIGHT[b"google.com"],
+        ]
+    finally:
+        session.close()
+
+
+def test_a_ts_killed_mid_stream_costs_the_time_out_then_comes_back(spawn) -> None:
+    lab = sample_servers(spawn)
+    names = [b"www.princeton.edu", b"rutgers.edu", b"google.com"]
+    session = Session(lab.port)
+    try:
+        assert session.ask(names) == [RIGHT[name] for name in names]
+        lab.ts2.kill()
+        assert session.ask(names) == [
+            b"www.princeton.edu - TIMED OUT",
+            RIGHT[b"rutgers.edu"],
+            b"google.com - TIMED OUT",
+        ]
+        start_ts(spawn, SAMPLES / "PROJ2-DNSTS2.txt", port=lab.ts2_port)
+        wait_until(
+            lambda: session.ask([b"google.com"]) == [RIGHT[b"google.com"]],
+            timeout=20,
+            what="the LS to reconnect to the restarted TS",
+        )
+        assert session.ask(names) == [RIGHT[name] for name in names]
+    finally:
+        session.close()
+    assert lab.ls.alive()
+    assert lab.ls.output().count(f"connected to TS 127.0.0.1:{lab.ts2_port}") == 2
+
+
+# Bad input
+
+
+def test_bad_queries_get_error_lines_in_order_and_the_ls_goes_on(spawn) -> None:
+    lab = sample_servers(spawn)
+    port = lab.port
+    session = Session(port)
+    try:
+        answers = session.ask(
+            [b"bad\x01name", b"rutgers.edu", b"\xff\xfe", b"a" * 300, b"amazon.com"]
+        )
+        assert answers == [
+            b"bad\\x01name - ERROR invalid host name: contains blanks or control characters",
+            RIGHT[b"rutgers.edu"],
+            b"\\xff\\xfe - ERROR invalid host name: not valid UTF-8",
+            b"a" * 64 + b"... - ERROR invalid host name: longer than 253 bytes",
+            RIGHT[b"amazon.com"],
+        ]
+        # A line past the bound: its error line after the pending answers, then EOF.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as flood:
+            flood.sendall(b"rutgers.edu\nnothinghere.com\n")
+            assert flood.recv(len(RIGHT[b"rutgers.edu"]) + 1) == RIGHT[b"rutgers.edu"] + b"\n"
+            flood.sendall(b"x" * 10_000)
+            assert read_all(flood) == (
+                b"nothinghere.com - TIMED OUT\n"
+                b"- ERROR line too long: more than 4096 bytes without a newline\n"
+            )
+        # Clients that vanish: mid-line, and with queries pending (reset).
+        with socket.create_connection(("127.0.0.1", port)) as half:
+            half.sendall(b"rutgers.edu\nwww.prince")
+        with socket.create_connection(("127.0.0.1", port)) as rude:
+            rude.sendall(b"rutgers.edu\nnothinghere.com\n")
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Garbage straight to a TS does not stop it either.
+        with socket.create_connection(("127.0.0.1", lab.ts1_port), timeout=10) as direct:
+            direct.sendall(b"\xff\x00 junk line\n1 2 3\n" + b"y" * 10_000)
+            assert read_all(direct) == b""
+        assert session.ask([b"rutgers.edu", b"Amazon.COM"]) == [
+            RIGHT[b"rutgers.edu"],
+            RIGHT[b"amazon.com"],
+        ]
+    finally:
+        session.close()
+    assert lab.ls.alive() and lab.ts1.alive()
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_user_mistakes_get_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
+    bad_table = tmp_path / "bad.txt"
+    bad_table.write_text("amazon.com 94.5.6.7 A\ngoogle.com 46.1.3\n")
+    names = tmp_path / "names.txt"
+    names.write_text("google.com\n")
+    closed_port = str(free_port())
+    cases = [
+        (python_module("lb.ts", "0", str(bad_table)), 1, f"{bad_table}, line 2: "),
+        (python_module("lb.ts", "0", str(tmp_path / "no.txt")), 1, "cannot read table file"),
+        (python_module("lb.ts", "99999", str(bad_table)), 2, "is not a port number"),
+        (python_module("lb.ls", "0", "localhost"), 2, "pairs: TS_HOST TS_PORT"),
+        (python_module("lb.ls", "0", "localhost", "http"), 2, "port must be a number"),
+        (python_module("lb.ls", "0"), 2, "at least one TS_HOST TS_PORT pair, or --project"),
+        (python_module("lb.ls", "0", "--project", "x", "--timeout", "-1"), 2, "more than 0"),
+        (
+            python_module("lb.client", "127.0.0.1", closed_port, "-i", str(names)),
+            1,
+            f"cannot connect to the LS at 127.0.0.1:{closed_port}",
+        ),
+        (
+            python_module("lb.client", "127.0.0.1", closed_port, "-i", str(tmp_path / "no")),
+            1,
+            "cannot read",
+        ),
+    ]
+    for args, status, message in cases:
+        done = run(args, cwd=tmp_path)
+        assert (done.returncode, message in done.stderr) == (status, True), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+# Discovery through the catalog
+
+
+def our_catalog_or_skip(request):
+    if not (ROOT / "catalog" / "__main__.py").exists():
+        pytest.skip("our catalog (python -m catalog) is not written yet")
+    return request.getfixturevalue("catalog")
+
+
+@pytest.fixture(params=["ours", "cctools"])
+def any_catalog(request):
+    if request.param == "ours":
+        return our_catalog_or_skip(request)
+    return request.getfixturevalue("cctools_catalog")
+
+
+def test_the_ls_uses_every_ts_of_its_project_in_the_catalog(spawn, tmp_path, any_catalog) -> None:
+    env = {"CATALOG_HOST": any_catalog.host}
+    ls, port = start_ls(spawn, [], "--project", "dns-test", "--refresh", "0.3", env=env)
+    listed = ("--project", "dns-test", "--announce-interval", "0.5")
+    # Port 0: the TS announces the port it got.
+    spawn(
+        python_module(
+            "lb.ts", "0", str(SAMPLES / "PROJ2-DNSTS1.txt"), "--host", "127.0.0.1", *listed
+        ),
+        env=env,
+        name="ts1",
+    )
+    wait_until(
+        lambda: resolve("127.0.0.1", port, [b"rutgers.edu"]) == [RIGHT[b"rutgers.edu"]],
+        timeout=20,
+        what="the LS to find TS1 in the catalog",
+    )
+    other = write_table(tmp_path / "other.txt", {"other.example": "10.0.0.1"})
+    start_ts(spawn, other, "--project", "another", "--announce-interval", "0.5", env=env)
+    start_ts(spawn, SAMPLES / "PROJ2-DNSTS2.txt", *listed, env=env)
+    wait_until(
+        lambda: resolve("127.0.0.1", port, [b"google.com"]) == [RIGHT[b"google.com"]],
+        timeout=20,
+        what="the LS to find TS2 in the catalog",
+    )
+    names = [b"rutgers.edu", b"google.com", b"other.example"]
+    assert resolve("127.0.0.1", port, names) == [
+        RIGHT[b"rutgers.edu"],
+        RIGHT[b"google.com"],
+        b"other.example - TIMED OUT",  # another project's TS is not used
+    ]
+    assert ls.output().count("is listed in the catalog; adding it") == 2
+
+
+class RestartableCctoolsCatalog:
+    """A real cctools catalog that can be restarted empty on the same port: how a
+    test makes it forget a TS (it purges expired records only once a minute)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.pid = self._start()
+
+    def _start(self) -> int:
+        out = subprocess.run(
+            [str(CCTOOLS_CATALOG), str(self.port)], check=True, capture_output=True, text=True
+        )
+        return int(out.stdout.split()[0])
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        wait_until(lambda: not pid_alive(self.pid), what="the catalog to stop")
+
+    def forget_dead_records(self) -> None:
+        self.stop()
+        self.pid = self._start()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child of the tool is reparented and reaped by init; until then a zombie.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+class OurCatalogForgetting:
+    """Our catalog honours a record's own lifetime: a dead TS's expires by itself."""
+
+    def __init__(self, handle) -> None:
+        self.host = handle.host
+
+    def forget_dead_records(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["ours", "cctools"])
+def forgetting_catalog(request):
+    if request.param == "ours":
+        yield OurCatalogForgetting(our_catalog_or_skip(request))
+        return
+    request.getfixturevalue("cctools_catalog")  # skips when cctools is not installed
+    catalog = RestartableCctoolsCatalog()
+    try:
+        yield catalog
+    finally:
+        catalog.stop()
+
+
+def test_the_ls_drops_a_ts_that_leaves_the_catalog(spawn, forgetting_catalog) -> None:
+    env = {"CATALOG_HOST": forgetting_catalog.host}
+    listed = ("--project", "dns-leave", "--announce-interval", "0.5")
+    start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt", *listed, env=env)
+    ts2, ts2_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS2.txt", *listed, env=env)
+    ls, port = start_ls(spawn, [], "--project", "dns-leave", "--refresh", "0.3", env=env)
+    both = [b"rutgers.edu", b"google.com"]
+    wait_until(
+        lambda: resolve("127.0.0.1", port, both) == [RIGHT[name] for name in both],
+        timeout=20,
+        what="the LS to use both TSs",
+    )
+    ts2.kill()
+    forgetting_catalog.forget_dead_records()
+    wait_until(
+        lambda: f"TS 127.0.0.1:{ts2_port} is no longer listed" in ls.output(),
+        timeout=20,
+        what="the LS to drop the dead TS",
+    )
+    wait_until(
+        lambda: resolve("127.0.0.1", port, [b"rutgers.edu"]) == [RIGHT[b"rutgers.edu"]],
+        timeout=20,
+        what="the LS to serve with the TS that is left",
+    )
+    assert ls.alive()
