@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import socket
 import time
 import zlib
@@ -108,13 +109,30 @@ def query(
             response.raise_for_status()
             records = orjson.loads(response.content)
         except (requests.RequestException, orjson.JSONDecodeError) as exc:
-            failures.append(f"{host}:{port}: {exc}")
+            failures.append(f"{host}:{port}: {_failure(exc)}")
             continue
         if not isinstance(records, list):
             failures.append(f"{host}:{port}: reply is not a JSON array")
             continue
         return [record for record in records if isinstance(record, dict)]
     raise CatalogUnavailable("no catalog answered: " + "; ".join(failures))
+
+
+def _failure(exc: Exception) -> str:
+    """Why one catalog gave no answer, in a line a person can read."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        lines = exc.response.text.strip().splitlines()
+        detail = f": {lines[0][:200]}" if lines and exc.response.status_code == 400 else ""
+        return f"HTTP {exc.response.status_code} {exc.response.reason}{detail}"
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    if isinstance(exc, requests.ConnectionError):
+        # requests nests the OS error deep inside its message; the OS error is the news.
+        errors = re.findall(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+        return f"cannot connect: {errors[-1].strip()}" if errors else f"cannot connect: {exc}"
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"reply is not JSON: {exc}"
+    return str(exc)
 
 
 def _url_host(host: str) -> str:

@@ -1,0 +1,103 @@
+"""``python -m catalog``: run the catalog server (see docs/catalog.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from catalog.client import DEFAULT_PORT
+from catalog.persist import StateDirError, default_state_dir
+from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
+from catalog.server import CatalogServer, Config
+from netkit.logs import setup_logging
+
+log = logging.getLogger("catalog")
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port from 1 to 65534 (the catalog also uses the next port)"
+        )
+    return int(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m catalog",
+        description="A cctools-compatible catalog server: services announce themselves over "
+        "UDP port P (or TCP P+1), clients query it over HTTP on TCP P.",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; "
+        "0.0.0.0 or :: to serve the network)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port P (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--lifetime",
+        type=_positive(float),
+        default=DEFAULT_LIFETIME,
+        help=f"seconds a record lives without an update (default {DEFAULT_LIFETIME})",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where records are kept across restarts "
+        "(default $XDG_STATE_HOME/dht-catalog/PORT, i.e. ~/.local/state/dht-catalog/PORT)",
+    )
+    parser.add_argument(
+        "--max-records",
+        type=_positive(int),
+        default=MAX_RECORDS,
+        help=f"most records kept at once (default {MAX_RECORDS})",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
+    parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    config = Config(
+        host=args.host,
+        port=args.port,
+        lifetime=args.lifetime,
+        state_dir=args.state_dir or default_state_dir(args.port),
+        max_records=args.max_records,
+    )
+    try:
+        server = CatalogServer(config)
+    except (OSError, StateDirError) as exc:
+        log.error("%s", exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+        return 1
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: server.stop())
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

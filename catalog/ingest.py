@@ -1,0 +1,115 @@
+"""From received update bytes to stored records, sans-IO (the resolver is injected).
+
+An update whose sender's host name is not known yet waits, briefly, for the
+resolver: its key contains the name, so storing it under the bare address
+first would leave a duplicate record behind once the name is known. It waits
+at most ``NAME_WAIT`` seconds (then the address stands in for the name), and
+at most ``MAX_WAITING`` updates wait at once (beyond that, likewise).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from catalog.records import RecordRejected, RecordStore
+from catalog.updates import UpdateError, decode_update, stamp
+
+log = logging.getLogger("catalog.ingest")
+
+NAME_WAIT = 2.0
+MAX_WAITING = 10_000
+
+
+class Names(Protocol):
+    def name_of(self, address: str) -> str | None: ...
+    def give_up(self, address: str) -> None: ...
+    def collect(self) -> list[str]: ...
+
+
+@dataclass
+class Stats:
+    """What happened since the last report; the server logs it periodically."""
+
+    updates: int = 0
+    new: int = 0
+    rejected: int = 0
+    last_rejection: str = ""
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: RecordStore,
+        names: Names,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.names = names
+        self.clock = clock
+        self.stats = Stats()
+        # address -> (when the first one arrived, [(record, heard), ...]); oldest first
+        self._waiting: dict[str, tuple[float, list[tuple[dict[str, Any], float]]]] = {}
+        self._waiting_count = 0
+
+    def receive(self, data: bytes, address: str) -> None:
+        """One update as it arrived from ``address``, over UDP or TCP."""
+        heard = self.clock()
+        try:
+            record = decode_update(data)
+        except UpdateError as exc:
+            self._reject(address, str(exc))
+            return
+        name = self.names.name_of(address)
+        if name is not None:
+            self._keep(record, address, name, heard)
+        elif self._waiting_count < MAX_WAITING:
+            self._waiting.setdefault(address, (heard, []))[1].append((record, heard))
+            self._waiting_count += 1
+        else:
+            self._keep(record, address, address, heard)
+
+    def names_arrived(self) -> None:
+        """Stores the updates whose senders' names the resolver has found."""
+        for address in self.names.collect():
+            self._release(address, self.names.name_of(address) or address)
+
+    def stop_waiting(self, force: bool = False) -> None:
+        """Stores, under their address, the updates that waited ``NAME_WAIT`` for a
+        name (all of them if ``force``, at shutdown)."""
+        deadline = self.clock() - NAME_WAIT
+        while self._waiting:
+            address, (since, _) = next(iter(self._waiting.items()))
+            if since > deadline and not force:
+                break
+            self.names.give_up(address)
+            self._release(address, address)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting_count
+
+    def _release(self, address: str, name: str) -> None:
+        _, updates = self._waiting.pop(address, (0.0, []))
+        self._waiting_count -= len(updates)
+        for record, heard in updates:
+            self._keep(record, address, name, heard)
+
+    def _keep(self, record: dict[str, Any], address: str, name: str, heard: float) -> None:
+        try:
+            key, new = self.store.put(stamp(record, address, name, heard), heard)
+        except RecordRejected as exc:
+            self._reject(address, str(exc))
+            return
+        self.stats.updates += 1
+        if new:
+            self.stats.new += 1
+            log.debug("new record %s", key)
+
+    def _reject(self, address: str, reason: str) -> None:
+        log.debug("update from %s rejected: %s", address, reason)
+        self.stats.rejected += 1
+        self.stats.last_rejection = f"from {address}: {reason}"

@@ -1,0 +1,163 @@
+"""The catalog's state directory: its records on disk, so that a restart loses none.
+
+``STATE_FILE`` holds a ``/query.json`` reply, written atomically (temporary
+file, fsync, rename, fsync of the directory): a crash leaves the previous
+version or the new one, never a mix. Writes happen on a background thread
+(``Saver``) because an fsync can stall for a long time on a busy disk, and the
+event loop must not. A lock file keeps two catalogs from sharing a directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from catalog.records import RecordStore
+
+log = logging.getLogger("catalog.persist")
+
+STATE_FILE = "records.json"
+LOCK_FILE = "lock"
+
+
+class StateDirError(RuntimeError):
+    """The state directory cannot be used; the message says why."""
+
+
+def default_state_dir(port: int) -> Path:
+    """``$XDG_STATE_HOME/dht-catalog/PORT`` (``~/.local/state`` by default): one
+    directory per port, so that catalogs on different ports keep apart."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "dht-catalog" / str(port)
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path / STATE_FILE
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        """Creates and locks the directory; ``StateDirError`` if impossible or in use."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateDirError(f"cannot use state directory {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateDirError(
+                f"state directory {self.path} is in use by another catalog"
+            ) from None
+        self._lock_fd = fd
+        self._remove_temporaries()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def read(self) -> bytes | None:
+        """The saved records, or None when there are none yet."""
+        try:
+            return self.file.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def set_aside(self) -> Path:
+        """Moves an unreadable state file out of the way (it is kept, not deleted)."""
+        aside = self.path / f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(self.file, aside)
+        return aside
+
+    def write(self, data: bytes) -> None:
+        """Replaces the state file with ``data`` atomically and durably. Raises OSError."""
+        temporary = self.path / f".{STATE_FILE}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self.file)
+        directory = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # makes the rename itself durable
+        finally:
+            os.close(directory)
+
+    def _remove_temporaries(self) -> None:
+        for leftover in self.path.glob(f".{STATE_FILE}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+class Saver:
+    """Writes snapshots on a background thread; only the newest pending one is written."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self._pending: bytes | None = None
+        self._stopping = False
+        self.last_error: str | None = None
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="catalog-saver", daemon=True)
+        self._thread.start()
+
+    def submit(self, snapshot: bytes) -> None:
+        with self._ready:
+            self._pending = snapshot
+            self._ready.notify()
+
+    def close(self, final: bytes | None = None, timeout: float = 30.0) -> bool:
+        """Writes ``final`` (if given) and stops; True if it was written."""
+        with self._ready:
+            if final is not None:
+                self._pending = final
+            self._stopping = True
+            self._ready.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive() and self.last_error is None
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while self._pending is None and not self._stopping:
+                    self._ready.wait()
+                snapshot, self._pending = self._pending, None
+                if snapshot is None:
+                    return
+            try:
+                self.state.write(snapshot)
+                self.last_error = None
+            except OSError as exc:
+                self.last_error = str(exc)
+                log.error("could not save records to %s: %s", self.state.file, exc)
+
+
+def restore(store: RecordStore, state: StateDir) -> None:
+    """Loads the saved records into ``store``. A state file that cannot be read is
+    set aside with a clear message and the catalog starts empty: it never crashes."""
+    data = state.read()
+    if data is None:
+        log.info("no saved records in %s; starting empty", state.path)
+        return
+    try:
+        kept, dropped = store.load(data)
+    except ValueError as exc:
+        aside = state.set_aside()
+        log.error(
+            "state file %s is unreadable (%s); moved it to %s and starting empty",
+            state.file,
+            exc,
+            aside,
+        )
+        return
+    log.info(
+        "restored %d records from %s (%d expired or invalid dropped)", kept, state.file, dropped
+    )

@@ -1,0 +1,183 @@
+"""The catalog's records, sans-IO: keying, expiry, bounds and their JSON.
+
+Each record is serialized once, when its update arrives, so that answering
+``/query.json`` is a join of ready bytes however many records there are. The
+same bytes are the persistence format: the state file is a ``/query.json`` reply.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+DEFAULT_LIFETIME = 900
+# Bounds on what senders can make the catalog hold; see docs/catalog.md.
+MAX_RECORDS = 100_000
+MAX_STORE_BYTES = 256 * 1024 * 1024
+MAX_KEY_LENGTH = 512
+
+Record = dict[str, Any]
+
+
+class RecordRejected(ValueError):
+    """A record the store will not keep; the message says why."""
+
+
+@dataclass(slots=True)
+class Entry:
+    key: str
+    data: bytes  # the record as JSON
+    expires: float  # wall-clock seconds
+
+
+def record_key(record: Record) -> str:
+    """``address:port:name``, plus ``:uuid`` when the record has one, as cctools keys it."""
+    port = record.get("port")
+    if not isinstance(port, int) or isinstance(port, bool):
+        port = 0  # cctools reads a missing or non-integer port as 0
+    key = f"{record.get('address', 'unknown')}:{port}:{record.get('name', 'unknown')}"
+    uuid = record.get("uuid")
+    if isinstance(uuid, str):
+        key += ":" + uuid
+    return key
+
+
+def record_lifetime(record: Record, lifetime: float) -> float:
+    """The catalog's lifetime, or the record's own integer ``lifetime`` if shorter."""
+    own = record.get("lifetime")
+    if isinstance(own, int) and not isinstance(own, bool) and 0 < own < lifetime:
+        return own
+    return lifetime
+
+
+def join_records(datas: list[bytes]) -> bytes:
+    """A JSON array of already-serialized records."""
+    if not datas:
+        return b"[]\n"
+    return b"[\n" + b",\n".join(datas) + b"\n]\n"
+
+
+class RecordStore:
+    """The live records, keyed as cctools keys them, each expiring on its own clock."""
+
+    def __init__(
+        self,
+        lifetime: float = DEFAULT_LIFETIME,
+        max_records: int = MAX_RECORDS,
+        max_bytes: int = MAX_STORE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lifetime = lifetime
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.clock = clock
+        # Bumped whenever the set of live records changes: caches and the saver key on it.
+        self.version = 0
+        self._entries: dict[str, Entry] = {}
+        self._bytes = 0
+        # (expires, key) for every put; an item whose record was refreshed since is
+        # stale and skipped when popped. Rebuilt when stale items pile up.
+        self._expiry: list[tuple[float, str]] = []
+        self._body: tuple[int, bytes] = (-1, b"")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, record: Record, heard: float) -> tuple[str, bool]:
+        """Keeps ``record`` (already stamped), replacing any record with its key.
+
+        Returns ``(key, is_new)``. Raises ``RecordRejected`` when a bound would be
+        exceeded; an existing key may always be refreshed within the size bounds.
+        """
+        key = record_key(record)
+        if len(key) > MAX_KEY_LENGTH:
+            raise RecordRejected(f"record key is longer than {MAX_KEY_LENGTH} characters")
+        try:
+            data = orjson.dumps(record)
+        except orjson.JSONEncodeError as exc:
+            raise RecordRejected(f"record cannot be stored as JSON: {exc}") from None
+        old = self._entries.get(key)
+        if old is None and len(self._entries) >= self.max_records:
+            raise RecordRejected(f"catalog is full ({self.max_records} records)")
+        grown = self._bytes + len(data) - (len(old.data) if old else 0)
+        if grown > self.max_bytes:
+            raise RecordRejected(f"catalog is full ({self.max_bytes} bytes of records)")
+        expires = heard + record_lifetime(record, self.lifetime)
+        self._entries[key] = Entry(key, data, expires)
+        self._bytes = grown
+        heapq.heappush(self._expiry, (expires, key))
+        if len(self._expiry) > 2 * len(self._entries) + 1024:
+            self._expiry = [(e.expires, e.key) for e in self._entries.values()]
+            heapq.heapify(self._expiry)
+        self.version += 1
+        return key, old is None
+
+    def purge(self) -> int:
+        """Drops the records whose lifetime has passed; returns how many."""
+        now = self.clock()
+        expiry = self._expiry
+        dropped = 0
+        while expiry and expiry[0][0] < now:
+            _, key = heapq.heappop(expiry)
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires < now:
+                del self._entries[key]
+                self._bytes -= len(entry.data)
+                dropped += 1
+        if dropped:
+            self.version += 1
+        return dropped
+
+    def entries(self) -> list[Entry]:
+        """The live records, in the order their keys were first heard from."""
+        self.purge()
+        return list(self._entries.values())
+
+    def get(self, key: str) -> Entry | None:
+        self.purge()
+        return self._entries.get(key)
+
+    def json_body(self) -> bytes:
+        """Every live record as one JSON array: the ``/query.json`` reply and the state file."""
+        self.purge()
+        version, body = self._body
+        if version != self.version:
+            body = join_records([e.data for e in self._entries.values()])
+            self._body = (self.version, body)
+        return body
+
+    def load(self, data: bytes) -> tuple[int, int]:
+        """Adds the records of a state file (a ``json_body``); returns ``(kept, dropped)``.
+
+        Expired and malformed records are dropped; ``ValueError`` if the data is
+        not a JSON array at all.
+        """
+        try:
+            records = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+        if not isinstance(records, list):
+            raise ValueError("not a JSON array of records")
+        now = self.clock()
+        kept = 0
+        for record in records:
+            heard = record.get("lastheardfrom") if isinstance(record, dict) else None
+            if not isinstance(heard, int | float) or isinstance(heard, bool):
+                continue
+            if heard + record_lifetime(record, self.lifetime) < now:
+                continue
+            try:
+                self.put(record, heard)
+            except RecordRejected:
+                continue
+            kept += 1
+        return kept, len(records) - kept
