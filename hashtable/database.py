@@ -1,0 +1,368 @@
+"""The durable hash table: executes requests, logs mutations, recovers, compacts.
+
+The server loop drives it without blocking on anything but the group commit:
+
+    outcome = db.execute(request)      # for each request of the turn
+    if db.needs_commit:
+        db.commit()                    # one write + one fsync for the whole turn
+    ... send the turn's replies ...
+    db.maintain()                      # reap/start compaction, everysec fsync
+    timeout = db.seconds_until_maintenance()
+
+A mutation is applied in memory at once and its log record buffered; it is
+durable after ``commit()``, and no reply may leave before that. The log holds
+mutation *requests* (with client/seq/ack, origin and lsn), and recovery
+re-executes them on the checkpoint's state, which rebuilds the table and the
+exactly-once sessions alike (a remove's reply is recomputed, not stored).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hashtable import storage
+from hashtable.compaction import Compactor, Result
+from hashtable.request import MUTATIONS, Outcome, Request
+from hashtable.sessions import SessionLimits, Sessions, check_fields
+from hashtable.storage import RecoveryError, StorageFailure
+from hashtable.table import Table, check_arguments
+from netkit.backoff import Backoff
+
+log = logging.getLogger("hashtable.database")
+
+REAP_INTERVAL = 0.05  # how often the loop should look at a running compaction
+_dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+__all__ = ["Database", "RecoveryError", "StorageFailure"]
+
+
+class Database:
+    """A hash table kept durable in ``data_dir`` (see docs/storage.md)."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        sync: str = "always",
+        compact_after: int = 100,
+        regex_timeout: float = 1.0,
+        lock_timeout: float = 5.0,
+        session_limits: SessionLimits | None = None,
+    ) -> None:
+        if sync not in storage.SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(storage.SYNC_MODES)}, not {sync!r}")
+        if compact_after < 1:
+            raise ValueError("compact_after must be at least 1")
+        self.directory = Path(data_dir)
+        self.sync = sync
+        self.compact_after = compact_after
+        self.regex_timeout = regex_timeout
+        self._lock = storage.open_directory(self.directory, lock_timeout)
+        try:
+            self.origin = storage.read_origin(self.directory)
+            storage.remove_temporaries(self.directory)
+            self.sessions = Sessions(session_limits)
+            self._recover()
+            self._log = storage.Log(self.directory, sync)
+        except BaseException:
+            os.close(self._lock)
+            raise
+        self._compactor = Compactor()
+        self._retry = Backoff(initial=1.0, cap=60.0)
+        self._retry_at = 0.0
+        self._compacting_lsn = 0
+        self._compactions = self._compaction_failures = 0
+        self._last_compaction_ms = self._last_pause_ms = self._last_fork_ms = None
+        self._closed = False
+        self._handlers = {
+            "insert": self._mutate,
+            "remove": self._mutate,
+            "lookup": self._lookup,
+            "scan": self._scan,
+            "size": self._size,
+            "query": self._query,
+        }
+
+    # ---- requests ---------------------------------------------------------------
+
+    def execute(self, request: Request) -> Outcome:
+        """Runs one request. A mutation is applied and its record buffered, durable after commit()."""
+        try:
+            handler = self._handlers[request.method]
+        except (KeyError, TypeError):
+            return Outcome.invalid(f"unknown method {str(request.method)[:40]!r}")
+        return handler(request)
+
+    def _lookup(self, request: Request) -> Outcome:
+        problem = check_arguments(request)
+        return Outcome.invalid(problem) if problem else self.table.lookup(request.key)
+
+    def _scan(self, request: Request) -> Outcome:
+        problem = check_arguments(request)
+        return (
+            Outcome.invalid(problem)
+            if problem
+            else self.table.scan(request.regex, self.regex_timeout)
+        )
+
+    def _size(self, request: Request) -> Outcome:
+        return self.table.size()
+
+    def _query(self, request: Request) -> Outcome:
+        problem = check_arguments(request)
+        if problem:
+            return Outcome.invalid(problem)
+        return self.table.query(request.subkey, request.subvalue)
+
+    def _mutate(self, request: Request) -> Outcome:
+        client, seq, ack = request.client, request.seq, request.ack
+        problem = check_fields(client, seq, ack)
+        if problem:
+            return Outcome.invalid(problem)
+        if client is not None:
+            earlier = self.sessions.earlier(client, seq)
+            if earlier is not None:
+                return earlier
+        record: dict[str, Any] = {"origin": self.origin, "lsn": self._lsn + 1}
+        if client is not None:
+            record["client"] = client
+            record["seq"] = seq
+            if ack:
+                record["ack"] = ack
+        record["method"] = request.method
+        problem = check_arguments(request)
+        if problem is None:
+            record["key"] = request.key
+            if request.method == "insert":
+                record["value"] = request.value
+            try:
+                line = _dumps(record, option=_NEWLINE)
+            except TypeError as error:  # orjson.JSONEncodeError: too deep, huge int, bad Unicode
+                problem = f"cannot store this {request.method}: {error}"
+        if problem is not None:
+            if client is None:
+                return Outcome.invalid(problem)
+            # Logged too, so that its retry gets the same answer even after a crash.
+            record.pop("key", None)
+            record.pop("value", None)
+            record["invalid"] = problem
+            line = _dumps(record, option=_NEWLINE)
+        self._lsn += 1
+        self._log.append(line)
+        return self._apply(request, problem)
+
+    def _apply(self, request: Request, invalid: str | None) -> Outcome:
+        """The effect of a logged mutation, live or in replay: the same code, the same result."""
+        if invalid is not None:
+            outcome = Outcome.invalid(invalid)
+        elif request.method == "insert":
+            outcome = self.table.insert(request.key, request.value)
+        else:
+            outcome = self.table.remove(request.key)
+        if request.client is not None:
+            self.sessions.record(request.client, request.seq, request.ack or 0, outcome)
+        return outcome
+
+    # ---- durability -------------------------------------------------------------
+
+    @property
+    def needs_commit(self) -> bool:
+        """True when records are buffered: call commit() before sending this turn's replies."""
+        return bool(self._log.pending)
+
+    def commit(self) -> None:
+        """Writes the buffered records at once; with sync 'always', one fsync makes them durable."""
+        self._log.commit()
+
+    def maintain(self) -> None:
+        """Never blocks for long: reaps or starts the compaction child, does everysec's fsync."""
+        now = time.monotonic()
+        if self._compactor.running:
+            result = self._compactor.poll()
+            if result is not None:
+                self._compaction_ended(result)
+        self._log.sync_if_due(now)
+        if not self._compactor.running and now >= self._retry_at and self._compaction_due():
+            self._start_compaction()
+
+    def seconds_until_maintenance(self) -> float | None:
+        """How long the loop may sleep before maintain() has work; None for no limit."""
+        now = time.monotonic()
+        waits = []
+        if self._compactor.running:
+            waits.append(REAP_INTERVAL)
+        elif self._compaction_due():
+            waits.append(max(0.0, self._retry_at - now))
+        until_sync = self._log.seconds_until_sync(now)
+        if until_sync is not None:
+            waits.append(until_sync)
+        return min(waits, default=None)
+
+    def _compaction_due(self) -> bool:
+        # Amortized O(1) per write: a table of n keys is rewritten after n new records.
+        return self._lsn - self._checkpoint_lsn >= max(self.compact_after, len(self.table.data))
+
+    def _start_compaction(self) -> None:
+        before = time.perf_counter()
+        # A left-over table.txn.old (failed or crashed compaction) is covered by this
+        # checkpoint as well, so only rotate when there is none.
+        if not self._log.old_exists:
+            self._log.rotate()
+        applied = {**self._applied, self.origin: self._lsn}
+        sessions, data, directory, origin = (
+            self.sessions,
+            self.table.data,
+            self.directory,
+            self.origin,
+        )
+
+        def write_checkpoint() -> None:  # in the child, on its copy-on-write snapshot
+            storage.write_checkpoint(
+                directory, origin=origin, applied=applied, sessions=sessions.rows(), data=data
+            )
+
+        try:
+            fork_seconds = self._compactor.start(write_checkpoint, keep_fds=(self._lock,))
+        except OSError as error:
+            self._compaction_failed(f"cannot fork: {error}")
+            return
+        self._compacting_lsn = self._lsn
+        self._last_fork_ms = fork_seconds * 1000
+        self._last_pause_ms = (time.perf_counter() - before) * 1000
+        log.debug(
+            "compaction started: %d keys up to lsn %d, paused %.1f ms (fork %.1f ms)",
+            len(data),
+            self._lsn,
+            self._last_pause_ms,
+            self._last_fork_ms,
+        )
+
+    def _compaction_ended(self, result: Result) -> None:
+        if not result.ok:
+            self._compaction_failed(result.message)
+            return
+        self._log.drop_old()
+        self._checkpoint_lsn = self._compacting_lsn
+        self._compactions += 1
+        self._last_compaction_ms = result.seconds * 1000
+        self._retry.reset()
+        log.debug("compaction done in %.0f ms", self._last_compaction_ms)
+
+    def _compaction_failed(self, reason: str) -> None:
+        self._compaction_failures += 1
+        delay = self._retry.next_delay()
+        self._retry_at = time.monotonic() + delay
+        log.warning("compaction failed (%s); nothing is lost, retrying in %.0f s", reason, delay)
+
+    # ---- recovery ---------------------------------------------------------------
+
+    def _recover(self) -> None:
+        started = time.perf_counter()
+        checkpoint = storage.read_checkpoint(self.directory)
+        self.table = Table(checkpoint.data if checkpoint else None)
+        covered: dict[str, int] = checkpoint.applied if checkpoint else {}
+        for number, row in checkpoint.sessions if checkpoint else ():
+            try:
+                self.sessions.restore(row)
+            except ValueError as error:
+                raise RecoveryError(checkpoint.path, number, str(error)) from None
+        self._applied = dict(covered)
+        replayed = 0
+        for name, tolerate_torn_tail in ((storage.OLD_LOG, False), (storage.LOG, True)):
+            path = self.directory / name
+            for number, record in storage.read_log(path, tolerate_torn_tail=tolerate_torn_tail):
+                replayed += self._replay(path, number, record, covered)
+        self._lsn = self._applied.get(self.origin, 0)
+        self._checkpoint_lsn = covered.get(self.origin, 0)
+        log.info(
+            "recovered %d keys from %s: checkpoint up to lsn %d, %d log records replayed, in %.0f ms",
+            len(self.table.data),
+            self.directory,
+            self._checkpoint_lsn,
+            replayed,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def _replay(self, path: Path, number: int, record: Any, covered: dict[str, int]) -> int:
+        """Re-executes one log record unless the checkpoint holds it; returns 1 if applied."""
+        if type(record) is not dict:
+            raise RecoveryError(path, number, "a log record must be a JSON object")
+        origin, lsn = record.get("origin"), record.get("lsn")
+        if not isinstance(origin, str) or type(lsn) is not int:
+            raise RecoveryError(path, number, "a log record needs 'origin' and 'lsn'")
+        if lsn <= covered.get(origin, 0):
+            return 0
+        expected = self._applied.get(origin, 0) + 1
+        if lsn != expected:
+            raise RecoveryError(
+                path, number, f"lsn {lsn} where {expected} was expected: records are missing"
+            )
+        request = Request(
+            record.get("method"),
+            key=record.get("key"),
+            value=record.get("value"),
+            client=record.get("client"),
+            seq=record.get("seq"),
+            ack=record.get("ack"),
+        )
+        invalid = record.get("invalid")
+        if not isinstance(request.method, str) or request.method not in MUTATIONS:
+            problem = f"method {request.method!r} is not a mutation"
+        elif invalid is None:
+            problem = check_fields(request.client, request.seq, request.ack) or check_arguments(
+                request
+            )
+        elif not isinstance(invalid, str) or request.client is None:
+            problem = "'invalid' must be a message, in a record with a client"
+        else:
+            problem = check_fields(request.client, request.seq, request.ack)
+        if problem:
+            raise RecoveryError(path, number, f"not a valid log record: {problem}")
+        self._apply(request, invalid)
+        self._applied[origin] = lsn
+        return 1
+
+    # ---- the rest -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for the catalog record and the logs."""
+        return {
+            "keys": len(self.table.data),
+            "origin": self.origin,
+            "lsn": self._lsn,
+            "sync": self.sync,
+            "log_entries": self._lsn - self._checkpoint_lsn,
+            "log_bytes": self._log.size(),
+            "compactions": self._compactions,
+            "compaction_failures": self._compaction_failures,
+            "compacting": self._compactor.running,
+            "last_compaction_ms": self._last_compaction_ms,
+            "last_pause_ms": self._last_pause_ms,
+            "last_fork_ms": self._last_fork_ms,
+            "sessions": len(self.sessions),
+            "session_outcomes": self.sessions.outcomes,
+        }
+
+    def close(self) -> None:
+        """Writes and syncs what is buffered, stops a compaction, releases the directory."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._compactor.kill()
+            self._log.close()
+        finally:
+            os.close(self._lock)
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,183 @@
+"""Exactly-once bookkeeping: the outcomes of clients' recent mutations.
+
+A client names itself (``client``) and numbers its mutations 1, 2, 3, ...
+(``seq``); ``ack`` says it holds the replies of all its mutations up to that
+number. For each client this keeps the outcomes of mutations above ``ack``, so
+that a retried mutation is answered with its first outcome instead of being
+applied again.
+
+Only ``record`` changes the state, and the database calls it exactly when it
+logs a mutation (live and in replay alike), so replaying the log rebuilds the
+same sessions, eviction order included. Answering a retry changes nothing.
+
+Memory is bounded (``SessionLimits``); what is evicted can no longer be
+answered, and such a retry is refused rather than applied twice:
+- outcomes at or below a client's ``ack`` are dropped;
+- beyond ``max_outcomes_per_client`` unacknowledged outcomes, the oldest go;
+- beyond ``max_clients`` clients or ``max_outcomes`` outcomes in all, the least
+  recently active client is forgotten. A client the server does not know may
+  only start with seq 1, so a forgotten client's later mutations are refused.
+  The one gap: a retry of a client's very first mutation, after the client was
+  forgotten between that mutation and its retry, is applied again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from hashtable.request import OK_NONE, Outcome, Status
+
+MAX_CLIENT_ID = 128
+MAX_SEQ = 2**63 - 1  # the log's JSON codec (orjson) holds 64-bit integers
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_clients: int = 100_000
+    max_outcomes_per_client: int = 10_000
+    max_outcomes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_outcomes_per_client <= self.max_outcomes or self.max_clients < 1:
+            raise ValueError("session limits need 1 <= per client <= total, and clients >= 1")
+
+
+def check_fields(client: Any, seq: Any, ack: Any) -> str | None:
+    """Why these session fields are wrong, or None when they are fine (or all absent)."""
+    if client is None:
+        if seq is not None or ack is not None:
+            return "'seq' and 'ack' need a 'client'"
+        return None
+    if not (
+        isinstance(client, str)
+        and 1 <= len(client) <= MAX_CLIENT_ID
+        and client.isascii()
+        and client.isprintable()
+    ):
+        return f"'client' must be 1 to {MAX_CLIENT_ID} printable ASCII characters"
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
+        return "a mutation with a 'client' needs 'seq', an integer >= 1"
+    if ack is not None and (type(ack) is not int or not 0 <= ack < seq):
+        return "'ack' must be an integer >= 0 and below 'seq'"
+    return None
+
+
+def encode_outcome(outcome: Outcome) -> dict[str, Any]:
+    if outcome.status is Status.OK:
+        return {"status": "ok", "result": outcome.result}
+    return {"status": outcome.status.value, "error": outcome.error, "message": outcome.message}
+
+
+def decode_outcome(data: Any) -> Outcome:
+    """The inverse of ``encode_outcome``; ValueError when ``data`` is not one."""
+    if not isinstance(data, dict):
+        raise ValueError("an outcome must be an object")
+    status = data.get("status")
+    if status == "ok":
+        result = data.get("result")
+        return OK_NONE if result is None else Outcome.ok(result)
+    error, message = data.get("error"), data.get("message")
+    if status not in ("failed", "invalid") or not isinstance(error, str):
+        raise ValueError(f"not an outcome: status {status!r}")
+    if not isinstance(message, str):
+        raise ValueError("an outcome's message must be a string")
+    return Outcome(Status(status), None, error, message)
+
+
+class _Session:
+    __slots__ = ("floor", "outcomes")
+
+    def __init__(self, floor: int = 0) -> None:
+        self.floor = floor  # retries at or below it are forgotten: acknowledged or evicted
+        self.outcomes: OrderedDict[int, Outcome] = OrderedDict()  # seq -> outcome, oldest first
+
+
+class Sessions:
+    """The clients' sessions, least recently active first."""
+
+    def __init__(self, limits: SessionLimits | None = None) -> None:
+        self.limits = limits or SessionLimits()
+        self._clients: OrderedDict[str, _Session] = OrderedDict()
+        self._outcomes = 0
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    @property
+    def outcomes(self) -> int:
+        return self._outcomes
+
+    def earlier(self, client: str, seq: int) -> Outcome | None:
+        """The answer to a mutation already seen (its first outcome, or a refusal), else None."""
+        session = self._clients.get(client)
+        if session is None:
+            if seq == 1:
+                return None
+            return Outcome.invalid(
+                f"unknown or expired session {client!r}: a new client starts "
+                f"with seq 1; seq {seq} was not applied (it may have been, before the server "
+                "forgot this client)"
+            )
+        outcome = session.outcomes.get(seq)
+        if outcome is not None:
+            return outcome
+        if seq <= session.floor:
+            return Outcome.invalid(
+                f"seq {seq} is acknowledged or too old: the server no longer holds its "
+                "outcome; not applied again"
+            )
+        return None
+
+    def record(self, client: str, seq: int, ack: int, outcome: Outcome) -> None:
+        """Remembers the outcome of a new mutation; drops what ``ack`` releases and what is over bounds."""
+        clients = self._clients
+        session = clients.get(client)
+        if session is None:
+            session = clients[client] = _Session()
+        else:
+            clients.move_to_end(client)
+        outcomes = session.outcomes
+        if ack > session.floor:
+            session.floor = ack
+            while outcomes and next(iter(outcomes)) <= ack:
+                outcomes.popitem(last=False)
+                self._outcomes -= 1
+        if seq not in outcomes:
+            self._outcomes += 1
+        outcomes[seq] = outcome
+        if len(outcomes) > self.limits.max_outcomes_per_client:
+            oldest, _ = outcomes.popitem(last=False)
+            session.floor = max(session.floor, oldest)
+            self._outcomes -= 1
+        while len(clients) > self.limits.max_clients or self._outcomes > self.limits.max_outcomes:
+            _, forgotten = clients.popitem(last=False)
+            self._outcomes -= len(forgotten.outcomes)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """One JSON-ready row per client, least recently active first (for checkpoints)."""
+        for client, session in self._clients.items():
+            yield {
+                "client": client,
+                "floor": session.floor,
+                "outcomes": [[seq, encode_outcome(o)] for seq, o in session.outcomes.items()],
+            }
+
+    def restore(self, row: Any) -> None:
+        """Appends a row made by ``rows()`` as the most recently active; ValueError when malformed."""
+        if not isinstance(row, dict):
+            raise ValueError("a session row must be an object")
+        client, floor, outcomes = row.get("client"), row.get("floor"), row.get("outcomes")
+        if not isinstance(client, str) or type(floor) is not int or not isinstance(outcomes, list):
+            raise ValueError("a session row needs 'client', 'floor' and 'outcomes'")
+        if client in self._clients:
+            raise ValueError(f"session {client!r} appears twice")
+        session = _Session(floor)
+        for item in outcomes:
+            if not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int:
+                raise ValueError("a session outcome must be [seq, outcome]")
+            session.outcomes[item[0]] = decode_outcome(item[1])
+        self._clients[client] = session
+        self._outcomes += len(session.outcomes)

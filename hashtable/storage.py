@@ -1,0 +1,412 @@
+"""The data directory's files: transaction log, checkpoint, server id and lock.
+
+Layout (docs/storage.md describes the formats):
+- ``table.txn``      the transaction log: one JSON record per line, appended.
+- ``table.txn.old``  the log being compacted away; exists from the start of a
+                     compaction until its checkpoint is safely written.
+- ``table.ckpt``     the checkpoint: header, sessions, one ``[key, value]`` per
+                     line, footer. Replaced atomically (temporary file, fsync,
+                     rename, fsync of the directory).
+- ``table.origin``   this server's persistent id.
+- ``table.lock``     held (flock) by the process using the directory.
+
+Every failure to write, sync or rename raises ``StorageFailure``: the process
+must exit and let recovery start from what is on disk (crash-only), because
+after a failed fsync nobody knows what the file holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("hashtable.storage")
+
+LOG = "table.txn"
+OLD_LOG = "table.txn.old"
+CHECKPOINT = "table.ckpt"
+ORIGIN = "table.origin"
+LOCK = "table.lock"
+TEMPORARY = ".tmp"
+CHECKPOINT_FORMAT = "hashtable-checkpoint"
+CHECKPOINT_VERSION = 1
+SYNC_MODES = ("always", "everysec", "no")
+
+_ORIGIN_SHAPE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+_dump_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+_TORN = object()
+
+
+class StorageFailure(Exception):
+    """Writing, syncing or renaming a data file failed: the server must exit (crash-only)."""
+
+
+class RecoveryError(Exception):
+    """The data directory cannot be opened or its contents are corrupt."""
+
+    def __init__(self, path: Path | str, line: int | None, reason: str) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.reason = reason
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+class DataDirBusy(RecoveryError):
+    """Another process (a running server, or its compaction) holds the data directory."""
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes the directory's entries (created, renamed, removed files) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def open_directory(directory: Path, lock_timeout: float) -> int:
+    """Creates ``directory`` if needed and locks it; returns the lock's descriptor.
+
+    Waits up to ``lock_timeout`` seconds: after a crash, the dead server's
+    compaction child may hold the lock for a moment longer (it dies with its
+    parent), and it must be gone before anyone touches the files.
+    """
+    try:
+        if not directory.is_dir():
+            directory.mkdir(parents=True)
+            fsync_dir(directory.parent)
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise RecoveryError(directory, None, f"cannot use as data directory: {error}") from None
+    deadline = time.monotonic() + lock_timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise DataDirBusy(
+                    directory, None, f"in use by another process (pid {holder})"
+                ) from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def read_origin(directory: Path) -> str:
+    """This directory's server id, created on first use."""
+    path = directory / ORIGIN
+    try:
+        origin = path.read_bytes().decode().strip()
+    except FileNotFoundError:
+        origin = secrets.token_hex(8)
+        replace_atomically(path, f"{origin}\n".encode())
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecoveryError(path, None, f"cannot read the server id: {error}") from None
+    if not _ORIGIN_SHAPE.fullmatch(origin):
+        raise RecoveryError(path, 1, "not a server id (1 to 64 letters, digits, '_.-')")
+    return origin
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Writes a small file so that a crash leaves either the old or the new content."""
+    temporary = path.with_name(path.name + TEMPORARY)
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Drops what a crash left half-written: never renamed, so never part of the state."""
+    for name in (CHECKPOINT, ORIGIN):
+        (directory / (name + TEMPORARY)).unlink(missing_ok=True)
+
+
+# ---- checkpoint ---------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    applied: dict[str, int]  # per origin, the last lsn whose effect the checkpoint holds
+    data: dict[str, Any]
+    sessions: list[tuple[int, Any]] = field(default_factory=list)  # (line number, row)
+
+
+def write_checkpoint(
+    directory: Path,
+    *,
+    origin: str,
+    applied: dict[str, int],
+    sessions: Iterable[dict[str, Any]],
+    data: dict[str, Any],
+) -> None:
+    """Writes ``table.ckpt`` atomically: temporary file, fsync, rename, fsync directory."""
+    path = directory / CHECKPOINT
+    temporary = path.with_name(path.name + TEMPORARY)
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "origin": origin,
+        "lsn": applied.get(origin, 0),
+        "applied": applied,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with open(temporary, "wb", buffering=1 << 20) as file:
+        file.write(_dump_line(header))
+        count = 0
+        for row in sessions:
+            file.write(_dump_line(row))
+            count += 1
+        file.writelines(map(_dump_line, data.items()))
+        file.write(_dump_line({"footer": True, "keys": len(data), "sessions": count}))
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    fsync_dir(directory)
+
+
+def read_checkpoint(directory: Path) -> Checkpoint | None:
+    """Loads ``table.ckpt``, or None when there is none; RecoveryError when it is damaged."""
+    path = directory / CHECKPOINT
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise RecoveryError(path, None, f"cannot read: {error}") from None
+    with file:
+        checkpoint = _checkpoint_header(path, file.readline())
+        data = checkpoint.data
+        footer = None
+        for number, line in enumerate(file, 2):
+            if footer is not None:
+                raise RecoveryError(path, number, "data after the footer")
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                raise RecoveryError(path, number, f"not valid JSON ({error})") from None
+            if type(item) is list:
+                if len(item) != 2 or type(item[0]) is not str:
+                    raise RecoveryError(path, number, "an entry must be [key, value]")
+                data[item[0]] = item[1]
+            elif type(item) is dict and "client" in item:
+                checkpoint.sessions.append((number, item))
+            elif type(item) is dict and item.get("footer") is True:
+                footer, footer_line = item, number
+            else:
+                raise RecoveryError(path, number, "neither an entry, a session nor the footer")
+    if footer is None:
+        raise RecoveryError(path, None, "no footer: the file is incomplete")
+    if footer.get("keys") != len(data) or footer.get("sessions") != len(checkpoint.sessions):
+        raise RecoveryError(
+            path,
+            footer_line,
+            f"the footer counts {footer.get('keys')} keys and {footer.get('sessions')} sessions "
+            f"but the file holds {len(data)} distinct keys and {len(checkpoint.sessions)} sessions",
+        )
+    return checkpoint
+
+
+def _checkpoint_header(path: Path, line: bytes) -> Checkpoint:
+    try:
+        header = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise RecoveryError(path, 1, f"not a {CHECKPOINT_FORMAT} header")
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise RecoveryError(path, 1, f"unsupported checkpoint version {header.get('version')!r}")
+    applied = header.get("applied")
+    if not isinstance(applied, dict) or not all(
+        type(lsn) is int and lsn >= 0 for lsn in applied.values()
+    ):
+        raise RecoveryError(path, 1, "'applied' must map origins to log sequence numbers")
+    return Checkpoint(path, applied, {})
+
+
+# ---- log ----------------------------------------------------------------------
+
+
+def read_log(path: Path, *, tolerate_torn_tail: bool) -> Iterator[tuple[int, Any]]:
+    """Yields ``(line number, record)`` for each line of a log file (none if it is missing).
+
+    A torn last line (no newline, or not JSON) was being written when the
+    process died, so it was never acknowledged: with ``tolerate_torn_tail`` it
+    is dropped and the file truncated after the last good line. Anything else
+    that is not JSON is corruption: RecoveryError names the file and line.
+    """
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise RecoveryError(path, None, f"cannot read: {error}") from None
+    good_bytes = 0
+    with file:
+        previous: tuple[int, bytes] | None = None
+        for number, line in enumerate(file, 1):
+            if previous is not None:
+                yield previous[0], _parse_record(path, *previous)
+                good_bytes += len(previous[1])
+            previous = (number, line)
+        if previous is None:
+            return
+        number, line = previous
+        record = _TORN
+        if line.endswith(b"\n"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(line)
+        if record is not _TORN:
+            yield number, record
+            return
+        if not tolerate_torn_tail:
+            raise RecoveryError(path, number, "incomplete last line")
+    log.warning(
+        "%s: dropping the torn last line %d (%d bytes); it was never acknowledged",
+        path,
+        number,
+        len(line),
+    )
+    try:
+        os.truncate(path, good_bytes)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise StorageFailure(f"cannot truncate {path}: {error}") from error
+
+
+def _parse_record(path: Path, number: int, line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raise RecoveryError(path, number, f"not valid JSON ({error})") from None
+
+
+class Log:
+    """The transaction log being appended to, with its durability policy.
+
+    ``append`` buffers a record; ``commit`` writes the buffer with one write and,
+    with sync ``always``, makes it durable with one fdatasync (group commit).
+    With ``everysec``, ``sync_if_due`` syncs at most once a second; with ``no``,
+    the operating system decides.
+    """
+
+    def __init__(self, directory: Path, sync: str) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}")
+        self.directory = directory
+        self.path = directory / LOG
+        self.old_path = directory / OLD_LOG
+        self.sync = sync
+        # One growing buffer, not a list of lines: keeping many small orjson
+        # outputs alive costs several times more than the encoding itself.
+        self.pending = bytearray()
+        self.dirty = False  # written, not yet synced
+        self.last_sync = time.monotonic()
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        try:
+            existed = self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if not existed:
+                fsync_dir(self.directory)
+        except OSError as error:
+            raise StorageFailure(f"cannot open {self.path}: {error}") from error
+        return fd
+
+    @property
+    def old_exists(self) -> bool:
+        return self.old_path.exists()
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def append(self, line: bytes) -> None:
+        self.pending += line
+
+    def commit(self) -> None:
+        if self.pending:
+            self._write_pending()
+            if self.sync == "always":
+                self._sync()
+
+    def sync_if_due(self, now: float) -> None:
+        if self.dirty and now >= self.last_sync + 1.0:
+            self._sync()
+
+    def seconds_until_sync(self, now: float) -> float | None:
+        return max(0.0, self.last_sync + 1.0 - now) if self.dirty else None
+
+    def rotate(self) -> None:
+        """Renames the log to ``table.txn.old`` (fully written and synced) and starts a new one."""
+        self._write_pending()
+        if self.dirty:
+            self._sync()
+        try:
+            os.close(self._fd)
+            os.replace(self.path, self.old_path)
+        except OSError as error:
+            raise StorageFailure(f"cannot rotate {self.path}: {error}") from error
+        self._fd = self._open()
+
+    def drop_old(self) -> None:
+        try:
+            self.old_path.unlink(missing_ok=True)
+        except OSError as error:
+            raise StorageFailure(f"cannot remove {self.old_path}: {error}") from error
+
+    def close(self) -> None:
+        try:
+            self._write_pending()
+            if self.dirty:
+                self._sync()
+        finally:
+            os.close(self._fd)
+
+    def _write_pending(self) -> None:
+        if not self.pending:
+            return
+        data, self.pending = self.pending, bytearray()
+        try:
+            write_all(self._fd, data)
+        except OSError as error:
+            raise StorageFailure(f"cannot write {self.path}: {error}") from error
+        self.dirty = self.sync != "no"
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as error:
+            raise StorageFailure(f"cannot sync {self.path}: {error}") from error
+        self.dirty = False
+        self.last_sync = time.monotonic()

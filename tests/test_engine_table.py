@@ -1,0 +1,183 @@
+"""The table's operations through Database.execute, and that no Request can crash it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hashtable.database import Database
+from hashtable.request import METHODS, Request, Status
+from hashtable.table import Table
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    with Database(tmp_path / "data", regex_timeout=0.3) as database:
+        yield database
+
+
+def run(db: Database, method: str, **fields):
+    return db.execute(Request(method, **fields))
+
+
+def test_insert_lookup_remove_size(db):
+    assert run(db, "insert", key="zebra", value={"weight": 100}).status is Status.OK
+    assert run(db, "insert", key="", value=None).status is Status.OK
+    assert run(db, "lookup", key="zebra").result == {"weight": 100}
+    assert run(db, "lookup", key="").result is None
+    assert run(db, "size").result == 2
+    assert run(db, "insert", key="zebra", value=[1, 2]).result is None  # a blind set
+    assert run(db, "remove", key="zebra").result == [1, 2]
+    assert run(db, "size").result == 1
+
+
+def test_missing_key_is_a_failed_keyerror(db):
+    for method in ("lookup", "remove"):
+        outcome = run(db, method, key="nope")
+        assert (outcome.status, outcome.error) == (Status.FAILED, "KeyError")
+        assert "nope" in outcome.message
+
+
+def test_long_missing_key_is_cut_in_the_message(db):
+    outcome = run(db, "lookup", key="k" * 1_000_000)
+    assert outcome.error == "KeyError" and len(outcome.message) < 200
+
+
+def test_scan_uses_search_semantics_in_insertion_order(db):
+    for key in ("apple", "banana", "cherry", "grape"):
+        run(db, "insert", key=key, value=key.upper())
+    assert run(db, "scan", regex="an").result == [["banana", "BANANA"]]
+    assert run(db, "scan", regex="^.r").result == [["grape", "GRAPE"]]
+    assert run(db, "scan", regex="e$").result == [["apple", "APPLE"], ["grape", "GRAPE"]]
+    assert len(run(db, "scan", regex="").result) == 4
+    assert run(db, "scan", regex="(?i)CHERRY").result == [["cherry", "CHERRY"]]
+
+
+@pytest.mark.parametrize("pattern", ["(", "[a-", "a{2,1}", "*a", "(" * 50_000])
+def test_invalid_regex_is_an_invalid_request(db, pattern):
+    outcome = run(db, "scan", regex=pattern)
+    assert outcome.status is Status.INVALID and outcome.message.startswith("invalid regex")
+
+
+def test_catastrophic_regex_is_stopped_by_the_budget(db):
+    run(db, "insert", key="a" * 60 + "b", value=1)
+    run(db, "insert", key="plain", value=2)
+    started = time.monotonic()
+    outcome = run(db, "scan", regex=r"(a|aa)+$")
+    assert outcome.status is Status.INVALID and "longer than" in outcome.message
+    assert time.monotonic() - started < 5  # bounded, not forever (the budget is 0.3 s)
+    assert run(db, "lookup", key="plain").result == 2  # and the table still serves
+
+
+def test_scan_budget_covers_the_whole_table(tmp_path):
+    # Each key alone is fast, but the budget is for the scan, not for one key.
+    table = Table({f"{'a' * 22}b{i}": i for i in range(200)})
+    outcome = table.scan(r"(a|aa)+$", budget=0.2)
+    assert outcome.status is Status.INVALID
+
+
+def test_query_respects_json_types(db):
+    values = {
+        "one": {"n": 1},
+        "one-float": {"n": 1.0},
+        "true": {"n": True},
+        "string": {"n": "1"},
+        "null": {"n": None},
+        "nested": {"n": [1]},
+        "list": [1],
+        "number": 1,
+        "other": {"m": 1},
+    }
+    for key, value in values.items():
+        run(db, "insert", key=key, value=value)
+
+    def keys(subvalue):
+        return [key for key, _ in run(db, "query", subkey="n", subvalue=subvalue).result]
+
+    assert keys(1) == ["one", "one-float"]
+    assert keys(True) == ["true"]
+    assert keys(False) == []
+    assert keys("1") == ["string"]
+    assert keys(None) == ["null"]
+    assert run(db, "query", subkey="n", subvalue=1).result[0] == ["one", {"n": 1}]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method": "insert", "key": 5, "value": 1},
+        {"method": "insert", "value": 1},
+        {"method": "lookup", "key": ["k"]},
+        {"method": "remove", "key": None},
+        {"method": "scan", "regex": 3},
+        {"method": "query", "subkey": 1, "subvalue": 1},
+        {"method": "query", "subkey": "a", "subvalue": {"x": 1}},
+        {"method": "query", "subkey": "a", "subvalue": [1]},
+        {"method": "drop_table"},
+        {"method": None},
+        {"method": ["insert"]},
+    ],
+)
+def test_wrong_arguments_are_invalid_and_change_nothing(db, fields):
+    outcome = db.execute(Request(**fields))
+    assert outcome.status is Status.INVALID and outcome.error == "InvalidRequest"
+    assert outcome.message
+    assert not db.needs_commit and run(db, "size").result == 0
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("deep", nested(300)),
+        ("huge-int", 2**80),
+        ("\ud800", 1),  # a lone surrogate is not Unicode and cannot be logged
+        ("set", {1, 2}),
+    ],
+)
+def test_values_that_cannot_be_stored_are_invalid(db, key, value):
+    outcome = run(db, "insert", key=key, value=value)
+    assert outcome.status is Status.INVALID and "cannot store" in outcome.message
+    assert not db.needs_commit and run(db, "size").result == 0
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(sorted(METHODS)) | anything,
+    key=st.text(max_size=10) | anything,
+    value=anything,
+    regex=st.text(max_size=10) | anything,
+    subkey=st.text(max_size=5) | anything,
+    subvalue=anything,
+    client=st.none() | st.sampled_from(["c1", "c2"]) | anything,
+    seq=st.none() | st.integers(min_value=-2, max_value=5) | anything,
+    ack=st.none() | st.integers(min_value=-1, max_value=4) | anything,
+)
+def test_no_request_can_crash_the_engine(
+    db, method, key, value, regex, subkey, subvalue, client, seq, ack
+):
+    request = Request(method, key, value, regex, subkey, subvalue, client, seq, ack)
+    outcome = db.execute(request)
+    assert outcome.status in (Status.OK, Status.FAILED, Status.INVALID)
+    if outcome.status is Status.INVALID:
+        assert isinstance(outcome.message, str) and outcome.message
+    db.commit()
