@@ -1,0 +1,394 @@
+"""Durability with real files: recovery, torn tails, corruption, compaction and its failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hashtable.database import Database
+from hashtable.request import Request, Status
+from hashtable.storage import DataDirBusy, RecoveryError
+from tests.procs import ROOT, wait_until
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def insert_many(db: Database, count: int, prefix: str = "k", size: int = 10) -> None:
+    for i in range(count):
+        db.execute(Request("insert", key=f"{prefix}{i}", value={"i": i, "pad": "x" * size}))
+    db.commit()
+
+
+def recovered(data: Path, **options) -> dict:
+    with Database(data, **options) as db:
+        return dict(db.table.data)
+
+
+def log_records(data: Path, name: str = "table.txn") -> list[dict]:
+    return [orjson.loads(line) for line in (data / name).read_bytes().splitlines()]
+
+
+def compact(db: Database) -> None:
+    db.maintain()
+    assert db.stats()["compacting"], "a compaction should have started"
+    wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="compaction to end")
+
+
+def compaction_children() -> list[int]:
+    me = os.getpid()
+    return [int(pid) for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
+
+
+# ---- the log ----------------------------------------------------------------------
+
+
+def test_commit_makes_writes_durable_and_records_carry_origin_and_lsn(data):
+    with Database(data) as db:
+        db.execute(Request("insert", key="a", value=1))
+        db.execute(Request("insert", key="b", value=[2]))
+        assert db.needs_commit and (data / "table.txn").stat().st_size == 0
+        db.commit()
+        assert not db.needs_commit
+        db.execute(Request("remove", key="a"))
+        db.execute(Request("remove", key="missing"))  # a failed mutation is logged too
+        db.commit()
+        origin = db.origin
+    records = log_records(data)
+    assert [(r["origin"], r["lsn"], r["method"]) for r in records] == [
+        (origin, 1, "insert"),
+        (origin, 2, "insert"),
+        (origin, 3, "remove"),
+        (origin, 4, "remove"),
+    ]
+    assert recovered(data) == {"b": [2]}
+    with Database(data) as db:
+        assert db.origin == origin and db.stats()["lsn"] == 4
+
+
+def test_reads_are_not_logged(data):
+    with Database(data) as db:
+        insert_many(db, 3)
+        for method in ("lookup", "scan", "size", "query"):
+            db.execute(Request(method, key="k1", regex="k", subkey="i", subvalue=1))
+        assert not db.needs_commit
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"origin":"x","lsn":',  # cut mid-record
+        b"\x00\x00\x00\x00",  # a zero-filled block
+        b"garbage\n",  # an unparsable last line, even with its newline
+        None,  # a whole valid record without its newline: its write did not finish
+    ],
+)
+def test_a_torn_last_line_is_dropped_and_truncated(data, tail):
+    with Database(data) as db:
+        insert_many(db, 5)
+        origin = db.origin
+    expected, good_size = recovered(data), (data / "table.txn").stat().st_size
+    if tail is None:
+        record = {"origin": origin, "lsn": 6, "method": "insert", "key": "torn", "value": 1}
+        tail = orjson.dumps(record)
+    with open(data / "table.txn", "ab") as file:
+        file.write(tail)
+    assert recovered(data) == expected
+    assert (data / "table.txn").stat().st_size == good_size
+    with Database(data) as db:  # and it goes on from there
+        db.execute(Request("insert", key="after", value=True))
+        db.commit()
+    assert recovered(data) == {**expected, "after": True}
+
+
+def corrupt_line(path: Path, number: int, replacement: bytes | None) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    if replacement is None:
+        del lines[number - 1]
+    else:
+        lines[number - 1] = replacement
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize(
+    ("replacement", "reason"),
+    [
+        (b"{not json\n", "not valid JSON"),
+        (b"\n", "not valid JSON"),
+        (None, "records are missing"),
+        (b'{"origin":"o","lsn":"2"}\n', "needs 'origin' and 'lsn'"),
+        (b"[1, 2]\n", "must be a JSON object"),
+    ],
+)
+def test_corruption_before_the_last_line_is_a_recovery_error_naming_file_and_line(
+    data, replacement, reason
+):
+    with Database(data) as db:
+        insert_many(db, 4)
+    corrupt_line(data / "table.txn", 2, replacement)
+    before = (data / "table.txn").read_bytes()
+    with pytest.raises(RecoveryError) as caught:
+        Database(data)
+    assert caught.value.path == data / "table.txn" and caught.value.line == 2
+    assert reason in str(caught.value) and "table.txn, line 2" in str(caught.value)
+    assert (data / "table.txn").read_bytes() == before  # nothing dropped or truncated
+
+
+def test_a_record_that_is_no_valid_mutation_is_a_recovery_error(data):
+    with Database(data) as db:
+        insert_many(db, 2)
+        origin = db.origin
+    with open(data / "table.txn", "ab") as file:
+        file.write(orjson.dumps({"origin": origin, "lsn": 3, "method": "scan"}) + b"\n")
+        file.write(orjson.dumps({"origin": origin, "lsn": 4, "method": "insert"}) + b"\n")
+    with pytest.raises(RecoveryError, match="line 3: not a valid log record"):
+        Database(data)
+
+
+# ---- the checkpoint and compaction ---------------------------------------------
+
+
+def test_compaction_writes_a_checkpoint_and_starts_a_short_log(data):
+    with Database(data, compact_after=10) as db:
+        insert_many(db, 20)
+        compact(db)
+        stats = db.stats()
+        assert stats["compactions"] == 1 and stats["log_entries"] == 0
+        assert stats["last_fork_ms"] >= 0 and stats["last_pause_ms"] >= stats["last_fork_ms"]
+        print(f"fork pause with 20 keys: {stats['last_fork_ms']:.2f} ms")
+        db.execute(Request("remove", key="k0"))
+        db.commit()
+    assert not (data / "table.txn.old").exists()
+    assert [r["lsn"] for r in log_records(data)] == [21]
+    lines = (data / "table.ckpt").read_bytes().splitlines()
+    assert orjson.loads(lines[0])["lsn"] == 20 and orjson.loads(lines[-1])["keys"] == 20
+    assert recovered(data) == {f"k{i}": {"i": i, "pad": "x" * 10} for i in range(1, 20)}
+
+
+def test_writes_made_while_the_child_runs_are_kept(data):
+    with Database(data, compact_after=10) as db:
+        insert_many(db, 30_000, size=100)  # big enough for the child to take a while
+        db.maintain()
+        assert db.stats()["compacting"]
+        assert 0 < db.seconds_until_maintenance() <= 0.05  # the loop comes back to reap it
+        covered = db.stats()["lsn"]
+        for i in range(50):
+            db.execute(Request("insert", key=f"during{i}", value=i))
+            db.execute(Request("remove", key=f"k{i}"))
+            db.commit()
+        expected = dict(db.table.data)
+        wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="compaction")
+        assert db.stats()["compactions"] == 1 and db.stats()["log_entries"] == 100
+    checkpoint_lsn = orjson.loads((data / "table.ckpt").read_bytes().split(b"\n", 1)[0])["lsn"]
+    assert checkpoint_lsn == covered
+    assert [r["lsn"] for r in log_records(data)] == list(range(covered + 1, covered + 101))
+    assert recovered(data) == expected
+
+
+def test_every_crash_point_of_a_compaction_recovers(data, tmp_path):
+    """Copies of the directory at each step of a compaction, each recovered on its own."""
+    snapshots = {}
+
+    def snapshot(name: str) -> dict:
+        shutil.copytree(data, tmp_path / name, ignore=shutil.ignore_patterns("table.lock"))
+        return dict(db.table.data)
+
+    with Database(data, compact_after=10) as db:
+        insert_many(db, 20_000, size=50)
+        snapshots["before"] = snapshot("before")
+        db.maintain()  # rotated to table.txn.old and forked
+        db.execute(Request("insert", key="while-compacting", value=1))
+        db.commit()
+        snapshots["during"] = snapshot("during")
+        wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="compaction")
+        final = dict(db.table.data)
+    assert snapshots["during"] == final
+    # The checkpoint renamed but table.txn.old not yet removed.
+    late = tmp_path / "late"
+    shutil.copytree(tmp_path / "during", late)
+    shutil.copy(data / "table.ckpt", late / "table.ckpt")
+    # Killed between the rename of table.txn and the creation of the new one.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tmp_path / "before", renamed)
+    os.rename(renamed / "table.txn", renamed / "table.txn.old")
+    # A checkpoint half-written by a child that died.
+    half = tmp_path / "half"
+    shutil.copytree(tmp_path / "during", half)
+    (half / "table.ckpt.tmp").write_bytes((data / "table.ckpt").read_bytes()[:5000])
+
+    assert recovered(tmp_path / "before") == snapshots["before"]
+    assert recovered(tmp_path / "during") == final
+    assert recovered(late) == final
+    assert recovered(renamed) == snapshots["before"]
+    assert recovered(half) == final and not (half / "table.ckpt.tmp").exists()
+
+
+def test_a_failed_child_loses_nothing_and_is_retried(data):
+    with Database(data, compact_after=10) as db:
+        insert_many(db, 150_000)
+        db.maintain()
+        assert db.stats()["compacting"]
+        for pid in compaction_children():
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="reaping")
+        stats = db.stats()
+        assert stats["compaction_failures"] == 1 and stats["compactions"] == 0
+        assert db.seconds_until_maintenance() > 0.5  # backing off before the retry
+        db.maintain()
+        assert not db.stats()["compacting"]
+        insert_many(db, 10, prefix="after")
+        expected = dict(db.table.data)
+    assert (data / "table.txn.old").exists() and not (data / "table.ckpt").exists()
+    assert recovered(data) == expected
+    with Database(data, compact_after=10) as db:  # the next compaction covers table.txn.old too
+        compact(db)
+    assert not (data / "table.txn.old").exists()
+    assert recovered(data) == expected
+
+
+def test_checkpoint_cost_is_amortized_over_as_many_writes_as_keys(data):
+    with Database(data, compact_after=10) as db:
+        insert_many(db, 1000)
+        compact(db)
+        insert_many(db, 999)  # overwrites: 999 log entries for 1000 keys
+        db.maintain()
+        assert not db.stats()["compacting"] and db.seconds_until_maintenance() is None
+        insert_many(db, 1)
+        db.maintain()
+        assert db.stats()["compacting"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda lines: lines[:-1], "no footer"),
+        (lambda lines: lines[:3] + lines[4:], "footer counts 5 keys"),
+        (lambda lines: [b'{"format":"other"}', *lines[1:]], "line 1: not a hashtable-checkpoint"),
+        (lambda lines: [*lines[:2], b'["k"]', *lines[3:]], "line 3: an entry must be"),
+        (lambda lines: [*lines[:2], b"{oops", *lines[2:]], "line 3: not valid JSON"),
+        (lambda lines: [*lines, b"[]"], "data after the footer"),
+    ],
+)
+def test_a_damaged_checkpoint_is_a_recovery_error(data, damage, reason):
+    with Database(data, compact_after=1) as db:
+        insert_many(db, 5)
+        compact(db)
+    path = data / "table.ckpt"
+    path.write_bytes(b"\n".join(damage(path.read_bytes().splitlines())) + b"\n")
+    with pytest.raises(RecoveryError, match=reason) as caught:
+        Database(data)
+    assert caught.value.path == path
+
+
+# ---- the directory --------------------------------------------------------------
+
+
+def test_one_process_at_a_time_per_directory(data):
+    with Database(data):
+        started = time.monotonic()
+        with pytest.raises(DataDirBusy, match=f"in use by another process \\(pid {os.getpid()}\\)"):
+            Database(data, lock_timeout=0.2)
+        assert time.monotonic() - started < 5
+    Database(data).close()  # free again
+
+
+def test_close_stops_a_running_compaction_and_leaves_a_recoverable_directory(data):
+    with Database(data, compact_after=10) as db:
+        insert_many(db, 50_000)
+        db.maintain()
+        children = compaction_children()
+        expected = dict(db.table.data)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    assert recovered(data) == expected
+
+
+def test_unusable_directories_and_options_are_clear_errors(data, tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    with pytest.raises(RecoveryError, match="cannot use as data directory"):
+        Database(afile)
+    with pytest.raises(ValueError, match="sync must be one of"):
+        Database(data, sync="sometimes")
+    with pytest.raises(ValueError, match="compact_after"):
+        Database(data, compact_after=0)
+    Database(data).close()
+    (data / "table.origin").write_text("not an id!\n")
+    with pytest.raises(RecoveryError, match="not a server id"):
+        Database(data)
+
+
+def test_sync_modes_write_at_commit_and_everysec_syncs_within_a_second(data, tmp_path):
+    with Database(tmp_path / "everysec", sync="everysec") as db:
+        insert_many(db, 3)
+        assert (tmp_path / "everysec" / "table.txn").stat().st_size > 0
+        assert 0 <= db.seconds_until_maintenance() <= 1.0
+        time.sleep(db.seconds_until_maintenance())
+        db.maintain()
+        assert db.seconds_until_maintenance() is None  # synced
+    with Database(tmp_path / "no", sync="no") as db:
+        insert_many(db, 3)
+        assert (tmp_path / "no" / "table.txn").stat().st_size > 0
+        assert db.seconds_until_maintenance() is None
+    for mode in ("everysec", "no"):
+        assert len(recovered(tmp_path / mode)) == 3
+
+
+def test_a_failing_write_raises_storage_failure(tmp_path):
+    """A real write error (file size limit), in a child process so the limit stays there."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from hashtable.database import Database, StorageFailure
+        from hashtable.request import Request
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of dying
+        db = Database({str(tmp_path / "data")!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+        db.execute(Request("insert", key="big", value="x" * 10000))
+        try:
+            db.commit()
+        except StorageFailure as error:
+            print("StorageFailure:", error)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert "StorageFailure: cannot write" in result.stdout, result.stderr
+    assert "File too large" in result.stdout
+
+
+def test_values_survive_exactly(data):
+    values = [
+        0,
+        -1,
+        2**63 - 1,
+        1.5,
+        1e300,
+        "",
+        '\u00e9\U0001f600\n"',
+        None,
+        True,
+        [],
+        {},
+        {"a": [1, {"b": None}]},
+    ]
+    with Database(data) as db:
+        for i, value in enumerate(values):
+            db.execute(Request("insert", key=f"key\n{i}\u2028", value=value))
+        db.commit()
+    with Database(data) as db:
+        for i, value in enumerate(values):
+            outcome = db.execute(Request("lookup", key=f"key\n{i}\u2028"))
+            assert outcome.status is Status.OK and outcome.result == value
+            assert type(outcome.result) is type(value)
