@@ -52,7 +52,7 @@ class Stats:
     answered: int = 0
     timed_out: int = 0
     invalid: int = 0
-    late: int = 0
+    ignored: int = 0  # answers that came late, or after another TS's
 
 
 class Balancer:
@@ -143,7 +143,7 @@ class Balancer:
             query_id, answer = decoded
             query = self._pending.get(query_id)
             if query is None:
-                self.stats.late += 1
+                self.stats.ignored += 1
                 log.info(
                     "answer from TS %s to query %d ignored: answered or timed out already",
                     server,

@@ -80,6 +80,7 @@ class CatalogWatcher:
         self._latest: set[Endpoint] | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._failing = False
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
@@ -89,8 +90,9 @@ class CatalogWatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        # No join: the thread may be inside a catalog query; it is a daemon, and
+        # its wake-up on a closed socket fails harmlessly.
         self._stopped.set()
-        self._thread.join(timeout=self.timeout * len(self.catalogs) + 1)
         self._wake_read.close()
         self._wake_write.close()
 
@@ -124,6 +126,12 @@ class CatalogWatcher:
         try:
             records = catalog_client.query(catalogs=self.catalogs, timeout=self.timeout)
         except catalog_client.CatalogUnavailable as exc:
-            log.warning("catalog query failed; keeping the current TSs: %s", exc)
+            # Said once per outage, not at every refresh.
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "catalog query failed; keeping the current TSs: %s", exc)
+            self._failing = True
             return None
+        if self._failing:
+            log.warning("the catalog answers again")
+            self._failing = False
         return listed_endpoints(records, self.project)

@@ -110,11 +110,11 @@ class LoadBalancer:
         self.selector.close()
         stats = self.balancer.stats
         log.info(
-            "LS stopped: %d answered, %d timed out, %d invalid, %d late answers ignored",
+            "LS stopped: %d answered, %d timed out, %d invalid; %d late or extra answers ignored",
             stats.answered,
             stats.timed_out,
             stats.invalid,
-            stats.late,
+            stats.ignored,
         )
 
     def _wait(self, now: float) -> float | None:
@@ -207,6 +207,8 @@ class LoadBalancer:
             self._remove_link(endpoint)
 
     def _link_ready(self, link: TsLink, mask: int, now: float) -> None:
+        if link.state == DOWN:
+            return  # dropped earlier in this turn (the catalog no longer lists it)
         if link.state == CONNECTING:
             reason = link.finish_connect()
             if reason:

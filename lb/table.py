@@ -52,7 +52,7 @@ class DnsTable:
                 log.warning(
                     "%s: %s repeats line %d; keeping the first",
                     where,
-                    name.decode(),
+                    _quoted(name),
                     first_line[key],
                 )
                 continue
@@ -77,14 +77,18 @@ def _check_entry(fields: list[bytes], where: str) -> bytes:
     name, address, kind = fields
     problem = name_problem(name)
     if problem:
-        raise TableError(f"{where}: domain name {name!r} is {problem}")
+        raise TableError(f"{where}: domain name {_quoted(name)} is {problem}")
     try:
         ipaddress.IPv4Address(address.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        raise TableError(f"{where}: {address!r} is not an IPv4 address") from None
+        raise TableError(f"{where}: {_quoted(address)} is not an IPv4 address") from None
     if kind.upper() != RECORD_TYPE.encode():
-        raise TableError(f"{where}: record type {kind!r} is not {RECORD_TYPE}")
+        raise TableError(f"{where}: record type {_quoted(kind)} is not {RECORD_TYPE}")
     return name
+
+
+def _quoted(field: bytes) -> str:
+    return repr(field.decode(errors="backslashreplace"))
 
 
 def load_table(path: str | Path) -> DnsTable:

@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
     parser = build_parser(default_table)
     args = parser.parse_args(argv)
     start_program(args)
-    path = args.table or assignment_file(default_table or "")
+    path = args.table
+    if path is None:  # ts1.py or ts2.py without a table argument
+        assert default_table is not None
+        path = assignment_file(default_table)
     try:
         table = load_table(path)
     except TableError as exc:

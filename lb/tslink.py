@@ -97,12 +97,13 @@ class TsLink:
         was_up = self.state == UP
         self.close()
         delay = self.backoff.next_delay()
-        self.state = DOWN
         self.due = now + delay
         level = logging.WARNING if was_up or self.backoff.attempts == 1 else logging.INFO
         log.log(level, "TS %s unavailable (%s); next attempt in %.1f s", self.name, reason, delay)
 
     def close(self) -> None:
+        """Closes the connection; the link stays down until ``connect`` is called."""
+        self.state = DOWN
         if self.conn is not None:
             self.conn.close()
         elif self.sock is not None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from lb.balancer import Balancer
 from lb.cli import SAMPLES
+from lb.discovery import TS_TYPE, CatalogWatcher, listed_endpoints, ts_record
 from lb.protocol import (
     decode_ts_answer,
     decode_ts_query,
@@ -19,6 +20,7 @@ from lb.protocol import (
 )
 from lb.table import DnsTable, TableError, load_table
 from lb.ts import reply
+from tests.procs import free_port
 
 SAMPLE_TS2 = b"www.princeton.edu 128.1.1.4 A\nGOOGLE.com 46.1.3.7 A\n"
 
@@ -123,9 +125,9 @@ def test_first_entry_of_a_repeated_name_wins() -> None:
     [
         (b"google.com 46.1.3.7", "expected 'DomainName IPaddress A', found 2 field(s)"),
         (b"google.com 46.1.3.7 A IN", "found 4 field(s)"),
-        (b"google.com 46.1.3 A", "is not an IPv4 address"),
-        (b"google.com 46.1.3.7 MX", "record type b'MX' is not A"),
-        (b"goo\xffgle.com 46.1.3.7 A", "is not valid UTF-8"),
+        (b"google.com 46.1.3 A", "'46.1.3' is not an IPv4 address"),
+        (b"google.com 46.1.3.7 MX", "record type 'MX' is not A"),
+        (b"goo\xffgle.com 46.1.3.7 A", "domain name 'goo\\\\xffgle.com' is not valid UTF-8"),
     ],
 )
 def test_malformed_table_line_names_file_and_line(tmp_path, line: bytes, complaint: str) -> None:
@@ -152,6 +154,31 @@ def test_ts_reply() -> None:
     assert reply(table, b"42 nothinghere.com") is None
     assert reply(table, b"what is google.com") is None
     assert reply(table, b"") is None
+
+
+# Discovery
+
+
+def test_ts_record_and_which_records_the_ls_uses() -> None:
+    record = ts_record(port=5000, project="p", entries=2, interval=60)
+    assert record["type"] == TS_TYPE == "dns-ts"
+    assert (record["project"], record["port"], record["lifetime"]) == ("p", 5000, 180)
+    records = [
+        {**record, "address": "127.0.0.1"},
+        {**record, "address": "127.0.0.2", "port": 5001},
+        {**record, "address": "127.0.0.3", "project": "q"},
+        {**record, "address": "127.0.0.4", "type": "hashtable"},
+        {**record, "address": "127.0.0.5", "port": "5000"},  # unusable: ignored
+    ]
+    assert listed_endpoints(records, "p") == {("127.0.0.1", 5000), ("127.0.0.2", 5001)}
+
+
+def test_an_unreachable_catalog_keeps_the_current_tss() -> None:
+    watcher = CatalogWatcher("p", 1.0, [("127.0.0.1", free_port())], timeout=0.5)
+    try:
+        assert watcher.poll() is None  # None: keep what we have; an empty set would drop all
+    finally:
+        watcher.stop()
 
 
 # The balancer
@@ -196,7 +223,7 @@ def test_first_answer_wins_and_answers_leave_in_query_order() -> None:
     assert sent_ids(balancer) == {}  # b.com waits for a.com
     balancer.server_lines(TS1, [b"1 a.com 1.1.1.1 A IN", b"2 b.com 9.9.9.9 A IN"], now=0.2)
     assert sent_ids(balancer) == {C1: [b"a.com 1.1.1.1 A IN", b"B.COM 2.2.2.2 A IN"]}
-    assert balancer.stats.answered == 2 and balancer.stats.late == 1
+    assert balancer.stats.answered == 2 and balancer.stats.ignored == 1
     assert balancer.unanswered(C1) == 0
 
 
@@ -272,7 +299,7 @@ def test_a_closed_clients_queries_are_forgotten() -> None:
     balancer.server_lines(TS1, [b"1 a.com 1.1.1.1 A IN"], now=0.1)
     assert C1 not in sent_ids(balancer)
     assert balancer.next_deadline() is None
-    assert balancer.stats.late == 1
+    assert balancer.stats.ignored == 1
 
 
 def test_client_error_comes_after_the_pending_answers() -> None:
