@@ -330,9 +330,13 @@ def server_pairs(parser: argparse.ArgumentParser, words: list[str]) -> list[Endp
         parser.error("TSs are given as pairs: TS_HOST TS_PORT")
     pairs = []
     for host, port in zip(words[::2], words[1::2], strict=True):
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            parser.error(f"TS {host} {port}: the port must be a number from 1 to 65535")
-        pairs.append((host, int(port)))
+        try:
+            number = port_number(port)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"TS {host}: {exc}")
+        if not number:
+            parser.error(f"TS {host}: port 0 cannot be connected to")
+        pairs.append((host, number))
     return pairs
 
 

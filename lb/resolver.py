@@ -20,7 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lb.cli import add_logging_options, assignment_file, positive_seconds, start_program
+from lb.cli import (
+    add_logging_options,
+    assignment_file,
+    port_number,
+    positive_seconds,
+    start_program,
+)
 from lb.protocol import INVALID, MAX_ANSWER_LINE, TIMED_OUT, query_name
 from netkit.connection import Closed, Connection
 from netkit.framing import LineTooLong
@@ -115,7 +121,7 @@ def write_lines(path: str, lines: list[bytes]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Resolves a file of host names through an LS.")
     parser.add_argument("host", help="the LS's host name or address")
-    parser.add_argument("port", type=int, help="the LS's port")
+    parser.add_argument("port", type=port_number, help="the LS's port")
     parser.add_argument(
         "-i",
         "--input",
@@ -141,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 < args.port < 65536:
-        parser.error(f"port {args.port} is not a port number (1-65535)")
+    if not args.port:
+        parser.error("port 0 cannot be connected to")
     start_program(args)
     source = args.input or str(assignment_file(NAMES_FILE))
     try:

@@ -316,7 +316,8 @@ def test_user_mistakes_get_a_clear_message_not_a_traceback(tmp_path: Path) -> No
         (python_module("lb.ts", "0", str(tmp_path / "no.txt")), 1, "cannot read table file"),
         (python_module("lb.ts", "99999", str(bad_table)), 2, "is not a port number"),
         (python_module("lb.ls", "0", "localhost"), 2, "pairs: TS_HOST TS_PORT"),
-        (python_module("lb.ls", "0", "localhost", "http"), 2, "port must be a number"),
+        (python_module("lb.ls", "0", "localhost", "http"), 2, "'http' is not a port number"),
+        (python_module("lb.client", "localhost", "0"), 2, "port 0 cannot be connected to"),
         (python_module("lb.ls", "0"), 2, "at least one TS_HOST TS_PORT pair, or --project"),
         (python_module("lb.ls", "0", "--project", "x", "--timeout", "-1"), 2, "more than 0"),
         (
