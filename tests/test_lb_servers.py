@@ -346,7 +346,10 @@ def our_catalog_or_skip(request):
     return request.getfixturevalue("catalog")
 
 
-@pytest.fixture(params=["ours", "cctools"])
+CATALOG_KINDS = ["ours", pytest.param("cctools", marks=pytest.mark.cctools)]
+
+
+@pytest.fixture(params=CATALOG_KINDS)
 def any_catalog(request):
     if request.param == "ours":
         return our_catalog_or_skip(request)
@@ -434,7 +437,7 @@ class OurCatalogForgetting:
         pass
 
 
-@pytest.fixture(params=["ours", "cctools"])
+@pytest.fixture(params=CATALOG_KINDS)
 def forgetting_catalog(request):
     if request.param == "ours":
         yield OurCatalogForgetting(our_catalog_or_skip(request))
