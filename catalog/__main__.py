@@ -13,7 +13,7 @@ from typing import Any
 from catalog.client import DEFAULT_PORT
 from catalog.persist import StateDirError, default_state_dir
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
-from catalog.server import CatalogServer, Config
+from catalog.server import REQUEST_TIMEOUT, CatalogServer, Config
 from netkit.logs import setup_logging
 
 log = logging.getLogger("catalog")
@@ -73,6 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MAX_RECORDS,
         help=f"most records kept at once (default {MAX_RECORDS})",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=_positive(float),
+        default=REQUEST_TIMEOUT,
+        help="seconds a peer has to send its whole request or update "
+        f"(default {REQUEST_TIMEOUT:g})",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     return parser.parse_args(argv)
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         lifetime=args.lifetime,
         state_dir=args.state_dir or default_state_dir(args.port),
         max_records=args.max_records,
+        request_timeout=args.request_timeout,
     )
     try:
         server = CatalogServer(config)

@@ -7,8 +7,8 @@ one peer:
 
 - UDP P: updates, up to ``UDP_BATCH`` datagrams per turn so queries are not starved;
 - TCP P+1: updates, one per connection, at most ``MAX_UPDATE_BYTES`` within
-  ``REQUEST_TIMEOUT`` seconds;
-- TCP P: HTTP, a request head within ``REQUEST_TIMEOUT``, a reply that must make
+  the request timeout (``REQUEST_TIMEOUT`` seconds by default);
+- TCP P: HTTP, a request head within the request timeout, a reply that must make
   progress every ``SEND_TIMEOUT``; replies are shared bytes, never copied per peer;
 - at most ``max_connections`` TCP peers and ``MAX_QUEUED_BYTES`` of replies
   queued in all; beyond that, new peers get 503 or are closed at once.
@@ -62,6 +62,7 @@ class Config:
     lifetime: float = DEFAULT_LIFETIME
     state_dir: Path | None = None  # None: keep nothing on disk
     max_records: int = MAX_RECORDS
+    request_timeout: float = REQUEST_TIMEOUT
 
 
 class _Peer:
@@ -348,7 +349,8 @@ class CatalogServer:
                 self._refuse(sock, is_http)
                 continue
             sock.setblocking(False)
-            peer = _Peer(sock, sender_address(address), time.monotonic() + REQUEST_TIMEOUT)
+            deadline = time.monotonic() + self.config.request_timeout
+            peer = _Peer(sock, sender_address(address), deadline)
             self._peers[sock] = peer
             handler = self._on_http_peer if is_http else self._on_update_peer
             self._selector.register(sock, selectors.EVENT_READ, partial(handler, peer))
