@@ -71,6 +71,9 @@ class Database:
             self.sessions = Sessions(session_limits)
             self._recover()
             self._log = storage.Log(self.directory, sync)
+        except (OSError, StorageFailure) as error:
+            os.close(self._lock)
+            raise RecoveryError(self.directory, None, f"cannot use: {error}") from error
         except BaseException:
             os.close(self._lock)
             raise

@@ -181,3 +181,13 @@ def test_no_request_can_crash_the_engine(
     if outcome.status is Status.INVALID:
         assert isinstance(outcome.message, str) and outcome.message
     db.commit()
+
+
+def test_the_course_module_works_as_its_docstring_says(tmp_path):
+    import HashTable
+
+    with HashTable.Database(tmp_path / "alice-data") as table:
+        table.execute(HashTable.Request("insert", key="zebra", value={"weight": 100}))
+        table.commit()
+    with HashTable.Database(tmp_path / "alice-data") as table:
+        assert table.execute(HashTable.Request("lookup", key="zebra")).result == {"weight": 100}
