@@ -113,6 +113,9 @@ def _child(job: Callable[[], None], parent: int, keep: tuple[int, ...], errors: 
         gc.disable()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
+        # Else a signal would write its wake-up byte to whatever file reuses that
+        # descriptor number once it is closed: the checkpoint being written.
+        signal.set_wakeup_fd(-1)
         _close_all_but(keep)
         job()
         code = 0

@@ -46,9 +46,17 @@ def compact(db: Database) -> None:
     wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="compaction to end")
 
 
-def compaction_children() -> list[int]:
+def children() -> set[int]:
     me = os.getpid()
-    return [int(pid) for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
+    return {int(pid) for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split()}
+
+
+def start_compaction(db: Database) -> set[int]:
+    """Starts a compaction; returns the new child's pid (other children are not ours)."""
+    before = children()
+    db.maintain()
+    assert db.stats()["compacting"]
+    return children() - before
 
 
 # ---- the log ----------------------------------------------------------------------
@@ -237,9 +245,7 @@ def test_every_crash_point_of_a_compaction_recovers(data, tmp_path):
 def test_a_failed_child_loses_nothing_and_is_retried(data):
     with Database(data, compact_after=10) as db:
         insert_many(db, 150_000)
-        db.maintain()
-        assert db.stats()["compacting"]
-        for pid in compaction_children():
+        for pid in start_compaction(db):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="reaping")
         stats = db.stats()
@@ -306,10 +312,9 @@ def test_one_process_at_a_time_per_directory(data):
 def test_close_stops_a_running_compaction_and_leaves_a_recoverable_directory(data):
     with Database(data, compact_after=10) as db:
         insert_many(db, 50_000)
-        db.maintain()
-        children = compaction_children()
+        child = start_compaction(db)
         expected = dict(db.table.data)
-    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    assert child and all(not Path(f"/proc/{pid}").exists() for pid in child)
     assert recovered(data) == expected
 
 
