@@ -71,11 +71,12 @@ class Resolver:
 
     def name_of(self, address: str) -> str | None:
         """The host name of ``address`` if known now; None while it is being looked up."""
-        if is_loopback(address):
-            return LOOPBACK_NAME
         cached = self._cache.get(address)
         if cached is not None and cached[1] > self._clock():
             return cached[0]
+        if is_loopback(address):  # parsing an address is slow: cached like a lookup
+            self._remember(address, LOOPBACK_NAME, NAME_TTL)
+            return LOOPBACK_NAME
         if address not in self._in_flight:
             if len(self._in_flight) >= MAX_IN_FLIGHT:
                 return address  # too many lookups pending: do without a name

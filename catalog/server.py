@@ -86,7 +86,10 @@ class _Peer:
 
 def sender_address(address: tuple) -> str:
     """The sender's IP as records show it: IPv4-mapped IPv6 as plain IPv4, no scope."""
-    host = address[0].split("%", 1)[0]
+    host = address[0]
+    if ":" not in host:
+        return host  # IPv4: nothing to convert, and this runs for every datagram
+    host = host.split("%", 1)[0]
     with contextlib.suppress(ValueError):
         mapped = ipaddress.ip_address(host)
         if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped:
