@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 from typing import Any
 
 import orjson
@@ -24,8 +23,6 @@ from catalog.formats import text_listing
 from catalog.http import REASONS, HttpError, Request, response
 from catalog.jx import JXSyntaxError, compile_expression
 from catalog.records import RecordStore, join_records
-
-log = logging.getLogger("catalog.app")
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 MAX_DEPTH = 100  # of the expression tree; evaluation recurses that deep
 MAX_NESTING = 40  # of brackets and unary operators; parsing recurses ~12 frames for each
@@ -305,7 +305,7 @@ def _on_object(op: str, a: Any, b: Any) -> Any:
 _BY_KIND = (_on_null, _on_boolean, _on_integer, _on_double, _on_text, _on_array, _on_object)
 
 
-def apply(op: str, a: Any, b: Any) -> Any:
+def _apply(op: str, a: Any, b: Any) -> Any:
     """``a op b`` under JX's rules (``a`` is ``_ABSENT`` for a unary operator).
 
     Raises ``_Fail`` for what JX evaluates to an error.
@@ -384,7 +384,7 @@ def _symbol(name: str) -> Node:
 
 def _binary(op: str, left: Node, right: Node) -> Node:
     def operate(record: Record) -> Any:
-        return apply(op, left(record), right(record))
+        return _apply(op, left(record), right(record))
 
     return _node(operate, left, right)
 
@@ -396,7 +396,7 @@ def _unary(op: str, operand: Node) -> Node:
             return _Literal(-value if op == "-" else value)
 
     def operate(record: Record) -> Any:
-        return apply(op, _ABSENT, operand(record))
+        return _apply(op, _ABSENT, operand(record))
 
     return _node(operate, operand)
 
@@ -457,7 +457,7 @@ class _Parser:
         if token.kind != OP or token.text != text:
             self.fail(token, f"expected {text!r} {context}, found {token.describe()}")
 
-    def fail(self, token: Token, message: str) -> None:
+    def fail(self, token: Token, message: str) -> NoReturn:
         raise JXSyntaxError(f"{message} (position {token.pos + 1})")
 
     def operator_at(self, level: int) -> str | None:
@@ -547,7 +547,6 @@ class _Parser:
         if token.kind == END:
             self.fail(token, "expected a value at the end of the expression")
         self.fail(token, f"expected a value, found {token.describe()}")
-        raise AssertionError  # fail() raised
 
     def sequence(self, close: str, item: Callable[[], Any]) -> list[Any]:
         """Comma-separated items up to ``close``; a trailing comma is allowed, as in JX."""

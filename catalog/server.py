@@ -157,6 +157,7 @@ class CatalogServer:
         self._wake_write.setblocking(False)
         self._peers: dict[socket.socket, _Peer] = {}
         self._queued = 0
+        self._refused = 0
         self._stopping = False
 
     def _listen(self, port: int, kind: int) -> socket.socket:
@@ -239,6 +240,9 @@ class CatalogServer:
             sock.close()
 
     def _report(self) -> None:
+        if self._refused:
+            log.warning("refused %d connections in the last minute (limit reached)", self._refused)
+            self._refused = 0
         stats, self.ingest.stats = self.ingest.stats, Stats()
         if stats.updates or stats.rejected:
             log.info(
@@ -359,7 +363,9 @@ class CatalogServer:
             self._selector.register(sock, selectors.EVENT_READ, partial(handler, peer))
 
     def _refuse(self, sock: socket.socket, is_http: bool) -> None:
-        log.warning("too many connections (%d); refusing one", len(self._peers))
+        if not self._refused:  # once per report period: a flood must not flood the log
+            log.warning("too many connections (%d); refusing new ones", len(self._peers))
+        self._refused += 1
         with contextlib.suppress(OSError):
             if is_http:
                 sock.setblocking(False)

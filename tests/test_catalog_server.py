@@ -13,6 +13,7 @@ import orjson
 import pytest
 import requests
 
+from catalog.client import CatalogUnavailable, query
 from tests.procs import free_port, python_module, wait_until
 from tests.test_catalog_helpers import (
     OurCatalog,
@@ -84,6 +85,14 @@ def test_query_formats_filters_and_pages(catalog):
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["Content-Length"]) == len(get(catalog, "/query.json").content)
     assert requests.post(catalog.url + "/", timeout=5).status_code == 405
+
+
+def test_the_client_reports_a_refused_expression_in_one_line(catalog):
+    with pytest.raises(CatalogUnavailable) as caught:
+        query("port = 1", [("127.0.0.1", catalog.port)])
+    message = str(caught.value)
+    assert "HTTP 400 Bad Request: invalid expression: use ==" in message
+    assert "\n" not in message
 
 
 def test_hostile_updates_are_refused_and_every_reply_stays_valid(catalog):
