@@ -143,14 +143,21 @@ class Saver:
 def restore(store: RecordStore, state: StateDir) -> None:
     """Loads the saved records into ``store``. A state file that cannot be read is
     set aside with a clear message and the catalog starts empty: it never crashes."""
-    data = state.read()
+    try:
+        data = state.read()
+    except OSError as exc:
+        log.error("cannot read %s (%s); starting empty", state.file, exc.strerror or exc)
+        return
     if data is None:
         log.info("no saved records in %s; starting empty", state.path)
         return
     try:
         kept, dropped = store.load(data)
     except ValueError as exc:
-        aside = state.set_aside()
+        try:
+            aside = state.set_aside()
+        except OSError as move_error:
+            aside = f"nowhere ({move_error.strerror}): it will be overwritten"
         log.error(
             "state file %s is unreadable (%s); moved it to %s and starting empty",
             state.file,
