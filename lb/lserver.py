@@ -150,9 +150,10 @@ class LoadBalancer:
     def _read_client(self, client: Client, now: float) -> None:
         try:
             lines = client.conn.read_lines()
-        except LineTooLong:
+        except LineTooLong as exc:
             log.warning("client %s sent a line over %d bytes; closing", client, MAX_QUERY_LINE)
             client.reading = False
+            self.balancer.client_lines(client, exc.lines, now)
             self.balancer.client_error(client, line_too_long_answer())
         except Closed as exc:
             # EOF (or a failed receive): no more queries, but the answers still

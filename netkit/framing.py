@@ -12,11 +12,16 @@ DEFAULT_MAX_LINE = 8 * 1024 * 1024
 
 
 class LineTooLong(ValueError):
-    """A peer sent more than ``max_line`` bytes without a newline."""
+    """A peer sent more than ``max_line`` bytes without a newline.
 
-    def __init__(self, max_line: int) -> None:
+    ``lines`` holds the complete lines that arrived before the over-long one:
+    they are well-formed requests and must still be served, not dropped.
+    """
+
+    def __init__(self, max_line: int, lines: list[bytes] | None = None) -> None:
         super().__init__(f"line longer than {max_line} bytes")
         self.max_line = max_line
+        self.lines = lines or []
 
 
 class LineFramer:
@@ -38,8 +43,9 @@ class LineFramer:
     def feed(self, data: bytes) -> list[bytes]:
         """Adds ``data``; returns the lines it completed (possibly none).
 
-        Raises ``LineTooLong`` once the unfinished line exceeds ``max_line``;
-        the framer is then unusable and the connection should be closed.
+        Raises ``LineTooLong`` once a line exceeds ``max_line``; the exception
+        carries the complete lines before it. The framer is then unusable and
+        the connection should be closed once those lines are answered.
         """
         buffer = self._buffer
         if not buffer and data.endswith(b"\n") and len(data) <= self.max_line + 1:
@@ -58,8 +64,11 @@ class LineFramer:
         lines = bytes(buffer[:end]).split(b"\n")
         del buffer[: end + 1]
         self._scanned = 0
-        if len(buffer) > self.max_line or any(len(line) > self.max_line for line in lines):
-            raise LineTooLong(self.max_line)
+        for n, line in enumerate(lines):
+            if len(line) > self.max_line:
+                raise LineTooLong(self.max_line, lines[:n])
+        if len(buffer) > self.max_line:
+            raise LineTooLong(self.max_line, lines)
         return lines
 
     @property

@@ -44,6 +44,16 @@ class TestLineFramer:
         with pytest.raises(LineTooLong):
             LineFramer(max_line=4).feed(b"ok\n12345\n")
 
+    def test_complete_lines_before_an_over_long_one_are_not_lost(self):
+        framer = LineFramer(max_line=4)
+        with pytest.raises(LineTooLong) as refused:
+            framer.feed(b"a\nbb\n12345\nc\n")
+        assert refused.value.lines == [b"a", b"bb"]
+        framer = LineFramer(max_line=4)
+        with pytest.raises(LineTooLong) as refused:
+            framer.feed(b"a\nbb\n123456789")
+        assert refused.value.lines == [b"a", b"bb"]
+
     def test_line_at_the_bound_is_accepted(self):
         framer = LineFramer(max_line=4)
         assert framer.feed(b"12") == []
