@@ -17,9 +17,8 @@ from typing import Any
 import orjson
 
 from hashtable.request import METHODS, MUTATIONS, OK_NONE, Outcome, Request, Status
+from hashtable.sessions import MAX_CLIENT_ID, MAX_SEQ
 
-MAX_CLIENT_ID = 128
-MAX_SEQ = 2**63 - 1  # the log's codec (orjson) holds signed 64-bit integers
 # orjson refuses to encode deeper than 254 levels; a stored value is wrapped by the
 # log record and by replies (scan: object > array > array > value), so values get a margin.
 MAX_VALUE_DEPTH = 200

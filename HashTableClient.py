@@ -1,0 +1,26 @@
+"""The hash table client, under the name the course's programs import.
+
+    from HashTableClient import HashTableClient
+
+See hashtable/client.py for the API and docs/protocol.md for the wire protocol.
+"""
+
+from hashtable.client import (
+    HashTableClient,
+    HashTableError,
+    InvalidRequestError,
+    Pipeline,
+    Reply,
+    ServerError,
+    ServiceUnavailable,
+)
+
+__all__ = [
+    "HashTableClient",
+    "HashTableError",
+    "InvalidRequestError",
+    "Pipeline",
+    "Reply",
+    "ServerError",
+    "ServiceUnavailable",
+]

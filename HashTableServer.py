@@ -1,0 +1,233 @@
+"""The hash table server: ``python HashTableServer.py PROJECT``.
+
+Listens on a free TCP port (or --port), announces itself to the catalog as
+``{"type": "hashtable", "project": PROJECT, "port": ..., ...}`` at start and every
+60 s, and serves the protocol of docs/protocol.md until SIGINT or SIGTERM. Every
+acknowledged write is already on disk (with the default --sync always), so
+stopping, or a crash, loses nothing: start it again with the same data directory.
+
+Exit status: 0 when stopped by a signal, 1 when storage failed (restart to
+recover), 2 for bad arguments, unusable data or an address that cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from hashtable.database import Database, RecoveryError, StorageFailure
+
+from catalog.client import catalog_addresses
+from hashtable.server import (
+    Limits,
+    Server,
+    connection_capacity,
+    format_address,
+    open_listener,
+    raise_open_file_limit,
+)
+from netkit.addresses import AddressError
+from netkit.framing import DEFAULT_MAX_LINE
+from netkit.logs import setup_logging
+
+log = logging.getLogger("hashtable.server")
+
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def default_data_dir(project: str) -> Path:
+    """Per user and project, wherever the server is started from:
+    ``$XDG_STATE_HOME/hashtable/PROJECT`` (``~/.local/state/hashtable/PROJECT``)."""
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "hashtable" / project
+
+
+def _project(text: str) -> str:
+    if not _PROJECT_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot name a project: use up to 128 letters, digits, '.', '_' and '-', "
+            "not starting with '.' or '-' (it names the data directory)"
+        )
+    return text
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="HashTableServer.py",
+        description="Serve a durable hash table and announce it to the catalog.",
+    )
+    parser.add_argument("project", type=_project, help="the name clients look the server up by")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where table.ckpt and table.txn live (default: "
+        "$XDG_STATE_HOME/hashtable/PROJECT, i.e. ~/.local/state/hashtable/PROJECT)",
+    )
+    parser.add_argument(
+        "--host", default="", help="address to listen on (default: every interface)"
+    )
+    parser.add_argument("--port", type=_port, default=0, help="TCP port (default 0: any free one)")
+    parser.add_argument(
+        "--sync",
+        choices=("always", "everysec", "no"),
+        default="always",
+        help="always (default): a write is on disk before it is acknowledged, one fsync per "
+        "loop turn shared by all clients; everysec: fsync once a second, a crash may lose "
+        "the last second; no: leave it to the operating system",
+    )
+    parser.add_argument(
+        "--compact-after",
+        type=_count,
+        default=100,
+        metavar="N",
+        help="log entries before the log is folded into a new checkpoint (default 100)",
+    )
+    parser.add_argument(
+        "--catalog",
+        metavar="HOST[:PORT],...",
+        help="catalogs to announce to (default: $CATALOG_HOST, else localhost:9097)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_count,
+        metavar="N",
+        help="clients connected at once (default 10000, less if the open file limit is lower)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=_count,
+        default=DEFAULT_MAX_LINE,
+        metavar="N",
+        help=f"longest request line (default {DEFAULT_MAX_LINE}, 8 MiB)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="close connections idle this long (default 3600; 0: never)",
+    )
+    parser.add_argument(
+        "--summary-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often to log who was served (default 10)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    args = parser.parse_args(argv)
+    try:
+        args.catalogs = catalog_addresses(args.catalog)
+    except AddressError as exc:
+        parser.error(f"{'--catalog' if args.catalog else 'CATALOG_HOST'}: {exc}")
+    if args.summary_interval <= 0:
+        parser.error("--summary-interval must be more than 0")
+    args.data_dir = args.data_dir or default_data_dir(args.project)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    # Until the loop runs, a stop signal just ends the process: nothing is
+    # acknowledged yet, and recovery is safe to interrupt (crash-only).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: sys.exit(0))
+
+    limits = Limits(
+        max_line=args.max_request_bytes,
+        max_connections=connection_capacity(args.max_connections, raise_open_file_limit()),
+        idle_timeout=args.idle_timeout or None,
+    )
+    try:
+        database = Database(args.data_dir, sync=args.sync, compact_after=args.compact_after)
+    except RecoveryError as exc:
+        log.critical("cannot recover the table in %s: %s", args.data_dir, exc)
+        return 2
+    except OSError as exc:
+        log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)
+        return 2
+    try:
+        listener = open_listener(args.host, args.port)
+    except OSError as exc:
+        log.critical("cannot listen on %s: %s", format_address((args.host, args.port)), exc)
+        database.close()
+        return 2
+
+    server = Server(
+        database,
+        listener,
+        limits=limits,
+        announce={"project": args.project, "sync": args.sync, "origin": database.origin},
+        catalogs=args.catalogs,
+        summary_interval=args.summary_interval,
+    )
+    stopped_by: list[str] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        server.stop()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    stats = database.stats()
+    log.info(
+        "project %s: %s keys in %s (sync %s, compacting after %d log entries)",
+        args.project,
+        stats.get("keys", "?"),
+        args.data_dir,
+        args.sync,
+        args.compact_after,
+    )
+    log.info(
+        "listening on %s; up to %d connections; announcing to %s",
+        format_address(listener.getsockname()),
+        limits.max_connections,
+        ",".join(format_address(c) for c in args.catalogs),
+    )
+    try:
+        server.serve()
+    except StorageFailure as exc:
+        log.critical("storage failed, exiting (start again to recover): %s", exc)
+        return 1
+    except Exception:
+        log.critical("unexpected error, exiting (start again to recover)", exc_info=True)
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            database.close()
+    log.info("stopped by %s", stopped_by[0] if stopped_by else "request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The event loop in-process, turn by turn, over real sockets and the real database.
+
+Driving ``Server.turn()`` by hand makes the scheduling rules observable without
+timing: what one turn reads, executes, commits and sends.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hashtable.database import Database
+from hashtable.server import Limits, Server, open_listener
+from tests.server_support import Wire
+
+
+class SpyDatabase(Database):
+    """The real database, noting what happens around commits."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commits: list[int] = []  # mutations per commit
+        self._since_commit = 0
+        self.before_commit = lambda: None
+        self.fail_on: str | None = None
+
+    def execute(self, request):
+        if request.method == self.fail_on:
+            raise RuntimeError("engine bug")
+        if request.method == "scan" and request.regex == "slow":
+            time.sleep(0.005)
+        outcome = super().execute(request)
+        if request.method in ("insert", "remove"):
+            self._since_commit += 1
+        return outcome
+
+    def commit(self) -> None:
+        self.before_commit()
+        super().commit()
+        self.commits.append(self._since_commit)
+        self._since_commit = 0
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    database = SpyDatabase(tmp_path / "data")
+    yield database
+    database.close()
+
+
+def make_server(db: Database, **limits) -> Server:
+    return Server(db, open_listener("127.0.0.1", 0), limits=Limits(**limits))
+
+
+@pytest.fixture
+def server(db):
+    server = make_server(db)
+    yield server
+    server.close()
+
+
+def turns_until(server: Server, condition, limit: int = 200) -> int:
+    for n in range(1, limit + 1):
+        server.turn(0.05)
+        if condition():
+            return n
+    raise AssertionError("condition not reached")
+
+
+def readable(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def at_eof(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def accept_all(server: Server, clients: list[Wire]) -> None:
+    turns_until(server, lambda: len(server._peers) == len(clients))
+
+
+def test_one_turn_commits_once_then_answers_everyone(server, db):
+    clients = [Wire(server.port) for _ in range(4)]
+    accept_all(server, clients)
+    for n, client in enumerate(clients):
+        client.send({"method": "insert", "key": f"k{n}", "value": n})
+    time.sleep(0.2)  # let all four requests reach the server's socket buffers
+
+    def nobody_answered_yet() -> None:
+        assert not any(readable(c.sock) for c in clients), "a reply left before the commit"
+
+    db.before_commit = nobody_answered_yet
+    server.turn(0)
+    assert db.commits == [4]  # one commit for the whole turn: group commit
+    assert all(c.reply() == {"status": "ok", "result": None} for c in clients)
+
+
+def test_pipelined_replies_come_in_request_order(server):
+    with Wire(server.port) as client:
+        requests = []
+        for n in range(300):
+            requests.append({"method": "insert", "key": f"k{n}", "value": {"n": n}})
+            requests.append({"method": "lookup", "key": f"k{n}"})
+            requests.append(
+                {"method": "remove", "key": f"k{n - 1}"} if n % 2 else {"method": "size"}
+            )
+        client.send(*requests)
+        replies = []
+
+        def all_answered() -> bool:
+            client.sock.settimeout(0.01)
+            try:
+                while len(replies) < len(requests):
+                    replies.append(client.reply())
+            except TimeoutError:
+                return False
+            return True
+
+        turns_until(server, all_answered)
+    for n in range(300):
+        insert, lookup, third = replies[3 * n : 3 * n + 3]
+        assert insert == {"status": "ok", "result": None}
+        assert lookup == {"status": "ok", "result": {"n": n}}
+        if n % 2:
+            assert third == {"status": "ok", "result": {"n": n - 1}}
+        else:
+            assert third["status"] == "ok" and isinstance(third["result"], int)
+
+
+def test_a_client_that_does_not_read_is_not_read_from(db):
+    server = make_server(db, high_water=64 * 1024)
+    try:
+        big = "x" * 20_000
+        with Wire(server.port) as setup:
+            setup.send({"method": "insert", "key": "big", "value": big})
+            turns_until(server, lambda: readable(setup.sock))
+        hog = socket.create_connection(("127.0.0.1", server.port))
+        hog.sendall(b'{"method": "lookup", "key": "big"}\n' * 2000)
+        other = Wire(server.port)
+        for _ in range(100):
+            server.turn(0.01)
+        [peer] = [p for p in server._peers if p.conn.sock.getpeername() == hog.getsockname()]
+        # Output stays bounded by the high-water mark plus one reply; the rest of
+        # the requests wait unread.
+        assert peer.conn.buffered <= 64 * 1024 + 20_100
+        assert peer.conn.backlogged
+        assert peer.served < 2000
+        # Meanwhile another client is served.
+        other.send({"method": "size"})
+        turns_until(server, lambda: readable(other.sock))
+        assert other.reply() == {"status": "ok", "result": 1}
+        # Once the hog reads, it gets every reply, in full.
+        expected = len(orjson.dumps({"status": "ok", "result": big})) + 1
+        received = 0
+        deadline = time.monotonic() + 60
+        while received < 2000 * expected and time.monotonic() < deadline:
+            server.turn(0)
+            try:
+                hog.setblocking(False)
+                received += len(hog.recv(1 << 20))
+            except BlockingIOError:
+                pass
+        assert received == 2000 * expected
+        hog.close()
+        other.close()
+    finally:
+        server.close()
+
+
+def test_slow_requests_of_one_client_do_not_hold_up_another(server):
+    with Wire(server.port) as slow, Wire(server.port) as quick:
+        accept_all(server, [slow, quick])
+        slow.send(*[{"method": "scan", "regex": "slow"}] * 40)
+        time.sleep(0.1)
+        turns_until(server, lambda: server._busy)
+        quick.send({"method": "size"})
+        turns_until(server, lambda: readable(quick.sock))
+        assert quick.reply() == {"status": "ok", "result": 0}
+        [slow_peer] = [
+            p for p in server._peers if p.conn.sock.getpeername() == slow.sock.getsockname()
+        ]
+        assert slow_peer.has_work  # still has requests queued: it got a slice, not the loop
+        turns_until(server, lambda: not slow_peer.has_work)
+        assert [slow.reply()["status"] for _ in range(40)] == ["ok"] * 40
+
+
+def test_an_over_long_line_is_answered_then_the_connection_closed(db):
+    server = make_server(db, max_line=1024)
+    try:
+        with Wire(server.port) as client:
+            client.sock.sendall(b'{"method": "lookup", "key": "' + b"k" * 5000)
+            turns_until(server, lambda: readable(client.sock))
+            reply = client.reply()
+            assert reply["status"] == "invalid"
+            assert "longer than 1024 bytes" in reply["message"]
+            client.sock.shutdown(socket.SHUT_WR)
+            turns_until(server, lambda: not server._peers)
+            assert client.closed_by_server()
+    finally:
+        server.close()
+
+
+def test_half_a_request_is_dropped_after_the_request_timeout(db):
+    server = make_server(db, request_timeout=0.3)
+    try:
+        with Wire(server.port) as half, Wire(server.port) as whole:
+            half.sock.sendall(b'{"method": "si')
+            whole.send({"method": "size"})
+            deadline = time.monotonic() + 10
+            while len(server._peers) != 1 and time.monotonic() < deadline:
+                server.turn(0.1)
+            [left] = server._peers
+            assert left.conn.sock.getpeername() == whole.sock.getsockname()
+            assert whole.reply() == {"status": "ok", "result": 0}
+            assert half.closed_by_server()
+    finally:
+        server.close()
+
+
+def test_connections_over_the_cap_are_closed_at_once(db):
+    server = make_server(db, max_connections=2)
+    try:
+        first, second = Wire(server.port), Wire(server.port)
+        accept_all(server, [first, second])
+        third = Wire(server.port)
+        turns_until(server, lambda: at_eof(third.sock))
+        assert len(server._peers) == 2
+        first.send({"method": "size"})
+        turns_until(server, lambda: readable(first.sock))
+        assert first.reply()["status"] == "ok"
+        for wire in (first, second, third):
+            wire.close()
+    finally:
+        server.close()
+
+
+class OutOfFiles(socket.socket):
+    """A listener whose first accept fails as if the process had no file descriptors left."""
+
+    failures = 1
+
+    def accept(self):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(db):
+    listener = OutOfFiles(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = Server(db, listener)
+    try:
+        client = Wire(server.port)
+        server.turn(1.0)
+        assert server._accept_paused_until is not None
+        assert not server._peers
+        # While paused the listener is not watched, so a turn sleeps instead of spinning.
+        events = server.selector.select(0)
+        assert all(key.fileobj is not listener for key, _ in events)
+        turns_until(server, lambda: server._peers)
+        client.send({"method": "size"})
+        turns_until(server, lambda: readable(client.sock))
+        assert client.reply() == {"status": "ok", "result": 0}
+        client.close()
+    finally:
+        server.close()
+
+
+def test_a_failing_read_is_answered_and_the_loop_goes_on(server, db):
+    db.fail_on = "size"
+    with Wire(server.port) as client:
+        client.send({"method": "size"}, {"method": "lookup", "key": "k"})
+        turns_until(server, lambda: readable(client.sock))
+        assert client.reply()["error"] == "ServerError"
+        turns_until(server, lambda: client.lines or readable(client.sock))
+        assert client.reply()["error"] == "KeyError"
+
+
+def test_a_failing_mutation_stops_the_server(server, db):
+    db.fail_on = "insert"
+    with Wire(server.port) as client:
+        client.send({"method": "insert", "key": "k", "value": 1})
+        with pytest.raises(RuntimeError, match="engine bug"):
+            turns_until(server, lambda: False)
+
+
+def test_stop_wakes_a_sleeping_loop(server):
+    server.stop()
+    started = time.monotonic()
+    server.turn(30)  # would sleep 30 s without the wake-up
+    assert time.monotonic() - started < 25
