@@ -21,9 +21,8 @@ import signal
 import sys
 from pathlib import Path
 
-from hashtable.database import Database, RecoveryError, StorageFailure
-
 from catalog.client import catalog_addresses
+from hashtable.database import Database, RecoveryError, StorageFailure
 from hashtable.server import (
     Limits,
     Server,
@@ -136,6 +135,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="close connections idle this long (default 3600; 0: never)",
     )
     parser.add_argument(
+        "--scan-timeout",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="time one scan may take over the whole table (default 1)",
+    )
+    parser.add_argument(
         "--summary-interval",
         type=_seconds,
         default=10.0,
@@ -149,8 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.catalogs = catalog_addresses(args.catalog)
     except AddressError as exc:
         parser.error(f"{'--catalog' if args.catalog else 'CATALOG_HOST'}: {exc}")
-    if args.summary_interval <= 0:
-        parser.error("--summary-interval must be more than 0")
+    if args.summary_interval <= 0 or args.scan_timeout <= 0:
+        parser.error("--summary-interval and --scan-timeout must be more than 0")
     args.data_dir = args.data_dir or default_data_dir(args.project)
     return args
 
@@ -169,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout or None,
     )
     try:
-        database = Database(args.data_dir, sync=args.sync, compact_after=args.compact_after)
+        database = Database(
+            args.data_dir,
+            sync=args.sync,
+            compact_after=args.compact_after,
+            regex_timeout=args.scan_timeout,
+        )
     except RecoveryError as exc:
         log.critical("cannot recover the table in %s: %s", args.data_dir, exc)
         return 2
