@@ -150,7 +150,10 @@ class TestInvalidRequests:
             ({"client": "c" * (MAX_CLIENT_ID + 1), "seq": 1}, '"client" must be'),
             ({"client": 5, "seq": 1}, '"client" must be'),
             ({"client": "c", "seq": 0}, '"seq" must be an integer from 1'),
-            ({"client": "c", "seq": True}, '"seq" must be an integer from 1 to 2**63-1, not a boolean'),
+            (
+                {"client": "c", "seq": True},
+                '"seq" must be an integer from 1 to 2**63-1, not a boolean',
+            ),
             ({"client": "c", "seq": 1.0}, '"seq" must be an integer'),
             ({"client": "c", "seq": 2**63}, '"seq" must be an integer'),
             ({"client": "c", "seq": 2, "ack": -1}, '"ack" must be an integer from 0'),
