@@ -142,13 +142,20 @@ def _url_host(host: str) -> str:
 def matching(records: Iterable[Record], type: str, project: str) -> list[Record]:
     """The records of one ``type`` and ``project``, freshest first."""
     found = [r for r in records if r.get("type") == type and r.get("project") == project]
-    found.sort(key=_heard_from, reverse=True)
+    found.sort(key=_freshness, reverse=True)
     return found
 
 
-def _heard_from(record: Record) -> float:
-    value = record.get("lastheardfrom", 0)
-    return value if isinstance(value, int | float) else 0
+def _freshness(record: Record) -> tuple[float, float]:
+    # lastheardfrom counts whole seconds: a server restarted within the second of
+    # its dead predecessor's last announcement ties with it. The one that started
+    # last is the live one (else clients keep picking the dead one until the next
+    # announcement, a minute later).
+    return _number(record.get("lastheardfrom")), _number(record.get("starttime"))
+
+
+def _number(value: Any) -> float:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 def resolve(

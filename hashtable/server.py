@@ -142,6 +142,9 @@ class Server:
         self.port: int = listener.getsockname()[1]
         self.clock = clock
         self.started = clock()
+        # Wall-clock start, to a millisecond: tells apart two servers of a project
+        # heard from in the same second (catalog.client.matching).
+        self.start_time = round(time.time(), 3)
         self.requests = 0
         self._peers: set[_Peer] = set()
         self._busy: dict[_Peer, None] = {}  # peers with lines to execute, in arrival order
@@ -523,6 +526,7 @@ class Server:
             "owner": _owner(),
             "port": self.port,
             "version": VERSION,
+            "starttime": self.start_time,
             **(self._base_record or {}),
             **self.status(),
         }
