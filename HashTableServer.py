@@ -115,6 +115,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="catalogs to announce to (default: $CATALOG_HOST, else localhost:9097)",
     )
     parser.add_argument(
+        "--announce-interval",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often to announce to the catalog (default 60): a catalog that was down "
+        "when the server started lists it at the next announcement",
+    )
+    parser.add_argument(
         "--max-connections",
         type=_count,
         metavar="N",
@@ -155,8 +163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.catalogs = catalog_addresses(args.catalog)
     except AddressError as exc:
         parser.error(f"{'--catalog' if args.catalog else 'CATALOG_HOST'}: {exc}")
-    if args.summary_interval <= 0 or args.scan_timeout <= 0:
-        parser.error("--summary-interval and --scan-timeout must be more than 0")
+    if args.summary_interval <= 0 or args.scan_timeout <= 0 or args.announce_interval <= 0:
+        parser.error(
+            "--summary-interval, --scan-timeout and --announce-interval must be more than 0"
+        )
     args.data_dir = args.data_dir or default_data_dir(args.project)
     return args
 
@@ -200,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         limits=limits,
         announce={"project": args.project, "sync": args.sync, "origin": database.origin},
         catalogs=args.catalogs,
+        announce_interval=args.announce_interval,
         summary_interval=args.summary_interval,
     )
     stopped_by: list[str] = []
@@ -220,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         args.compact_after,
     )
     log.info(
-        "listening on %s; up to %d connections; announcing to %s",
-        format_address(listener.getsockname()),
+        "up to %d connections; announcing to %s",
         limits.max_connections,
         ",".join(format_address(c) for c in args.catalogs),
     )
+    # The program's one line of output, --quiet or not: scripts read the port from it.
+    print(f"listening on {format_address(listener.getsockname())}", flush=True)
     try:
         server.serve()
     except StorageFailure as exc:

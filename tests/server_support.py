@@ -16,6 +16,12 @@ from tests.procs import Process, free_port, python_script, wait_until
 _LISTENING = re.compile(r"listening on \S*?:(\d+)")
 
 
+def listening_port(output: str) -> int | None:
+    """The port in the server's "listening on HOST:PORT" line, once it is out."""
+    match = _LISTENING.search(output)
+    return int(match.group(1)) if match else None
+
+
 class ServerHandle:
     def __init__(self, process: Process, port: int, data_dir: Path, project: str) -> None:
         self.process = process
@@ -41,11 +47,9 @@ def start_server(
     args += ["--catalog", catalog or f"127.0.0.1:{free_port()}", *extra]
     process = spawn(python_script("HashTableServer.py", *args), name="server")
 
-    def listening() -> int | None:
-        match = _LISTENING.search(process.output())
-        return int(match.group(1)) if match else None
-
-    found = wait_until(lambda: listening() or not process.alive(), timeout=20, what="server")
+    found = wait_until(
+        lambda: listening_port(process.output()) or not process.alive(), timeout=20, what="server"
+    )
     assert process.alive(), f"the server exited:\n{process.output()}"
     return ServerHandle(process, found, data_dir, project)
 

@@ -10,9 +10,7 @@ from HashTableClient import (
     ServiceUnavailable,
 )
 from tests.procs import Process, free_port, python_script, wait_until
-from tests.server_support import Wire
-
-_LISTENING = "listening on 127.0.0.1:"
+from tests.server_support import Wire, listening_port
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +21,11 @@ def port(tmp_path_factory) -> int:
     args += ["--catalog", f"127.0.0.1:{free_port()}"]
     process = Process(python_script("HashTableServer.py", *args), tmp / "server.log")
     try:
-        wait_until(lambda: _LISTENING in process.output() or not process.alive(), what="server")
+        port = wait_until(
+            lambda: listening_port(process.output()) or not process.alive(), what="server"
+        )
         assert process.alive(), process.output()
-        text = process.output()
-        yield int(text[text.index(_LISTENING) + len(_LISTENING) :].split(";")[0])
+        yield port
     finally:
         process.stop()
 

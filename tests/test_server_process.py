@@ -75,6 +75,13 @@ def test_a_stop_signal_ends_it_quietly(spawn, tmp_path: Path, sig):
     assert "Traceback" not in server.log()
 
 
+def test_quiet_logs_nothing_but_still_says_where_it_listens(spawn, tmp_path: Path):
+    server = start_server(spawn, tmp_path / "data", "--quiet")
+    with Wire(server.port) as client:
+        assert client.call({"method": "size"}) == {"status": "ok", "result": 0}
+    assert server.log().strip() == f"listening on 127.0.0.1:{server.port}"
+
+
 def test_the_documented_nc_session_is_what_the_server_says(spawn, tmp_path: Path):
     """docs/protocol.md shows a session: lines after '> ' are sent, after '< ' expected."""
     text = DOCS.read_text()
