@@ -22,6 +22,7 @@ import contextlib
 import logging
 import select
 import socket
+import struct
 import time
 import uuid
 from collections import deque
@@ -195,7 +196,10 @@ class HashTableClient:
     def _read_line(self) -> bytes:
         lines = self._lines
         while not lines:
-            data = self._sock.recv(RECV_SIZE)  # type: ignore[union-attr]
+            try:
+                data = self._sock.recv(RECV_SIZE)  # type: ignore[union-attr]
+            except BlockingIOError:  # SO_RCVTIMEO expired
+                raise TimeoutError(f"no reply within {self.timeout:g} s") from None
             if not data:
                 raise ConnectionResetError("the server closed the connection")
             lines.extend(self._framer.feed(data))
@@ -206,6 +210,12 @@ class HashTableClient:
         self._peer = f"{host}:{port}"
         sock = socket.create_connection((host, port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The reply timeout is the kernel's (SO_RCVTIMEO) on a blocking socket: a
+        # Python socket timeout would cost a poll() before every send and recv.
+        sock.settimeout(None)
+        limit = _timeval(self.timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         self._sock = sock
         self._framer = LineFramer(MAX_REPLY_LINE)
         self._lines.clear()
@@ -378,7 +388,7 @@ class Pipeline:
                     out[:] = b"".join(unanswered)  # sent again on the new connection
         finally:
             if client._sock is not None:
-                client._sock.settimeout(client.timeout)
+                client._sock.setblocking(True)
         if failing_since is not None:
             client._backoff.reset()
 
@@ -394,7 +404,7 @@ def _exchange(
 
     With ``wait``, waits up to the client's timeout for either to be possible."""
     if sock.gettimeout() != 0.0:
-        sock.setblocking(False)  # execute() restores the timeout when done
+        sock.setblocking(False)  # execute() makes it blocking again when done
     if wait:
         poller = select.poll()
         poller.register(sock, select.POLLIN | (select.POLLOUT if out else 0))
@@ -410,6 +420,11 @@ def _exchange(
     if not data:
         raise ConnectionResetError("the server closed the connection")
     lines.extend(client._framer.feed(data))
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
 
 
 def _result(outcome: Outcome, key: str | None = None) -> Any:
@@ -428,7 +443,7 @@ def _pairs(items: list[list[Any]]) -> list[tuple[str, Any]]:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | BlockingIOError):  # BlockingIOError: SO_SNDTIMEO
         return "no answer in time"
     if isinstance(exc, CatalogUnavailable | _NotListed):
         return str(exc)
