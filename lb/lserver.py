@@ -68,6 +68,7 @@ class LoadBalancer:
         self.timeout = timeout
         self.balancer = Balancer(timeout)
         self.static = set(servers or ())
+        self.wanted = set(self.static)  # the static TSs and those the catalog lists
         self.watcher = watcher
         self.max_unanswered = max_unanswered
         self.selector = selectors.DefaultSelector()
@@ -199,11 +200,16 @@ class LoadBalancer:
         listed = self.watcher.take()
         if listed is None:
             return
-        wanted = self.static | listed
-        for endpoint in sorted(wanted - self.links.keys()):
+        self.wanted = self.static | listed
+        for endpoint in sorted(self.wanted - self.links.keys()):
             log.info("TS %s:%d is listed in the catalog; adding it", *endpoint)
             self._add_link(endpoint)
-        for endpoint in sorted(self.links.keys() - wanted):
+        for endpoint in sorted(self.links.keys() - self.wanted):
+            if self.links[endpoint].state == UP:
+                # A catalog restarted without its records lists no TS until each
+                # announces again (a minute, by default); a TS still connected goes
+                # on answering until then, and is dropped when its connection breaks.
+                continue
             log.info("TS %s:%d is no longer listed in the catalog; dropping it", *endpoint)
             self._remove_link(endpoint)
 
@@ -230,6 +236,16 @@ class LoadBalancer:
         self._sync_link(link)
 
     def _link_down(self, link: TsLink, now: float, reason: str) -> None:
+        endpoint = (link.host, link.port)
+        if endpoint not in self.wanted:
+            log.info(
+                "TS %s is no longer listed in the catalog and its connection is gone (%s); "
+                "dropping it",
+                link,
+                reason,
+            )
+            self._remove_link(endpoint)
+            return
         if link.sock is not None:
             forget(self.selector, link.sock)
         self.balancer.close_server(link)

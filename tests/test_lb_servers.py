@@ -475,3 +475,44 @@ def test_the_ls_drops_a_ts_that_leaves_the_catalog(spawn, forgetting_catalog) ->
         what="the LS to serve with the TS that is left",
     )
     assert ls.alive()
+
+
+def test_the_ls_keeps_a_connected_ts_that_a_restarted_catalog_forgot(spawn, tmp_path) -> None:
+    """Found by the chaos battery: a catalog restarted without its records lists no
+    TS until each announces again (a minute, by default), and the LS dropped every
+    TS meanwhile, so every query timed out. A connected TS now stays until its
+    connection breaks."""
+    port = free_port()
+
+    def start_catalog(state: str) -> Process:
+        process = spawn(
+            python_module(
+                "catalog", "--host", "127.0.0.1", "--port", str(port),
+                "--state-dir", str(tmp_path / state),
+            ),
+            name="catalog",
+        )  # fmt: skip
+        wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="catalog")
+        return process
+
+    first = start_catalog("state")
+    env = {"CATALOG_HOST": f"127.0.0.1:{port}"}
+    ts, ts_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt", "--project", "amnesia", env=env)
+    ls, ls_port = start_ls(spawn, [], "--project", "amnesia", "--refresh", "0.2", env=env)
+    name = [b"rutgers.edu"]
+    wait_until(
+        lambda: resolve("127.0.0.1", ls_port, name) == [RIGHT[name[0]]],
+        timeout=20,
+        what="the LS to use the TS",
+    )
+    first.kill()
+    start_catalog("empty-state")  # same port, no records; the TS announces in a minute
+    time.sleep(1.0)  # five refreshes that list no TS
+    assert resolve("127.0.0.1", ls_port, name) == [RIGHT[name[0]]]
+    ts.kill()
+    wait_until(
+        lambda: f"TS 127.0.0.1:{ts_port} is no longer listed" in ls.output(),
+        timeout=20,
+        what="the LS to drop the TS once its connection is gone",
+    )
+    assert ls.alive()
