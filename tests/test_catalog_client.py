@@ -13,6 +13,7 @@ import time
 from catalog.client import matching, query, resolve
 from tests.procs import wait_until
 from tests.server_support import start_server
+from tests.test_catalog_helpers import OurCatalog
 
 
 def hashtable(port: int, heard: object, **fields: object) -> dict:
@@ -48,3 +49,18 @@ def test_a_server_announces_its_start_to_the_millisecond(spawn, catalog, tmp_pat
     assert before - 0.001 <= record["starttime"] <= after
     assert isinstance(record["starttime"], float)  # whole seconds would tie again
     assert len(query(catalogs=[("127.0.0.1", catalog.port)])) == 1
+
+
+def test_a_catalog_that_lost_its_records_lists_a_server_at_its_next_announcement(spawn, tmp_path):
+    """The chaos battery restarts catalogs without their state; servers announce
+    every --announce-interval seconds (60 by default) and are found again."""
+    first = OurCatalog(spawn, tmp_path / "state")
+    catalogs = [("127.0.0.1", first.port)]
+    server = start_server(
+        spawn, tmp_path / "data", "--announce-interval", "0.5", project="again", catalog=first.host
+    )
+    wait_until(lambda: resolve("hashtable", "again", catalogs), what="the server's record")
+    first.process.kill()
+    OurCatalog(spawn, tmp_path / "empty-state", port=first.port)
+    record = wait_until(lambda: resolve("hashtable", "again", catalogs), what="the record again")
+    assert record["port"] == server.port
