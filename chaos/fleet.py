@@ -1,0 +1,102 @@
+"""Writer processes as a group, and the checks of what they wrote.
+
+The crash and catalog scenarios start writers (chaos/writer.py), wait until
+each has had writes acknowledged, stop them, and judge a table against their
+ledgers (chaos/ledger.py): here once for both.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from chaos.lab import Lab, Result
+from chaos.ledger import Ledger, Verdict, check, parse_ledger
+from harness.processes import Process, python_module, wait_until
+from hashtable.client import HashTableClient
+
+# Readiness bound: generous, for a 2-core machine shared with other work.
+PROGRESS_TIMEOUT = 60.0
+
+
+class Writers:
+    """Writer processes of one project, each with its ledger in the lab."""
+
+    def __init__(self, lab: Lab, project: str, catalog: str, keys: int = 50) -> None:
+        self.lab = lab
+        self.project = project
+        self.catalog = catalog
+        self.keys = keys
+        self.processes: list[Process] = []
+        self.paths: list[Path] = []
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            name = f"w{len(self.processes)}"
+            path = self.lab.root / f"ledger-{name}.jsonl"
+            self.paths.append(path)
+            self.processes.append(
+                self.lab.start(
+                    python_module(
+                        "chaos.writer", self.project, "--ledger", str(path), "--name", name,
+                        "--keys", str(self.keys), "--seed", str(self.lab.seed),
+                        "--catalog", self.catalog,
+                    ),
+                    name=f"writer-{name}",
+                )
+            )  # fmt: skip
+
+    def ledgers(self) -> list[Ledger]:
+        return [parse_ledger(p.stem, p.read_bytes() if p.exists() else b"") for p in self.paths]
+
+    def wait_for_progress(self, timeout: float = PROGRESS_TIMEOUT) -> None:
+        """Until every writer has had a new mutation acknowledged."""
+        before = [ledger.acked for ledger in self.ledgers()]
+
+        def progressed() -> bool:
+            for process in self.processes:
+                if not process.alive():
+                    raise RuntimeError(f"{process.log_path.stem} died: {process.output()[-500:]}")
+            return all(now.acked > then for now, then in zip(self.ledgers(), before, strict=True))
+
+        wait_until(progressed, timeout=timeout, what="every writer to make progress")
+
+    def stop(self, result: Result) -> list[Ledger]:
+        """Stops them (each finishes its operation, so the server must be up) and
+        returns the final ledgers."""
+        for process in self.processes:
+            process.signal(signal.SIGTERM)
+        for process in self.processes:
+            code = process.popen.wait(timeout=PROGRESS_TIMEOUT)
+            if code != 0 or "Traceback" in process.output():
+                result.fail(
+                    f"{process.log_path.stem} exited with {code}: {process.output()[-300:]}"
+                )
+        return self.ledgers()
+
+    def retries(self) -> int:
+        """How many times their clients said they would retry."""
+        return sum(process.output().count("retrying in") for process in self.processes)
+
+
+def judge(state: dict[str, Any], ledgers: list[Ledger], result: Result, when: str) -> Verdict:
+    """Checks ``state`` against the ledgers; a lost write or a wrong answer fails the run."""
+    verdict = check(state, ledgers)
+    wrong = [f"{ledger.name} {line}" for ledger in ledgers for line in ledger.wrong]
+    if not verdict.ok or wrong:
+        result.lost = (result.lost or 0) + len(verdict.lost)
+        shown = (verdict.lost + [f"stray key {k}" for k in verdict.strays] + wrong)[:5]
+        result.fail(f"{when}: " + "; ".join(shown))
+    return verdict
+
+
+def check_served(port: int, ledgers: list[Ledger], result: Result, when: str) -> Verdict:
+    """Judges what the server on ``port`` serves, with the writers stopped: nothing
+    may be in flight any more."""
+    with HashTableClient.at("127.0.0.1", port, give_up_after=30) as client:
+        served = dict(client.scan(""))
+    verdict = judge(served, ledgers, result, when)
+    if verdict.in_flight:
+        result.fail(f"{when}: {verdict.in_flight} writes in flight after the writers stopped")
+    return verdict

@@ -1,0 +1,47 @@
+"""Simulated torn log writes: what a crash in the middle of appending a record leaves.
+
+The server appends each turn's records with one write() and fsyncs before any
+reply, so a record cut short was never acknowledged, and recovery must drop it
+(docs/storage.md). A real kill rarely lands inside write(); this makes the case
+happen on demand: the next record the server would have written, cut at a
+random byte, with no newline.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+
+from hashtable.storage import LOG, OLD_LOG, ORIGIN
+
+
+def torn_record(log: bytes, origin: str, rng: random.Random) -> bytes:
+    """A random proper prefix of the record that would follow ``log``'s last one."""
+    record = {"origin": origin, "lsn": 1, "method": "insert", "key": "torn", "value": {}}
+    for line in reversed(log.split(b"\n")[:-1]):  # complete lines only
+        try:
+            last = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(last, dict) and isinstance(last.get("lsn"), int):
+            record = {**last, "lsn": last["lsn"] + 1}
+            if isinstance(last.get("seq"), int):
+                record["seq"] = last["seq"] + 1
+            break
+    whole = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    return whole[: rng.randrange(1, len(whole))]
+
+
+def tear_log(data_dir: Path, rng: random.Random) -> int:
+    """Appends a torn record to ``table.txn``; returns how many bytes."""
+    log_path = data_dir / LOG
+    log = log_path.read_bytes() if log_path.exists() else b""
+    if not log.strip() and (data_dir / OLD_LOG).exists():
+        log = (data_dir / OLD_LOG).read_bytes()  # just rotated: the last record is there
+    origin = (data_dir / ORIGIN).read_text().strip()
+    torn = torn_record(log, origin, rng)
+    with open(log_path, "ab") as file:
+        file.write(torn)
+    return len(torn)
