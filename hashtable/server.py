@@ -85,6 +85,7 @@ class _Peer:
     __slots__ = (
         "closing",
         "conn",
+        "eof",
         "lines",
         "linger_until",
         "mask",
@@ -107,6 +108,7 @@ class _Peer:
         self.served = 0
         self.closing = False  # answered a protocol violation; closes once that is sent
         self.shut = False  # our side of the connection is shut down
+        self.eof = False  # the client has sent all it will send; answer it, then close
         self.linger_until = 0.0
         self.out_seen = 0
         self.out_since = 0.0
@@ -255,9 +257,13 @@ class Server:
                 sock.close()
                 self._note_refusal()
                 continue
-            conn = Connection(
-                sock, format_address(address), self.limits.max_line, self.limits.high_water
-            )
+            try:
+                conn = Connection(
+                    sock, format_address(address), self.limits.max_line, self.limits.high_water
+                )
+            except OSError:  # reset before we got to it
+                sock.close()
+                continue
             peer = _Peer(conn)
             self._peers.add(peer)
             self._set_interest(peer, selectors.EVENT_READ)
@@ -288,7 +294,13 @@ class Server:
         try:
             lines = conn.read_lines()
         except Closed as exc:
-            self._drop(peer, str(exc))
+            if exc.__cause__ is not None:  # a failure (reset, ...): nobody to answer
+                self._drop(peer, str(exc))
+                return
+            # A clean end of input (e.g. `nc -N` after a file of requests): the
+            # requests already read still get executed and answered.
+            peer.eof = True
+            self._update_interest(peer)
             return
         except LineTooLong as exc:
             self._refuse_line(peer, exc)
@@ -366,12 +378,15 @@ class Server:
         mask = 0
         if conn.wants_write:
             mask = selectors.EVENT_WRITE
+        elif peer.eof and not peer.has_work:
+            self._drop(peer, "peer closed the connection")
+            return
         elif peer.closing and not peer.shut:
             peer.shut = True  # the answer is out: tell the client we are done
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
         # Backpressure: no reading while replies pile up or requests wait.
-        if peer.closing or not (conn.backlogged or peer.has_work):
+        if peer.closing or not (conn.backlogged or peer.has_work or peer.eof):
             mask |= selectors.EVENT_READ
         self._set_interest(peer, mask)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -95,6 +96,19 @@ def test_the_documented_nc_session_is_what_the_server_says(spawn, tmp_path: Path
         for want in expected:
             got = client.reply()
             assert got == orjson.loads(want)
+
+
+def test_a_client_that_stops_sending_still_gets_every_reply(spawn, tmp_path: Path):
+    """Like `nc -N HOST PORT < requests`: all requests, then end of input, then read."""
+    server = start_server(spawn, tmp_path / "data")
+    value = "v" * 20_000
+    with Wire(server.port) as wire:
+        assert wire.call({"method": "insert", "key": "big", "value": value})["status"] == "ok"
+        wire.send(*[{"method": "lookup", "key": "big"}] * 3000)  # 60 MB of replies
+        wire.sock.shutdown(socket.SHUT_WR)
+        for _ in range(3000):
+            assert wire.reply() == {"status": "ok", "result": value}
+        assert wire.closed_by_server()
 
 
 def test_the_log_shows_clients_coming_going_and_interleaving(spawn, tmp_path: Path):

@@ -108,7 +108,7 @@ def test_garbage_bytes_get_invalid_replies(server, witness):
 def test_malformed_requests_get_invalid_replies(server, witness, line):
     with Wire(server.port) as wire:
         assert invalid(wire.call(line + b"\n"))
-        assert wire.call({"method": "lookup", "key": "witness-0"})["status"] == "ok"
+        assert wire.call({"method": "size"})["status"] == "ok"  # the connection still works
 
 
 def test_an_over_long_line_is_refused_and_the_connection_closed(server, witness):
