@@ -65,6 +65,9 @@ class _NotListed(ConnectionError):
     """The catalog answered but lists no usable server for the project."""
 
 
+# What a request can end in besides a result (results() lists these in place).
+_ANSWERS = (KeyError, TypeError, HashTableError)
+
 # Everything after which the request is sent again, to a freshly resolved server.
 _RETRYABLE = (OSError, ProtocolError)  # OSError covers timeouts, refusals, CatalogUnavailable
 
@@ -189,6 +192,11 @@ class HashTableClient:
             except _RETRYABLE as exc:
                 failing_since = self._retry_after(exc, failing_since)
                 continue
+            except BaseException:
+                # Interrupted (Ctrl-C, ...): a reply may still come on this
+                # connection, and must not be taken for the next call's.
+                self._disconnect()
+                raise
             if failing_since is not None:
                 self._backoff.reset()
             return outcome
@@ -262,22 +270,26 @@ class HashTableClient:
 class Reply:
     """The reply to one pipelined request, available once the pipeline has run."""
 
-    __slots__ = ("_key", "_outcome")
+    __slots__ = ("_error", "_key", "_outcome")
 
     def __init__(self, key: str | None) -> None:
         self._key = key
         self._outcome: Outcome | None = None
+        self._error: Exception | None = None  # the request could not be sent
 
     def result(self) -> Any:
         """The request's result; raises as the plain method call would."""
+        if self._error is not None:
+            raise self._error
         if self._outcome is None:
             raise RuntimeError("the pipeline has not run yet")
         return _result(self._outcome, self._key)
 
     def exception(self) -> Exception | None:
+        """The exception ``result()`` raises (KeyError, ...), or None."""
         try:
             self.result()
-        except (KeyError, HashTableError) as exc:
+        except _ANSWERS as exc:
             return exc
         return None
 
@@ -333,7 +345,7 @@ class Pipeline:
         for reply in self._replies:
             try:
                 results.append(reply.result())
-            except (KeyError, HashTableError) as exc:
+            except _ANSWERS as exc:
                 results.append(exc)
         return results
 
@@ -349,25 +361,32 @@ class Pipeline:
         queued, self._queued = self._queued, []
         client = self._client
         lines = client._lines  # replies received, not yet decoded
-        unanswered: deque[bytes] = deque()  # encoded requests sent, oldest first
-        answered = encoded = 0
+        # Requests sent and not answered, oldest first: (line, index in queued).
+        unanswered: deque[tuple[bytes, int]] = deque()
+        done = encoded = 0  # requests with an outcome / looked at for sending
         out = bytearray()
         failing_since = None
         try:
-            while answered < len(queued):
+            while done < len(queued):
                 try:
                     sock = client._sock or client._connect()
                     # Top up and send before decoding what came back, so that
                     # the server has work while this side decodes.
-                    while (
-                        encoded < len(queued) and encoded - answered - len(lines) < PIPELINE_WINDOW
-                    ):
-                        # A mutation is numbered when first encoded and keeps its
-                        # number (and line) through every resend.
-                        data = client._session(queued[encoded][0])
-                        unanswered.append(data)
-                        out += data
+                    while encoded < len(queued) and len(unanswered) - len(lines) < PIPELINE_WINDOW:
+                        request, reply = queued[encoded]
+                        try:
+                            # A mutation is numbered when first encoded and keeps
+                            # its number (and line) through every resend.
+                            data = client._session(request)
+                        except TypeError as exc:  # a value JSON cannot carry: not sent
+                            reply._error = exc
+                            done += 1
+                        else:
+                            unanswered.append((data, encoded))
+                            out += data
                         encoded += 1
+                    if not unanswered:
+                        continue  # the rest could not be sent: nothing to wait for
                     if not lines:
                         _exchange(sock, out, lines, client)
                         continue
@@ -376,16 +395,20 @@ class Pipeline:
                     if len(lines) > len(unanswered):
                         raise ProtocolError("the server sent a reply to no request")
                     for line in lines:
-                        request, reply = queued[answered]
+                        request, reply = queued[unanswered[0][1]]
                         reply._outcome = decode_reply(line)
                         unanswered.popleft()
-                        answered += 1
+                        done += 1
                         if request.seq is not None:
                             client._acked = request.seq
                     lines.clear()
                 except _RETRYABLE as exc:
                     failing_since = client._retry_after(exc, failing_since)
-                    out[:] = b"".join(unanswered)  # sent again on the new connection
+                    # Sent again on the new connection.
+                    out[:] = b"".join(data for data, _ in unanswered)
+        except BaseException:
+            client._disconnect()  # replies may still come: not for the next call
+            raise
         finally:
             if client._sock is not None:
                 client._sock.setblocking(True)

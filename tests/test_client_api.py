@@ -106,6 +106,21 @@ def test_pipeline_results_in_order_with_failures_in_place(table):
     assert all(r.exception() is None for r in inserted)
 
 
+def test_a_pipelined_value_json_cannot_carry_fails_alone(table):
+    with table.pipeline() as p:
+        p.insert("api:ok1", 1)
+        p.insert("api:bad", {1, 2})
+        p.remove("api:ok1")
+        last = p.insert("api:bad2", object())
+    results = p.results()
+    assert results[0] is None and results[2] == 1
+    assert isinstance(results[1], TypeError) and isinstance(results[3], TypeError)
+    with pytest.raises(TypeError):
+        last.result()
+    table.insert("api:after-pipeline", 1)
+    assert table.remove("api:after-pipeline") == 1
+
+
 def test_a_pipeline_that_has_not_run_has_no_results(table):
     p = table.pipeline()
     reply = p.size()
