@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from chaos import catalog_down, crash, lbfaults, moves
+from chaos import catalog_down, crash, hostile, lbfaults, moves
 from chaos.lab import Lab, Result
 from chaos.report import format_table
 
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, Callable[[Lab], Result]] = {
     "crash": crash.run,
     "moves": moves.run,
     "catalog": catalog_down.run,
+    "hostile": hostile.run,
     "lb": lbfaults.run,
 }
 
