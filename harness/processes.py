@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,14 +18,29 @@ CCTOOLS_CATALOG = SHARED / "tools" / "cctools-catalog"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for TCP and UDP alike, and (for catalogs) with port+1 free too."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port < 65000 and all(_bindable(port + d) for d in (0, 1)):
+    """A port free for TCP and UDP alike, with port+1 free too (a catalog uses both).
+
+    Chosen at random BELOW the kernel's ephemeral range: a port the kernel handed
+    out (bind to 0) can be taken by any outgoing connection before the server
+    that was meant to have it binds it, and busy tests make thousands of those.
+    ``kind`` is accepted for callers that name it; the port is checked for both.
+    """
+    low, high = _ephemeral_range()
+    candidates = (20000, low - 2) if low > 21000 else (high + 1, 65000)
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(*candidates)
+        if all(_bindable(port + d) for d in (0, 1)):
             return port
     raise RuntimeError("no free port")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _bindable(port: int) -> bool:
