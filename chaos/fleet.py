@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.lab import Lab, Result
-from chaos.ledger import Ledger, Verdict, check, parse_ledger
+from chaos.ledger import Ledger, Verdict, check
 from harness.processes import Process, python_module, wait_until
 from hashtable.client import HashTableClient
 
@@ -30,12 +30,16 @@ class Writers:
         self.keys = keys
         self.processes: list[Process] = []
         self.paths: list[Path] = []
+        self._ledgers: list[Ledger] = []
+        self._read: list[int] = []  # bytes of each ledger file read so far
 
     def start(self, count: int) -> None:
         for _ in range(count):
             name = f"w{len(self.processes)}"
             path = self.lab.root / f"ledger-{name}.jsonl"
             self.paths.append(path)
+            self._ledgers.append(Ledger(path.stem))
+            self._read.append(0)
             self.processes.append(
                 self.lab.start(
                     python_module(
@@ -48,11 +52,17 @@ class Writers:
             )  # fmt: skip
 
     def ledgers(self) -> list[Ledger]:
-        return [parse_ledger(p.stem, p.read_bytes() if p.exists() else b"") for p in self.paths]
+        """The ledgers as written so far (each file is read from where it was left)."""
+        for n, path in enumerate(self.paths):
+            if path.exists():
+                with open(path, "rb") as file:
+                    file.seek(self._read[n])
+                    self._read[n] += self._ledgers[n].feed(file.read())
+        return self._ledgers
 
     def wait_for_progress(self, timeout: float = PROGRESS_TIMEOUT) -> None:
         """Until every writer has had a new mutation acknowledged."""
-        before = [ledger.acked for ledger in self.ledgers()]
+        before = [ledger.acked for ledger in self.ledgers()]  # before it changes in place
 
         def progressed() -> bool:
             for process in self.processes:

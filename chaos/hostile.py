@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from catalog.client import announce, query
 from chaos import attacks, dns
 from chaos.lab import Lab, Result
-from chaos.procfs import memory_kib
+from chaos.procfs import memory_kib, reset_peak_memory
 from chaos.report import percentile
 from chaos.wire import LineConn
 from harness.processes import Process, python_module, wait_until
@@ -76,29 +76,31 @@ def run(lab: Lab) -> Result:
                100 if quick else 500),
         Target("ls", ls, ls_port, _ls_probe(ls_port), [], 8 if quick else 40),
     ]  # fmt: skip
-    for target in targets:
-        _attack(
-            lab, result, target, seconds, ["--only", ",".join(attacks.default_kinds(target.name))]
-        )
-    _attack(lab, result, targets[0], seconds, ["--only", "regex"], "hashtable, catastrophic scans")
+    for target in targets:  # every attack kind at once, and the fuzzer
+        _attack(lab, result, target, seconds)
+    _attack(lab, result, targets[0], seconds, only="regex", label="hashtable, catastrophic scans")
     return result
 
 
 def _attack(
-    lab: Lab, result: Result, target: Target, seconds: float, kinds: list[str], label: str = ""
+    lab: Lab, result: Result, target: Target, seconds: float, only: str = "", label: str = ""
 ) -> None:
+    """Probes ``target`` alone, then under attack (one kind ``only``, or all of
+    them with the fuzzer), then after; checks answers, survival and memory."""
     label = label or target.name
     pid = target.process.pid
+    reset_peak_memory(pid)
     before, _ = memory_kib(pid)
     alone = _probe_for(target, lambda n: n < (100 if lab.quick else 300))
     port = str(target.port)
+    kinds = ["--only", only] if only else []
     hostile = [
         lab.start(
             python_module("chaos.attacks", target.name, port, "--seconds", str(seconds), *kinds),
             name=f"attack-{label}",
         )
     ]
-    if "regex" not in kinds:
+    if not only:
         hostile.append(
             lab.start(
                 python_module(

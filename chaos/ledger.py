@@ -63,50 +63,55 @@ class LedgerError(ValueError):
 
 @dataclass
 class Ledger:
-    """One writer's history, as far as it had been written when read."""
+    """One writer's history as read so far, kept up to date by ``feed``: what its
+    acknowledged mutations left in the table, and the mutation in flight."""
 
     name: str
-    sent: list[Mutation] = field(default_factory=list)
-    acked: int = 0  # sent[:acked] were acknowledged
+    sent: int = 0  # mutations sent
+    acked: int = 0  # ... of which acknowledged (all but the one in flight)
+    in_flight: Mutation | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # after the acknowledged ones
+    keys: set[str] = field(default_factory=set)  # every key it ever wrote
     wrong: list[str] = field(default_factory=list)
+    lines: int = 0
 
-    @property
-    def in_flight(self) -> Mutation | None:
-        """The mutation sent and not (yet) acknowledged, if any."""
-        return self.sent[self.acked] if len(self.sent) > self.acked else None
+    def feed(self, data: bytes) -> int:
+        """Reads the complete lines of ``data``; returns how many bytes that was
+        (a last line without its newline is being written, and is left)."""
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            self.lines += 1
+            try:
+                self._record(orjson.loads(line))
+            except (orjson.JSONDecodeError, KeyError, TypeError, LedgerError) as exc:
+                raise LedgerError(f"{self.name}, line {self.lines}: {exc}") from None
+        return end
 
-    def keys(self) -> set[str]:
-        return {mutation.key for mutation in self.sent}
-
-    def acknowledged_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
-        for mutation in self.sent[: self.acked]:
-            mutation.apply(state)
-        return state
+    def _record(self, record: dict[str, Any]) -> None:
+        if "send" in record:
+            mutation = _mutation(record, "send")
+            if mutation.index != self.sent or self.in_flight is not None:
+                raise LedgerError(f"send {mutation.index} out of order")
+            self.sent += 1
+            self.in_flight = mutation
+            self.keys.add(mutation.key)
+        elif "ack" in record:
+            mutation = _mutation(record, "ack")
+            if self.in_flight != mutation:
+                raise LedgerError(f"ack {mutation.index} of a mutation not in flight")
+            mutation.apply(self.state)
+            self.acked += 1
+            self.in_flight = None
+        elif "wrong" in record:
+            self.wrong.append(f"op {record['wrong']}: {record['detail']}")
+        else:
+            raise LedgerError("unknown record")
 
 
 def parse_ledger(name: str, data: bytes) -> Ledger:
-    """Reads a ledger; a last line without its newline (being written) is ignored."""
+    """A ledger from its whole text."""
     ledger = Ledger(name)
-    for number, line in enumerate(data.split(b"\n")[:-1], 1):
-        try:
-            record = orjson.loads(line)
-            if "send" in record:
-                mutation = _mutation(record, "send")
-                if mutation.index != len(ledger.sent) or ledger.in_flight is not None:
-                    raise LedgerError(f"send {mutation.index} out of order")
-                ledger.sent.append(mutation)
-            elif "ack" in record:
-                mutation = _mutation(record, "ack")
-                if ledger.in_flight != mutation:
-                    raise LedgerError(f"ack {mutation.index} of a mutation not in flight")
-                ledger.acked += 1
-            elif "wrong" in record:
-                ledger.wrong.append(f"op {record['wrong']}: {record['detail']}")
-            else:
-                raise LedgerError("unknown record")
-        except (orjson.JSONDecodeError, KeyError, TypeError, LedgerError) as exc:
-            raise LedgerError(f"{name}, line {number}: {exc}") from None
+    ledger.feed(data)
     return ledger
 
 
@@ -141,16 +146,15 @@ def check(state: Mapping[str, Any], ledgers: Iterable[Ledger], namespace: str = 
     verdict = Verdict()
     known: set[str] = set()
     for ledger in ledgers:
-        keys = ledger.keys()
-        known |= keys
-        expected = ledger.acknowledged_state()
+        known |= ledger.keys
+        expected = ledger.state
         verdict.acknowledged += ledger.acked
         pending = ledger.in_flight
         if pending is not None:
             verdict.in_flight += 1
             after = dict(expected)
             pending.apply(after)
-        for key in sorted(keys):
+        for key in sorted(ledger.keys):
             actual = state.get(key, ABSENT)
             if _same(actual, expected.get(key, ABSENT)):
                 continue

@@ -30,3 +30,8 @@ def memory_kib(pid: int) -> tuple[int, int]:
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0])
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def reset_peak_memory(pid: int) -> None:
+    """Starts VmHWM over from the current resident size (Linux 4.0 and later)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
