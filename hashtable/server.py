@@ -167,6 +167,7 @@ class Server:
         self._compactions_seen = 0
         self._summary_due = self.started + summary_interval
         self._sweep_due = self.started + SWEEP_INTERVAL
+        self._housekeeping_due = self.started  # the first turn announces and so on
 
         listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
@@ -218,25 +219,30 @@ class Server:
                     self._read(peer)
         for peer in list(self._busy):
             self._work(peer)
-        if self.db.needs_commit:
+        committed = self.db.needs_commit
+        if committed:
             self.db.commit()
         self._send_replies()
-        self._housekeeping()
+        # Housekeeping only when something is due, or a commit may have made a
+        # compaction due: a turn of reads costs no more than its I/O.
+        if committed or self.clock() >= self._housekeeping_due:
+            self._housekeeping()
 
     def _timeout(self) -> float | None:
         if self._busy:
             return 0.0
-        now = self.clock()
+        return max(0.0, self._housekeeping_due - self.clock())
+
+    def _next_housekeeping(self, now: float) -> float:
         due = min(self._summary_due, self._sweep_due)
         if self._accept_paused_until is not None:
             due = min(due, self._accept_paused_until)
-        timeout = due - now
         if self._announcer is not None:
-            timeout = min(timeout, self._announcer.seconds_until_due())
+            due = min(due, now + self._announcer.seconds_until_due())
         maintenance = self.db.seconds_until_maintenance()
         if maintenance is not None:
-            timeout = min(timeout, maintenance)
-        return max(0.0, timeout)
+            due = min(due, now + maintenance)
+        return due
 
     # ------------------------------------------------------------ connections
 
@@ -272,6 +278,7 @@ class Server:
     def _pause_accepting(self, exc: OSError) -> None:
         self.selector.unregister(self.listener)
         self._accept_paused_until = self.clock() + ACCEPT_PAUSE
+        self._housekeeping_due = min(self._housekeeping_due, self._accept_paused_until)
         self._note_refusal(f"cannot accept connections: {exc.strerror}")
 
     def _note_refusal(self, why: str | None = None) -> None:
@@ -469,6 +476,7 @@ class Server:
         if now >= self._summary_due:
             self._summary_due = now + self._summary_interval
             self._summarize()
+        self._housekeeping_due = self._next_housekeeping(self.clock())
 
     def _sweep(self, now: float) -> None:
         """Drops the connections that overstayed a time bound."""
