@@ -237,6 +237,25 @@ def inserts_at_size(workdir: Path, table_size: int, seconds: float) -> tuple[flo
         stop(target)
 
 
+def disk_fsync_worst(directory: Path, seconds: float) -> tuple[float, float]:
+    """The disk's own median and worst append+fdatasync (ms) over ``seconds``: the
+    floor under any durable write's wait, compaction or not."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    waits = []
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            os.write(fd, b"x" * 100 + b"\n")
+            os.fdatasync(fd)
+            waits.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+    waits.sort()
+    return waits[len(waits) // 2] * 1000, waits[-1] * 1000
+
+
 # ---------------------------------------------------------------- report
 
 
