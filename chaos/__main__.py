@@ -16,6 +16,7 @@ import argparse
 import logging
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,15 +40,21 @@ SCENARIOS: dict[str, Callable[[Lab], Result]] = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m chaos",
-        description=__doc__.split("\n\n")[0].strip("`"),
+        description="Run the reliability battery against real processes and print its summary table.",
         epilog=f"Scenarios: {', '.join(SCENARIOS)}. See docs/chaos.md.",
     )
     parser.add_argument("--quick", action="store_true", help="the short battery (under 90 s)")
     parser.add_argument(
-        "--only", type=_scenarios, default=list(SCENARIOS), metavar="NAME,...", help="run these"
+        "--only",
+        type=_scenarios,
+        default=list(SCENARIOS),
+        metavar="NAME,...",
+        help="run these scenarios only",
     )
     parser.add_argument("--seed", type=int, help="seed for every random choice (default: random)")
-    parser.add_argument("--work-dir", type=Path, help="where to keep logs and data (default: temp)")
+    parser.add_argument(
+        "--work-dir", type=Path, metavar="DIR", help="where logs and data go (default: /tmp)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -62,6 +69,10 @@ def _scenarios(text: str) -> list[str]:
     return names
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -72,11 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     # The battery recovers copies of data directories itself; the engine's
     # warnings about torn lines there are expected, not news.
     logging.basicConfig(level=logging.ERROR, format="%(name)s %(levelname)s %(message)s")
-    if args.work_dir:
-        args.work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.work_dir:
+            args.work_dir.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix="chaos-", dir=args.work_dir))
-    else:
-        root = Path(tempfile.mkdtemp(prefix="chaos-"))
+    except OSError as exc:
+        print(
+            f"python -m chaos: cannot use {args.work_dir}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
+    # SIGTERM stops it as Ctrl-C does: every process it started is stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     mode = "quick" if args.quick else "full"
     say(f"chaos: {mode} battery, seed {seed}, work directory {root}")
     results = []
@@ -88,9 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = SCENARIOS[name](lab)
         except KeyboardInterrupt:
-            lab.close()
-            say("chaos: interrupted")
-            return 130
+            say(f"chaos: interrupted; stopping what it started (logs in {root})")
+            raise
         except Exception as exc:  # a scenario that could not run is a failure, reported
             result = Result(name)
             result.fail(f"the scenario broke off: {type(exc).__name__}: {exc}")
@@ -116,4 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # everything it started is stopped by then (Lab.close)
+        sys.exit(130)

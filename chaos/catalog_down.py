@@ -23,7 +23,7 @@ import signal
 import time
 
 from chaos import dns
-from chaos.fleet import Writers, check_served
+from chaos.fleet import Writers
 from chaos.lab import Catalog, Lab, Result
 from chaos.report import percentile
 
@@ -96,12 +96,12 @@ def run(lab: Lab) -> Result:
             + (f", e.g. {problems[0][1]}" if problems else "")
         )
     result.lost = (result.lost or 0) + unanswered
-    final = writers.stop(result)
-    verdict = check_served(server.port, final, result, "at the end")  # adds what was lost
+    writers.stop(result)
+    verdict = writers.check_served(server.port, result, "at the end")  # adds what was lost
     result.figures.append(
         f"catalog down: {len(outages)} outages; writers working again after the catalog came "
         f"back in {min(found_in):.1f} to {max(found_in):.1f} s; {verdict.acknowledged} writes "
-        f"acknowledged, all kept; {len(latencies)} LS answers, p99 "
+        f"acknowledged, {len(verdict.lost)} lost; {len(latencies)} LS answers, p99 "
         f"{percentile(latencies, 99) * 1000:.0f} ms"
     )
     return result

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from chaos import procfs
-from chaos.fleet import Writers, check_served, judge
+from chaos.fleet import Writers
 from chaos.lab import Lab, Result, Server
-from chaos.ledger import Ledger, Verdict
+from chaos.ledger import Verdict
 from chaos.torn import tear_log
 from harness.processes import wait_until
 from harness.services import StartFailed
@@ -56,7 +56,7 @@ def run(lab: Lab) -> Result:
         stats["compacting"] += hit_child
         stats["old log"] += old_log
         torn = tear_log(data, lab.rng) if kind == "torn" else 0
-        verdict = _check_files(data, lab.root / "copy", writers.ledgers(), result, f"kill {n + 1}")
+        verdict = _check_files(data, lab.root / "copy", writers, result, f"kill {n + 1}")
         if verdict is not None:
             stats["in flight"] += verdict.in_flight
             stats["applied"] += verdict.in_flight_applied
@@ -77,10 +77,10 @@ def run(lab: Lab) -> Result:
     # The end: nothing in flight once the writers stop; what the last server
     # serves and what its files recover must both match the ledgers exactly.
     writers.wait_for_progress()
-    final = writers.stop(result)
-    verdict = check_served(server.port, final, result, "at the end, over the network")
+    writers.stop(result)
+    verdict = writers.check_served(server.port, result, "at the end, over the network")
     server.process.kill()
-    _check_files(data, lab.root / "copy", final, result, "at the end, recovered from the files")
+    _check_files(data, lab.root / "copy", writers, result, "at the end, recovered from the files")
     result.figures.append(
         f"server crash: {kills} kills, {stats['compacting']} while a compaction child ran, "
         f"{stats['old log']} with table.txn.old on disk (mid-compaction); "
@@ -114,7 +114,7 @@ def _kill(server: Server, kind: str, lab: Lab, data: Path) -> tuple[bool, bool]:
 
 
 def _check_files(
-    data: Path, scratch: Path, ledgers: list[Ledger], result: Result, when: str
+    data: Path, scratch: Path, writers: Writers, result: Result, when: str
 ) -> Verdict | None:
     """Recovers a copy of ``data`` (the server's own files stay untouched for the
     restart) and checks it against the ledgers."""
@@ -129,7 +129,7 @@ def _check_files(
     except RecoveryError as exc:
         result.fail(f"{when}: recovery of the files failed: {exc}")
         return None
-    return judge(state, ledgers, result, when)
+    return writers.judge(state, result, when)
 
 
 def _summary(verdict: Verdict) -> str:

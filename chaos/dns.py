@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import socket
 import threading
 import time
@@ -93,13 +94,19 @@ def _wait_listening(process: Process, port: int, what: str) -> None:
         raise RuntimeError(f"{what} exited: {process.output()[-500:]}")
 
 
+def connections(ts: Process) -> int:
+    """How many connections the TS's log shows (its log is kept across restarts)."""
+    return len(_CONNECTED.findall(ts.output()))
+
+
+_CONNECTED = re.compile(r" connected$", re.M)
+
+
 def wait_linked(ts: Process, before: int, timeout: float = 30.0) -> None:
     """Until an LS has (re)connected to ``ts``: its log shows more connections than
     ``before``. The LS retries a lost TS after 0.5, 1, 2, 4, ... s."""
     wait_until(
-        lambda: ts.output().count("connected") > before,
-        timeout=timeout,
-        what="the LS to connect to the TS",
+        lambda: connections(ts) > before, timeout=timeout, what="the LS to connect to the TS"
     )
 
 

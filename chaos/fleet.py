@@ -1,8 +1,8 @@
 """Writer processes as a group, and the checks of what they wrote.
 
 The crash and catalog scenarios start writers (chaos/writer.py), wait until
-each has had writes acknowledged, stop them, and judge a table against their
-ledgers (chaos/ledger.py): here once for both.
+each has had writes acknowledged, judge tables against their ledgers
+(chaos/ledger.py), and stop them: here once for both.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class Writers:
         self.paths: list[Path] = []
         self._ledgers: list[Ledger] = []
         self._read: list[int] = []  # bytes of each ledger file read so far
+        # A loss or a wrong answer stays in the table and the ledgers: report each once.
+        self._lost: set[str] = set()
+        self._wrong_seen = 0
 
     def start(self, count: int) -> None:
         for _ in range(count):
@@ -72,9 +75,8 @@ class Writers:
 
         wait_until(progressed, timeout=timeout, what="every writer to make progress")
 
-    def stop(self, result: Result) -> list[Ledger]:
-        """Stops them (each finishes its operation, so the server must be up) and
-        returns the final ledgers."""
+    def stop(self, result: Result) -> None:
+        """Stops them; each finishes its operation, so the server must be up."""
         for process in self.processes:
             process.signal(signal.SIGTERM)
         for process in self.processes:
@@ -83,30 +85,32 @@ class Writers:
                 result.fail(
                     f"{process.log_path.stem} exited with {code}: {process.output()[-300:]}"
                 )
-        return self.ledgers()
+
+    def judge(self, state: dict[str, Any], result: Result, when: str) -> Verdict:
+        """Checks a table's ``state`` against the ledgers as written so far: a lost
+        write, a stray key or a writer's wrong answer fails the run."""
+        ledgers = self.ledgers()
+        verdict = check(state, ledgers)
+        wrong = [f"{ledger.name} {line}" for ledger in ledgers for line in ledger.wrong]
+        wrong, self._wrong_seen = wrong[self._wrong_seen :], len(wrong)
+        lost = [line for line in verdict.lost if line not in self._lost]
+        self._lost.update(lost)
+        result.lost = (result.lost or 0) + len(lost)
+        if not verdict.ok or wrong:
+            shown = (verdict.lost + [f"stray key {k}" for k in verdict.strays] + wrong)[:5]
+            result.fail(f"{when}: " + "; ".join(shown))
+        return verdict
+
+    def check_served(self, port: int, result: Result, when: str) -> Verdict:
+        """Judges what the server on ``port`` serves, once the writers have stopped:
+        nothing may be in flight any more."""
+        with HashTableClient.at("127.0.0.1", port, give_up_after=30) as client:
+            served = dict(client.scan(""))
+        verdict = self.judge(served, result, when)
+        if verdict.in_flight:
+            result.fail(f"{when}: {verdict.in_flight} writes in flight after the writers stopped")
+        return verdict
 
     def retries(self) -> int:
         """How many times their clients said they would retry."""
         return sum(process.output().count("retrying in") for process in self.processes)
-
-
-def judge(state: dict[str, Any], ledgers: list[Ledger], result: Result, when: str) -> Verdict:
-    """Checks ``state`` against the ledgers; a lost write or a wrong answer fails the run."""
-    verdict = check(state, ledgers)
-    wrong = [f"{ledger.name} {line}" for ledger in ledgers for line in ledger.wrong]
-    if not verdict.ok or wrong:
-        result.lost = (result.lost or 0) + len(verdict.lost)
-        shown = (verdict.lost + [f"stray key {k}" for k in verdict.strays] + wrong)[:5]
-        result.fail(f"{when}: " + "; ".join(shown))
-    return verdict
-
-
-def check_served(port: int, ledgers: list[Ledger], result: Result, when: str) -> Verdict:
-    """Judges what the server on ``port`` serves, with the writers stopped: nothing
-    may be in flight any more."""
-    with HashTableClient.at("127.0.0.1", port, give_up_after=30) as client:
-        served = dict(client.scan(""))
-    verdict = judge(served, ledgers, result, when)
-    if verdict.in_flight:
-        result.fail(f"{when}: {verdict.in_flight} writes in flight after the writers stopped")
-    return verdict

@@ -3,13 +3,19 @@ processes it started (always stopped at the end, whatever happens)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.processes import Process
 from harness.services import start_catalog, start_hashtable_server
+
+STOP_TIMEOUT = 3.0  # seconds the processes get to stop on SIGINT before SIGKILL
 
 
 @dataclass
@@ -77,8 +83,9 @@ class Lab:
     def catalog(self, state: str = "catalog-state", port: int | None = None) -> Catalog:
         """Our catalog; pass ``port`` to start it again where it was."""
         state_dir = self.path(state)
-        process, port = start_catalog(state_dir, self.logs, port)
-        self._processes.append(process)
+        with _interrupts_deferred():
+            process, port = start_catalog(state_dir, self.logs, port)
+            self._processes.append(process)
         return Catalog(process, port, state_dir)
 
     def server(self, project: str, data_dir: Path, catalog: str, *extra: str) -> Server:
@@ -86,11 +93,38 @@ class Lab:
         ``harness.services.StartFailed`` if it does not come up (recovery failed)."""
         log_path = self.logs / f"server-{project}.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
-        process, port = start_hashtable_server(project, data_dir, catalog, self.logs, *extra)
-        self._processes.append(process)
+        with _interrupts_deferred():
+            process, port = start_hashtable_server(project, data_dir, catalog, self.logs, *extra)
+            self._processes.append(process)
         return Server(process, port, offset)
 
     def close(self) -> None:
-        for process in reversed(self._processes):
-            process.stop(timeout=3)
-        self._processes.clear()
+        """Stops every process it started; an interrupt meanwhile waits until they are."""
+        with _interrupts_deferred():
+            # All at once, with one deadline: a writer stopped after its server
+            # would otherwise retry until its own time-out, one after the other.
+            for process in self._processes:
+                process.signal(signal.SIGINT)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for process in self._processes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            for process in self._processes:
+                process.stop(timeout=0)  # SIGKILL for what is left; closes the log
+            self._processes.clear()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Holds back Ctrl-C and SIGTERM until the block ends (a service started and
+    registered, or every process stopped), then raises KeyboardInterrupt if one came."""
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(sig, lambda signum, _: caught.append(signum)) for sig in held]
+    try:
+        yield
+    finally:
+        for sig, handler in zip(held, previous, strict=True):
+            signal.signal(sig, handler)
+        if caught:
+            raise KeyboardInterrupt

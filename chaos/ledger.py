@@ -176,4 +176,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _show(value: Any) -> str:
-    return "nothing" if value is ABSENT else orjson.dumps(value).decode()[:80]
+    if value is ABSENT:
+        return "nothing"
+    if isinstance(value, dict):  # a writer's value: its padding says nothing
+        value = {k: v for k, v in value.items() if k != "pad"}
+    return orjson.dumps(value).decode()[:80]

@@ -33,6 +33,8 @@ LOOKUP_SHARE = 0.10
 
 
 class Writer:
+    """The writer's loop body (``step``), its model of its keys and its ledger."""
+
     def __init__(self, client: Any, ledger_fd: int, name: str, keys: int, seed: int, pad: int):
         self.client = client
         self.fd = ledger_fd
@@ -70,7 +72,10 @@ class Writer:
                 removed = None
             self.model.pop(mutation.key, None)
             if removed != expected:
-                self._wrong(mutation.index, f"remove {mutation.key} gave {removed}, not {expected}")
+                self._wrong(
+                    mutation.index,
+                    f"remove {mutation.key} gave {_brief(removed)}, not {_brief(expected)}",
+                )
         os.write(self.fd, ack_line(mutation))
 
     def _lookup(self, key: str) -> None:
@@ -80,12 +85,21 @@ class Writer:
         except KeyError:
             found = None
         if found != self.model.get(key):
-            self._wrong(self.index, f"lookup {key} gave {found}, not {self.model.get(key)}")
+            self._wrong(
+                self.index, f"lookup {key} gave {_brief(found)}, not {_brief(self.model.get(key))}"
+            )
             self.model[key] = found  # carry on from what the table says
 
     def _wrong(self, index: int, detail: str) -> None:
         self.wrong += 1
         os.write(self.fd, wrong_line(index, detail))
+
+
+def _brief(value: Any) -> str:
+    """A value named by the mutation that wrote it (its padding says nothing)."""
+    if isinstance(value, dict) and "i" in value:
+        return f"the value of op {value['i']}"
+    return "nothing" if value is None else repr(value)[:80]
 
 
 def main(argv: list[str] | None = None) -> int:

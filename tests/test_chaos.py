@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import subprocess
 import sys
 
@@ -183,13 +184,21 @@ def test_percentiles_are_nearest_rank():
 
 
 def chaos(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """Runs the battery; past ``timeout`` it is interrupted, which stops what it started."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "chaos", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=ROOT,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the battery took more than {timeout:g} s:\n{stdout[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_a_mistake_on_the_command_line_is_one_message():
