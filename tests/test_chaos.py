@@ -209,7 +209,7 @@ def test_a_mistake_on_the_command_line_is_one_message():
 
 @pytest.mark.timeout(240)
 def test_the_quick_battery_passes():
-    result = chaos("--quick", timeout=230)
+    result = chaos("--quick", timeout=170)  # it takes about 70 s; the rest is for a busy machine
     output = result.stdout + result.stderr
     rows = re.findall(r"^(.+?)\s+(\d+)\s+(\d+)\s+(\d+|-)\s+(passed|FAILED)$", output, re.M)
     assert len(rows) == 5, output[-3000:]
