@@ -84,7 +84,7 @@ def _judge(result: Result, clients: list[dns.LsClient], windows) -> None:
     result.figures.append(
         f"lb: {len(known) + len(mixed)} queries answered. Known names only: "
         f"p50 {percentile(known, 50) * 1000:.1f} ms, p99 {percentile(known, 99) * 1000:.1f} ms, "
-        f"max {max(known, default=0) * 1000:.0f} ms; with unknown names mixed in (each "
+        f"max {max(known, default=0) * 1000:.1f} ms; with unknown names mixed in (each "
         f"waits {LS_TIMEOUT:g} s, and answers keep query order): "
         f"p50 {percentile(mixed, 50):.2f} s, max {max(mixed, default=0):.2f} s"
     )
