@@ -39,7 +39,6 @@ class Result:
 class Catalog:
     process: Process
     port: int
-    state_dir: Path
 
     @property
     def host(self) -> str:
@@ -82,11 +81,10 @@ class Lab:
 
     def catalog(self, state: str = "catalog-state", port: int | None = None) -> Catalog:
         """Our catalog; pass ``port`` to start it again where it was."""
-        state_dir = self.path(state)
         with _interrupts_deferred():
-            process, port = start_catalog(state_dir, self.logs, port)
+            process, port = start_catalog(self.path(state), self.logs, port)
             self._processes.append(process)
-        return Catalog(process, port, state_dir)
+        return Catalog(process, port)
 
     def server(self, project: str, data_dir: Path, catalog: str, *extra: str) -> Server:
         """A hash table server on a new port (port 0) with ``data_dir``; raises
