@@ -42,6 +42,9 @@ MAX_REPLY_LINE = 1 << 31
 RECV_SIZE = 256 * 1024
 # Requests a pipeline has in flight. The server remembers the outcomes of a client's
 # unacknowledged mutations, a bounded number of them; this stays well below that bound.
+# Requests encoded and sent at a time: small enough that the server works on one
+# chunk while this side encodes the next, large enough to keep syscalls few.
+PIPELINE_CHUNK = 256
 PIPELINE_WINDOW = 1000
 
 
@@ -372,7 +375,11 @@ class Pipeline:
                     sock = client._sock or client._connect()
                     # Top up and send before decoding what came back, so that
                     # the server has work while this side decodes.
-                    while encoded < len(queued) and len(unanswered) - len(lines) < PIPELINE_WINDOW:
+                    chunk_end = encoded + PIPELINE_CHUNK
+                    while (
+                        encoded < min(len(queued), chunk_end)
+                        and len(unanswered) - len(lines) < PIPELINE_WINDOW
+                    ):
                         request, reply = queued[encoded]
                         try:
                             # A mutation is numbered when first encoded and keeps
