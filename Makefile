@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 # Real cctools programs (compatibility tests) and Redis (bench/vs_redis.py).
 SYSTEM_PROGRAMS := catalog_server catalog_query catalog_update chirp_server redis-server
 
-.PHONY: setup venv system demo test lint chaos chaos-full bench clean
+.PHONY: setup venv system demo test lint chaos bench clean
 
 setup: venv system
 
