@@ -95,7 +95,22 @@ def format_sweep(sweep: Sequence[tuple[int, Sequence[ClientResults]]]) -> str:
         latency.append(
             f"{clients:>7} " + " ".join(f"{s.latency.percentile_us(99):>10.0f}" for s in sums)
         )
-    return "\n".join([*lines, "", *per_client, "", *latency])
+    return "\n".join([*lines, "", *per_client, "", *latency, "", format_clients(sweep)])
+
+
+def format_clients(sweep: Sequence[tuple[int, Sequence[ClientResults]]]) -> str:
+    """The raw data: every client's throughput per stage, for each number of clients."""
+    stages = [r.stage for r in sweep[0][1][0]]
+    lines = [
+        "each client's throughput (ops/s):",
+        f"{'clients':>7} {'client':>6} " + " ".join(f"{s:>10}" for s in stages),
+    ]
+    for clients, results in sweep:
+        for n, client in enumerate(results, 1):
+            lines.append(
+                f"{clients:>7} {n:>6} " + " ".join(f"{r.throughput:>10.0f}" for r in client)
+            )
+    return "\n".join(lines)
 
 
 def sweep_json(sweep: Sequence[tuple[int, Sequence[ClientResults]]], meta: dict[str, Any]) -> bytes:
