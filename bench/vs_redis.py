@@ -353,6 +353,10 @@ def main() -> int:
         print(
             f"worst single-insert wait (includes any compaction): {small_worst:.1f} ms with 1,000 keys, {big_worst:.1f} ms with {args.big:,}"
         )
+        median, worst = disk_fsync_worst(workdir, args.seconds)
+        print(
+            f"the disk alone, append+fdatasync for {args.seconds:g} s: median {median:.2f} ms, worst {worst:.1f} ms"
+        )
     return 0
 
 
