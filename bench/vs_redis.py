@@ -21,12 +21,14 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +178,7 @@ def throughput(target: Target, op: str, clients: int, seconds: float) -> tuple[f
     return total, (cpu_after - cpu_before) / requests * 1e6 if requests else 0.0
 
 
-def pipelined_lookups_ours(target: Target, seconds: float) -> float:
+def pipelined_lookups_ours(target: Target, seconds: float) -> tuple[float, float]:
     client = target.connect()
     keys = [f"pipe-{i}" for i in range(PIPELINE_DEPTH)]
     for key in keys:
@@ -188,10 +190,10 @@ def pipelined_lookups_ours(target: Target, seconds: float) -> float:
             for key in keys:
                 pipe.lookup(key)
         done += len(keys)
-    return done / (time.perf_counter() - begin)
+    return done / (time.perf_counter() - begin), 0.0  # (ops/s, no cpu figure)
 
 
-def pipelined_lookups_redis(target: Target, seconds: float) -> float:
+def pipelined_lookups_redis(target: Target, seconds: float) -> tuple[float, float]:
     client = target.connect()
     keys = [f"pipe-{i}" for i in range(PIPELINE_DEPTH)]
     for key in keys:
@@ -205,7 +207,7 @@ def pipelined_lookups_redis(target: Target, seconds: float) -> float:
             pipe.get(key)
         [loads(v) for v in pipe.execute()]
         done += len(keys)
-    return done / (time.perf_counter() - begin)
+    return done / (time.perf_counter() - begin), 0.0  # (ops/s, no cpu figure)
 
 
 # ---------------------------------------------------------------- table size and compaction
@@ -256,6 +258,15 @@ def disk_fsync_worst(directory: Path, seconds: float) -> tuple[float, float]:
     return waits[len(waits) // 2] * 1000, waits[-1] * 1000
 
 
+def alternate(
+    repeat: int, ours: Callable[[], tuple[float, float]], redis: Callable[[], tuple[float, float]]
+) -> tuple[float, float, float, float]:
+    """Runs both ``repeat`` times, alternating, so that the machine's drift hits both
+    alike; returns the medians (ours ops/s, ours cpu, redis ops/s, redis cpu)."""
+    runs = [(*ours(), *redis()) for _ in range(repeat)]
+    return tuple(statistics.median(run[i] for run in runs) for i in range(4))  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -295,11 +306,17 @@ def main() -> int:
         help="table size of the large-table case (default 1,000,000)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short runs and a 100,000-key large table"
+        "--repeat",
+        type=int,
+        default=3,
+        help="measure each case this many times, ours and Redis alternating; report medians (default 3)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs, once each, and a 100,000-key large table"
     )
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.big = 1.0, 100_000
+        args.seconds, args.big, args.repeat = 1.0, 100_000, 1
     if shutil.which("redis-server") is None:
         print(
             "vs_redis: redis-server not found; install it with: apt-get install -y redis-server",
@@ -309,7 +326,8 @@ def main() -> int:
 
     n = args.clients
     print(
-        f"ours vs Redis, {args.seconds:g} s per case, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+        f"ours vs Redis, {args.seconds:g} s per case, median of {args.repeat} alternating runs, "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
     print(f"{'case':<38} {'ours/s':>10} {'redis/s':>10} {'ratio':>6} {'server cpu us/req':>17}")
     print(f"{'':<38} {'':>10} {'':>10} {'':>6} {'ours':>8} {'redis':>8}")
@@ -324,8 +342,11 @@ def main() -> int:
                 for op, clients in (("lookup", 1), ("insert", 1), ("insert", n), ("lookup", n)):
                     if not durable and op == "lookup":
                         continue  # lookups do not depend on durability
-                    o, o_cpu = throughput(ours, op, clients, args.seconds)
-                    r, r_cpu = throughput(redis, op, clients, args.seconds)
+                    o, o_cpu, r, r_cpu = alternate(
+                        args.repeat,
+                        partial(throughput, ours, op, clients, args.seconds),
+                        partial(throughput, redis, op, clients, args.seconds),
+                    )
                     if op == "insert":
                         ours_inserts[f"{label} {clients}"] = o
                     case = (
@@ -335,8 +356,11 @@ def main() -> int:
                     )
                     print(row(case, o, r, o_cpu, r_cpu), flush=True)
                 if durable:
-                    o = pipelined_lookups_ours(ours, args.seconds)
-                    r = pipelined_lookups_redis(redis, args.seconds)
+                    o, _, r, _ = alternate(
+                        args.repeat,
+                        partial(pipelined_lookups_ours, ours, args.seconds),
+                        partial(pipelined_lookups_redis, redis, args.seconds),
+                    )
                     print(row(f"pipelined lookups (depth {PIPELINE_DEPTH})", o, r), flush=True)
             finally:
                 stop(ours)

@@ -39,7 +39,7 @@ log = logging.getLogger("hashtable.client")
 DEFAULT_TIMEOUT = 5.0
 # Replies hold whole scans, so they may be far longer than a request.
 MAX_REPLY_LINE = 1 << 31
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # see netkit.connection.RECV_SIZE
 # Requests a pipeline has in flight. The server remembers the outcomes of a client's
 # unacknowledged mutations, a bounded number of them; this stays well below that bound.
 # Requests encoded and sent at a time: small enough that the server works on one
