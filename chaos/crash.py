@@ -20,11 +20,11 @@ import shutil
 import time
 from pathlib import Path
 
-from chaos import procfs
 from chaos.fleet import Writers
 from chaos.lab import Lab, Result, Server
 from chaos.ledger import Verdict
 from chaos.torn import tear_log
+from harness import procfs
 from harness.processes import wait_until
 from harness.services import StartFailed
 from hashtable.database import Database, RecoveryError

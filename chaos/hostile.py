@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from catalog.client import announce, query
 from chaos import attacks, dns
 from chaos.lab import Lab, Result
-from chaos.procfs import memory_kib, reset_peak_memory
 from chaos.report import percentile
 from chaos.wire import LineConn
 from harness.processes import Process, python_module, wait_until
+from harness.procfs import memory_kib, reset_peak_memory
 from hashtable.client import HashTableClient
 
 # Generous bounds (docs/chaos.md): what the attacks may make a server hold is

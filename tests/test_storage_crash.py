@@ -12,9 +12,9 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
+from harness.procfs import alive, children
 from hashtable.database import Database
 from hashtable.request import Request, Status
 from tests.crash_driver import MAX_BATCH, operation, summary
@@ -22,21 +22,6 @@ from tests.procs import python_script, wait_until
 
 ROUNDS = 21
 KILLS = ("random", "while-compacting", "child-killed")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def apply(model: dict[str, Any], method: str, key: str, value: Any) -> str:

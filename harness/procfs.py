@@ -1,4 +1,4 @@
-"""What /proc says about a process: its children, whether it lives, its memory."""
+"""Reading /proc: children, liveness and memory of the processes the tests and the battery start."""
 
 from __future__ import annotations
 
