@@ -32,6 +32,7 @@ from hashtable.server import (
     raise_open_file_limit,
 )
 from netkit.addresses import AddressError
+from netkit.cliargs import nonnegative_seconds, port_number, positive_int
 from netkit.framing import DEFAULT_MAX_LINE
 from netkit.logs import setup_logging
 
@@ -56,28 +57,6 @@ def _project(text: str) -> str:
     return text
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
-    return int(text)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, not {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="HashTableServer.py",
@@ -93,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--host", default="", help="address to listen on (default: every interface)"
     )
-    parser.add_argument("--port", type=_port, default=0, help="TCP port (default 0: any free one)")
+    parser.add_argument(
+        "--port", type=port_number, default=0, help="TCP port (default 0: any free one)"
+    )
     parser.add_argument(
         "--sync",
         choices=("always", "everysec", "no"),
@@ -104,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compact-after",
-        type=_count,
+        type=positive_int,
         default=100,
         metavar="N",
         help="log entries before the log is folded into a new checkpoint (default 100)",
@@ -116,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--announce-interval",
-        type=_seconds,
+        type=nonnegative_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how often to announce to the catalog (default 60): a catalog that was down "
@@ -124,34 +105,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-connections",
-        type=_count,
+        type=positive_int,
         metavar="N",
         help="clients connected at once (default 10000, less if the open file limit is lower)",
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=_count,
+        type=positive_int,
         default=DEFAULT_MAX_LINE,
         metavar="N",
         help=f"longest request line (default {DEFAULT_MAX_LINE}, 8 MiB)",
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=nonnegative_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="close connections idle this long (default 3600; 0: never)",
     )
     parser.add_argument(
         "--scan-timeout",
-        type=_seconds,
+        type=nonnegative_seconds,
         default=1.0,
         metavar="SECONDS",
         help="time one scan may take over the whole table (default 1)",
     )
     parser.add_argument(
         "--summary-interval",
-        type=_seconds,
+        type=nonnegative_seconds,
         default=10.0,
         metavar="SECONDS",
         help="how often to log who was served (default 10)",

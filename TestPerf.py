@@ -20,6 +20,7 @@ from pathlib import Path
 
 from catalog.client import catalog_addresses
 from netkit.addresses import AddressError, parse_address
+from netkit.cliargs import nonnegative_int, positive_int, positive_seconds
 from netkit.logs import setup_logging
 from perftest import report
 from perftest.runner import WorkerFailed, run_clients, testperf_path, worker_main
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--clients",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="concurrent client processes (default 1)",
@@ -49,21 +50,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--stage-seconds",
-        type=_positive_float,
+        type=positive_seconds,
         default=1.0,
         metavar="S",
         help="how long each timed stage runs (default 1.0)",
     )
     parser.add_argument(
         "--min-ops",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="N",
         help="fewest operations a stage runs, however long it takes (default 100)",
     )
     parser.add_argument(
         "--value-size",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         default=0,
         metavar="BYTES",
         help="padding added to every value (default 0)",
@@ -112,35 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _positive_int(text: str) -> int:
-    value = _nonnegative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
 def _client_counts(text: str) -> list[int]:
-    counts = [_positive_int(item) for item in text.split(",") if item.strip()]
+    counts = [positive_int(item) for item in text.split(",") if item.strip()]
     if not counts:
         raise argparse.ArgumentTypeError("give at least one number of clients")
     return counts

@@ -6,30 +6,16 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from catalog.client import DEFAULT_PORT
 from catalog.persist import StateDirError, default_state_dir
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
 from catalog.server import REQUEST_TIMEOUT, CatalogServer, Config
+from netkit.cliargs import positive_int, positive_seconds
 from netkit.logs import setup_logging
 
 log = logging.getLogger("catalog")
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
-        return value
-
-    return parse
 
 
 def _port(text: str) -> int:
@@ -57,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lifetime",
-        type=_positive(float),
+        type=positive_seconds,
         default=DEFAULT_LIFETIME,
         help=f"seconds a record lives without an update (default {DEFAULT_LIFETIME})",
     )
@@ -69,13 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-records",
-        type=_positive(int),
+        type=positive_int,
         default=MAX_RECORDS,
         help=f"most records kept at once (default {MAX_RECORDS})",
     )
     parser.add_argument(
         "--request-timeout",
-        type=_positive(float),
+        type=positive_seconds,
         default=REQUEST_TIMEOUT,
         help="seconds a peer has to send its whole request or update "
         f"(default {REQUEST_TIMEOUT:g})",

@@ -24,6 +24,7 @@ from catalog.client import DEFAULT_TIMEOUT, CatalogUnavailable, catalog_addresse
 from catalog.formats import format_age, one_line, value_text
 from catalog.jx import JXSyntaxError, compile_expression
 from netkit.addresses import AddressError
+from netkit.cliargs import positive_seconds
 
 COLUMNS = ("type", "name", "port", "owner", "project")
 MAX_CELL = 40
@@ -80,7 +81,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument(
         "-t",
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for each catalog (default {DEFAULT_TIMEOUT:g})",
     )
@@ -93,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         catalogs = catalog_addresses(args.catalog)
     except AddressError as exc:
         parser.error(f"bad catalog address: {exc}")
-    if args.timeout <= 0:
-        parser.error("--timeout must be more than 0")
     try:
         if args.where is not None:
             compile_expression(args.where)  # its own positions in the message

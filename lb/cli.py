@@ -14,24 +14,6 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 log = logging.getLogger("lb")
 
 
-def port_number(text: str) -> int:
-    """argparse type: a TCP port (0 = any free port, for servers)."""
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return int(text)
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type: a duration in seconds, more than zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be more than 0")
-    return value
-
-
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

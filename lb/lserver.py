@@ -20,12 +20,13 @@ import time
 
 from catalog.client import catalog_addresses
 from lb.balancer import Balancer
-from lb.cli import add_logging_options, port_number, positive_seconds, start_program
+from lb.cli import add_logging_options, start_program
 from lb.discovery import CatalogWatcher, Endpoint
 from lb.netio import accept_ready, forget, open_listener, set_interest
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
 from lb.tslink import CONNECTING, DOWN, UP, TsLink
 from netkit.addresses import AddressError
+from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection
 from netkit.framing import LineTooLong
 

@@ -23,11 +23,10 @@ from pathlib import Path
 from lb.cli import (
     add_logging_options,
     assignment_file,
-    port_number,
-    positive_seconds,
     start_program,
 )
 from lb.protocol import INVALID, MAX_ANSWER_LINE, TIMED_OUT, query_name
+from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection
 from netkit.framing import LineTooLong
 

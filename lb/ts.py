@@ -19,8 +19,6 @@ from catalog.client import Announcer, catalog_addresses
 from lb.cli import (
     add_logging_options,
     assignment_file,
-    port_number,
-    positive_seconds,
     start_program,
 )
 from lb.discovery import ts_record
@@ -28,6 +26,7 @@ from lb.netio import accept_ready, forget, open_listener, set_interest
 from lb.protocol import MAX_QUERY_LINE, decode_ts_query, encode_ts_answer
 from lb.table import DnsTable, TableError, load_table
 from netkit.addresses import AddressError
+from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection
 from netkit.framing import LineTooLong
 

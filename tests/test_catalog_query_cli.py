@@ -68,7 +68,7 @@ def test_no_catalog_answering_is_one_line_and_status_1():
     [
         (["-w", "port = 1"], "invalid expression: use == to compare, not = (position 6)"),
         (["-c", "host:notaport"], "bad catalog address"),
-        (["-t", "0"], "--timeout must be more than 0"),
+        (["-t", "0"], "not a number of seconds greater than 0"),
     ],
 )
 def test_usage_mistakes_are_status_2_with_a_message(args, message):

@@ -263,8 +263,8 @@ def test_a_corrupt_state_file_means_a_clear_message_and_an_empty_start(spawn, tm
     [
         (["--port", "0"], "not a port"),
         (["--port", "65535"], "not a port"),
-        (["--lifetime", "-5"], "must be more than 0"),
-        (["--max-records", "many"], "not a number"),
+        (["--lifetime", "-5"], "greater than 0"),
+        (["--max-records", "many"], "not a whole number"),
         (["--host", "no.such.host.invalid"], "cannot listen"),
     ],
 )

@@ -319,7 +319,7 @@ def test_user_mistakes_get_a_clear_message_not_a_traceback(tmp_path: Path) -> No
         (python_module("lb.ls", "0", "localhost", "http"), 2, "'http' is not a port number"),
         (python_module("lb.client", "localhost", "0"), 2, "port 0 cannot be connected to"),
         (python_module("lb.ls", "0"), 2, "at least one TS_HOST TS_PORT pair, or --project"),
-        (python_module("lb.ls", "0", "--project", "x", "--timeout", "-1"), 2, "more than 0"),
+        (python_module("lb.ls", "0", "--project", "x", "--timeout", "-1"), 2, "greater than 0"),
         (
             python_module("lb.client", "127.0.0.1", closed_port, "-i", str(names)),
             1,

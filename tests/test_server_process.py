@@ -35,11 +35,11 @@ def run_server(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     [
         (["../etc"], "cannot name a project"),
         (["a b"], "cannot name a project"),
-        (["p", "--port", "70000"], "expected a port from 0 to 65535"),
+        (["p", "--port", "70000"], "is not a port number (0 to 65535)"),
         (["p", "--sync", "sometimes"], "invalid choice: 'sometimes'"),
-        (["p", "--compact-after", "0"], "expected a whole number >= 1"),
+        (["p", "--compact-after", "0"], "is not a whole number of at least 1"),
         (["p", "--catalog", "localhost:http"], "--catalog: bad address"),
-        (["p", "--idle-timeout", "soon"], "expected a number of seconds"),
+        (["p", "--idle-timeout", "soon"], "is not a number of seconds"),
         ([], "the following arguments are required: project"),
     ],
 )

@@ -1,0 +1,61 @@
+"""argparse types shared by the programs: one wording for each kind of bad argument."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_SECONDS = 1e7  # beyond this a timer overflows select(); nobody means it
+
+
+def port_number(text: str) -> int:
+    """A TCP/UDP port; 0 lets a server take any free one."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {minimum}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan
+    return value if value <= MAX_SECONDS else math.nan
+
+
+def positive_seconds(text: str) -> float:
+    """A duration greater than zero (finite)."""
+    value = _seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds greater than 0 (at most {MAX_SECONDS:g})"
+        )
+    return value
+
+
+def nonnegative_seconds(text: str) -> float:
+    """A duration of zero or more (finite)."""
+    value = _seconds(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds from 0 to {MAX_SECONDS:g}"
+        )
+    return value
