@@ -2,7 +2,9 @@
 
 The server loop drives it without blocking on anything but the group commit:
 
-    outcome = db.execute(request)      # for each request of the turn
+    outcome = db.start(request)        # for each request of the turn
+    if isinstance(outcome, ReadJob):   # scan, query: a slice per turn, other clients between
+        outcome = outcome.step(deadline)   # None: not done, step again next turn
     if db.needs_commit:
         db.commit()                    # one write + one fsync for the whole turn
     ... send the turn's replies ...
@@ -31,7 +33,7 @@ from hashtable.compaction import Compactor, Result
 from hashtable.request import MUTATIONS, Outcome, Request
 from hashtable.sessions import SessionLimits, Sessions, check_fields
 from hashtable.storage import RecoveryError, StorageFailure
-from hashtable.table import Table, check_arguments
+from hashtable.table import KEY_TIMEOUT, ReadJob, Table, check_arguments
 from netkit.backoff import Backoff
 
 log = logging.getLogger("hashtable.database")
@@ -40,7 +42,7 @@ REAP_INTERVAL = 0.05  # how often the loop should look at a running compaction
 _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
-__all__ = ["Database", "RecoveryError", "StorageFailure"]
+__all__ = ["Database", "ReadJob", "RecoveryError", "StorageFailure"]
 
 
 class Database:
@@ -53,6 +55,7 @@ class Database:
         sync: str = "always",
         compact_after: int = 100,
         regex_timeout: float = 1.0,
+        key_timeout: float = KEY_TIMEOUT,
         lock_timeout: float = 5.0,
         session_limits: SessionLimits | None = None,
     ) -> None:
@@ -64,6 +67,7 @@ class Database:
         self.sync = sync
         self.compact_after = compact_after
         self.regex_timeout = regex_timeout
+        self.key_timeout = key_timeout
         self._lock = storage.open_directory(self.directory, lock_timeout)
         try:
             self.origin = storage.read_origin(self.directory)
@@ -96,7 +100,14 @@ class Database:
     # ---- requests ---------------------------------------------------------------
 
     def execute(self, request: Request) -> Outcome:
-        """Runs one request. A mutation is applied and its record buffered, durable after commit()."""
+        """Runs one request to the end. A mutation is applied and its record
+        buffered, durable after commit()."""
+        outcome = self.start(request)
+        return outcome.run() if isinstance(outcome, ReadJob) else outcome
+
+    def start(self, request: Request) -> Outcome | ReadJob:
+        """Like execute(), but a read that visits the whole table (scan, query)
+        comes back as a job on a snapshot, to be run a slice at a time."""
         try:
             handler = self._handlers[request.method]
         except (KeyError, TypeError):
@@ -107,18 +118,16 @@ class Database:
         problem = check_arguments(request)
         return Outcome.invalid(problem) if problem else self.table.lookup(request.key)
 
-    def _scan(self, request: Request) -> Outcome:
+    def _scan(self, request: Request) -> Outcome | ReadJob:
         problem = check_arguments(request)
-        return (
-            Outcome.invalid(problem)
-            if problem
-            else self.table.scan(request.regex, self.regex_timeout)
-        )
+        if problem:
+            return Outcome.invalid(problem)
+        return self.table.scan(request.regex, self.regex_timeout, self.key_timeout)
 
     def _size(self, request: Request) -> Outcome:
         return self.table.size()
 
-    def _query(self, request: Request) -> Outcome:
+    def _query(self, request: Request) -> Outcome | ReadJob:
         problem = check_arguments(request)
         if problem:
             return Outcome.invalid(problem)

@@ -9,8 +9,10 @@ could lose.
 What one client can cost is bounded (see ``Limits`` and docs/protocol.md):
 request line length, queued output (past the high-water mark the server stops
 reading from that client), time (a slice per turn, so a client pipelining slow
-requests cannot hold the others back for long; a partial request or unread output
-that makes no progress is dropped after a timeout), and connections in total.
+requests cannot hold the others back for long; a scan or query runs over a
+snapshot a slice per turn, with the other clients served between its slices; a
+partial request or unread output that makes no progress is dropped after a
+timeout), and connections in total.
 
 Protocol rules live in ``hashtable.protocol`` and the table in the database;
 this module only moves bytes, executes and schedules.
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 from catalog.client import Announcer, Catalog
 from hashtable.protocol import encode_reply, parse_request
 from hashtable.request import MUTATIONS, Outcome, Request
+from hashtable.table import ReadJob
 from netkit.connection import DEFAULT_HIGH_WATER, Closed, Connection
 from netkit.framing import DEFAULT_MAX_LINE, LineTooLong
 
@@ -61,7 +64,7 @@ class Database(Protocol):
 
     needs_commit: bool
 
-    def execute(self, request: Request) -> Outcome: ...
+    def start(self, request: Request) -> Outcome | ReadJob: ...
     def commit(self) -> None: ...
     def maintain(self) -> None: ...
     def seconds_until_maintenance(self) -> float | None: ...
@@ -86,6 +89,7 @@ class _Peer:
         "closing",
         "conn",
         "eof",
+        "job",
         "lines",
         "linger_until",
         "mask",
@@ -103,6 +107,7 @@ class _Peer:
         self.name = conn.name
         self.lines: list[bytes] = []  # request lines read and not yet executed
         self.next = 0  # index of the next line to execute
+        self.job: ReadJob | None = None  # a scan or query under way; later lines wait for it
         self.replies = bytearray()  # this turn's replies, sent after the commit
         self.mask = 0  # selector events registered
         self.served = 0
@@ -115,7 +120,7 @@ class _Peer:
 
     @property
     def has_work(self) -> bool:
-        return self.next < len(self.lines)
+        return self.job is not None or self.next < len(self.lines)
 
 
 class Server:
@@ -401,37 +406,53 @@ class Server:
 
     def _work(self, peer: _Peer) -> None:
         """Executes ``peer``'s waiting lines until done, its slice is used, or its
-        replies reach the high-water mark."""
+        replies reach the high-water mark. A scan or query that outlasts the
+        slice goes on in the next turn, before the peer's next line."""
         lines, i, end = peer.lines, peer.next, len(peer.lines)
-        execute, replies = self.db.execute, peer.replies
+        start, replies = self.db.start, peer.replies
         if not replies:
+            # Listed even if a job yields no reply yet: sending updates its interest,
+            # which stops reading its next lines while the job runs.
             self._turn_replies.append(peer)
         room = self.limits.high_water - peer.conn.buffered
         clock = time.monotonic
         deadline = clock() + TURN_SLICE
-        start = i
-        while i < end:
-            line = lines[i]
-            i += 1
-            request = parse_request(line)
-            if type(request) is Request:
-                try:
-                    outcome = execute(request)
-                except Exception:
-                    if request.method in MUTATIONS:
-                        raise  # the table may be half-changed: crash, recover from the log
-                    log.exception("executing %r from %s failed", request, peer.name)
-                    outcome = _SERVER_ERROR
-            else:
-                outcome = request
+        done = 0
+        job = peer.job
+        line = b"(resumed)"
+        while True:
+            if job is None:
+                if i == end:
+                    break
+                line = lines[i]
+                i += 1
+                request = parse_request(line)
+                if type(request) is Request:
+                    try:
+                        outcome = start(request)
+                    except Exception:
+                        if request.method in MUTATIONS:
+                            raise  # the table may be half-changed: crash, recover from the log
+                        log.exception("executing %r from %s failed", request, peer.name)
+                        outcome = _SERVER_ERROR
+                    if type(outcome) is ReadJob:
+                        job = outcome
+                else:
+                    outcome = request
+            if job is not None:
+                outcome = self._step(peer, job, deadline)
+                if outcome is None:
+                    break  # its slice is used; the job goes on next turn
+                job = None
             reply = encode_reply(outcome)
             if self._debug:
                 log.debug("%s: %.200r -> %.200r", peer.name, line, reply)
             replies += reply
+            done += 1
             room -= len(reply)
             if room <= 0 or clock() > deadline:
                 break
-        done = i - start
+        peer.job = job
         peer.served += done
         self.requests += done
         self._recent[peer.name] = self._recent.get(peer.name, 0) + done
@@ -439,7 +460,15 @@ class Server:
             peer.next = i  # the rest waits for the next turn (or for the output to drain)
         else:
             peer.lines, peer.next = [], 0
-            del self._busy[peer]
+            if job is None:
+                del self._busy[peer]
+
+    def _step(self, peer: _Peer, job: ReadJob, deadline: float) -> Outcome | None:
+        try:
+            return job.step(deadline)
+        except Exception:
+            log.exception("a scan or query from %s failed", peer.name)
+            return _SERVER_ERROR
 
     def _queue(self, peer: _Peer, reply: bytes) -> None:
         if not peer.replies:

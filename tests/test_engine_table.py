@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hashtable.database import Database
-from hashtable.request import METHODS, Request, Status
+from hashtable.database import Database, ReadJob
+from hashtable.request import METHODS, Outcome, Request, Status
 from hashtable.table import Table
 
 
@@ -73,11 +73,64 @@ def test_catastrophic_regex_is_stopped_by_the_budget(db):
     assert run(db, "lookup", key="plain").result == 2  # and the table still serves
 
 
-def test_scan_budget_covers_the_whole_table(tmp_path):
+def test_scan_budget_covers_the_whole_table():
     # Each key alone is fast, but the budget is for the scan, not for one key.
     table = Table({f"{'a' * 22}b{i}": i for i in range(200)})
-    outcome = table.scan(r"(a|aa)+$", budget=0.2)
+    outcome = table.scan(r"(a|aa)+$", budget=0.2).run()
+    assert outcome.status is Status.INVALID and "over the table" in outcome.message
+
+
+def test_scan_budget_adds_up_over_the_steps():
+    table = Table({f"{'a' * 22}b{i}": i for i in range(200)})
+    job = table.scan(r"(a|aa)+$", budget=0.2)
+    steps = 0
+    while (outcome := job.step(time.monotonic() + 0.001)) is None:
+        steps += 1
+    assert steps > 1  # it did pause between steps, and still ran out of budget
+    assert outcome.status is Status.INVALID and "0.2 s over the table" in outcome.message
+
+
+def test_one_key_gets_at_most_the_key_limit():
+    table = Table({"plain": 1, "a" * 60 + "b": 2})
+    outcome = table.scan(r"(a|aa)+$", budget=60, key_limit=0.05).run()
     assert outcome.status is Status.INVALID
+    assert "longer than 0.05 s on one key ('aaaaa" in outcome.message
+
+
+def test_a_step_returns_at_its_deadline_after_one_key_at_least():
+    table = Table({f"k{n}": n for n in range(5)})
+    for job in (table.scan("k", budget=1.0), table.query("n", 1)):
+        paused = 0
+        while (outcome := job.step(0.0)) is None:  # a deadline long past
+            paused += 1
+        assert paused == 5  # one key per step, then the outcome
+        assert outcome.status is Status.OK
+
+
+def test_a_read_job_answers_from_its_snapshot_whatever_is_written_meanwhile():
+    table = Table({f"k{n}": {"n": n} for n in range(4)})
+    scan, query = table.scan("^k", budget=1.0), table.query("n", 3)
+    assert scan.step(0.0) is None and query.step(0.0) is None
+    table.insert("k9", {"n": 3})
+    table.remove("k3")
+    table.insert("k2", {"n": 3})
+    snapshot = [[f"k{n}", {"n": n}] for n in range(4)]
+    assert scan.run() == Outcome.ok(snapshot)
+    assert query.run() == Outcome.ok([["k3", {"n": 3}]])
+    assert table.scan("^k", budget=1.0).run().result == [
+        ["k0", {"n": 0}],
+        ["k1", {"n": 1}],
+        ["k2", {"n": 3}],
+        ["k9", {"n": 3}],
+    ]
+
+
+def test_the_database_starts_scans_and_queries_as_jobs(db):
+    run(db, "insert", key="k", value={"n": 1})
+    assert isinstance(db.start(Request("scan", regex="k")), ReadJob)
+    assert isinstance(db.start(Request("query", subkey="n", subvalue=1)), ReadJob)
+    assert db.start(Request("scan", regex="(")).status is Status.INVALID
+    assert db.start(Request("lookup", key="k")) == Outcome.ok({"n": 1})
 
 
 def test_query_respects_json_types(db):

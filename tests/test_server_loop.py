@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from hashtable.database import Database
+from hashtable.request import Request
 from hashtable.server import Limits, Server, open_listener
 from tests.server_support import Wire
 
@@ -29,12 +30,12 @@ class SpyDatabase(Database):
         self.before_commit = lambda: None
         self.fail_on: str | None = None
 
-    def execute(self, request):
+    def start(self, request):
         if request.method == self.fail_on:
             raise RuntimeError("engine bug")
         if request.method == "scan" and request.regex == "slow":
             time.sleep(0.005)
-        outcome = super().execute(request)
+        outcome = super().start(request)
         if request.method in ("insert", "remove"):
             self._since_commit += 1
         return outcome
@@ -310,3 +311,56 @@ def test_stop_wakes_a_sleeping_loop(server):
     started = time.monotonic()
     server.turn(30)  # would sleep 30 s without the wake-up
     assert time.monotonic() - started < 25
+
+
+def peer_of(server: Server, wire: Wire):
+    [peer] = [p for p in server._peers if p.conn.sock.getpeername() == wire.sock.getsockname()]
+    return peer
+
+
+def test_a_long_scan_runs_in_slices_with_other_clients_served_between(server, db):
+    # Direct to the dict: a read test needs a big table, not 100,000 logged inserts.
+    db.table.data.update((f"k{n}", n) for n in range(100_000))
+    with Wire(server.port) as scanner, Wire(server.port) as other:
+        accept_all(server, [scanner, other])
+        scanner.send({"method": "scan", "regex": "^k[0-9]*7$"}, {"method": "size"})
+        turns_until(server, lambda: peer_of(server, scanner).job is not None)
+        # While the scan is under way, the other client writes and reads, and the
+        # scanner's next request waits for the scan's reply.
+        other.send(
+            {"method": "insert", "key": "k0000007", "value": "new"},
+            {"method": "remove", "key": "k7"},
+            {"method": "lookup", "key": "k0000007"},
+        )
+        turns_until(server, lambda: len(other.lines) == 3 or readable(other.sock))
+        assert [other.reply() for _ in range(3)] == [
+            {"status": "ok", "result": None},
+            {"status": "ok", "result": 7},
+            {"status": "ok", "result": "new"},
+        ]
+        assert peer_of(server, scanner).job is not None
+        assert not readable(scanner.sock)
+        turns_until(server, lambda: readable(scanner.sock))
+        scan = scanner.reply()
+        # The table as of the scan's start: k7 still there, k0000007 not yet.
+        assert sorted(scan["result"]) == sorted([f"k{n}", n] for n in range(7, 100_000, 10))
+        assert scanner.reply() == {"status": "ok", "result": 100_000}
+
+
+def test_catastrophic_scans_end_at_the_key_limit_and_others_are_served_meanwhile(server, db):
+    for n in range(10):
+        db.execute(Request("insert", key="a" * 30 + f"!{n}", value=n))
+    scan = {"method": "scan", "regex": "^(a|aa)+$"}
+    with Wire(server.port) as evil, Wire(server.port) as other:
+        accept_all(server, [evil, other])
+        evil.send(scan, scan, scan)
+        turns_until(server, lambda: peer_of(server, evil).has_work)
+        for n in range(5):
+            other.send({"method": "lookup", "key": "a" * 30 + f"!{n}"})
+            turns_until(server, lambda: readable(other.sock), limit=3)
+            assert other.reply() == {"status": "ok", "result": n}
+        turns_until(server, lambda: not peer_of(server, evil).has_work)
+        for _ in range(3):
+            reply = evil.reply()
+            assert reply["status"] == "invalid"
+            assert "longer than 0.05 s on one key" in reply["message"]

@@ -136,6 +136,40 @@ def test_a_catastrophic_regex_costs_its_time_budget_once(server, witness):
     assert witness.slowest < 5.0
 
 
+def test_pipelined_catastrophic_scans_do_not_stall_other_clients(server, witness):
+    """The chaos battery's attack: four catastrophic scans always waiting. Each used
+    to hold the loop for the whole --scan-timeout (1 s), so other clients waited
+    1-2 s per request; now a scan yields between keys and one key gets 0.05 s."""
+    with Wire(server.port) as setup:
+        for n in range(40):
+            setup.call({"method": "insert", "key": "a" * 30 + f"!{n}", "value": n})
+    scan = {"method": "scan", "regex": "^(a|aa)+$"}
+    stop = threading.Event()
+    refused: list[str] = []
+
+    def attack() -> None:
+        with Wire(server.port, timeout=30) as evil:
+            evil.send(scan, scan, scan, scan)
+            while not stop.is_set():
+                refused.append(evil.reply()["message"])
+                evil.send(scan)
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    slowest = 0.0
+    with Wire(server.port) as other:
+        ends = time.monotonic() + 2.0
+        while time.monotonic() < ends or len(refused) < 8:
+            started = time.monotonic()
+            assert other.call({"method": "lookup", "key": "a" * 30 + "!7"})["result"] == 7
+            slowest = max(slowest, time.monotonic() - started)
+    stop.set()
+    attacker.join(timeout=10)
+    assert not attacker.is_alive()
+    assert slowest < 0.5, f"a lookup waited {slowest:.2f} s behind the scans"
+    assert all("took longer than 0.05 s on one key" in message for message in refused)
+
+
 def test_half_sent_requests_then_silence_or_vanishing(server, witness):
     keep = []
     for n in range(50):
