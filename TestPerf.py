@@ -20,7 +20,7 @@ from pathlib import Path
 
 from catalog.client import catalog_addresses
 from netkit.addresses import AddressError, parse_address
-from netkit.cliargs import nonnegative_int, positive_int, positive_seconds
+from netkit.cliargs import choice_list, nonnegative_int, positive_int, positive_seconds
 from netkit.logs import setup_logging
 from perftest import report
 from perftest.runner import WorkerFailed, run_clients, testperf_path, worker_main
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--stages",
-        type=_stages,
+        type=choice_list(STAGES, "stage"),
         default=list(STAGES),
         metavar="S,S,...",
         help=f"stages to run, in order (default {','.join(STAGES)})",
@@ -106,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--server: {exc}")
         if args.server[1] == 0:
             parser.error("--server needs HOST:PORT")
+    args.stages.sort(key=STAGES.index)  # stages always run in their natural order
     if "remove" in args.stages and "insert" not in args.stages:
         parser.error("--stages: remove needs insert before it")
     if any(s in args.stages for s in ("lookup", "scan", "query")) and "insert" not in args.stages:
@@ -118,16 +119,6 @@ def _client_counts(text: str) -> list[int]:
     if not counts:
         raise argparse.ArgumentTypeError("give at least one number of clients")
     return counts
-
-
-def _stages(text: str) -> list[str]:
-    stages = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise argparse.ArgumentTypeError(
-            f"unknown stage {unknown or text!r}; choose from {','.join(STAGES)}"
-        )
-    return sorted(set(stages), key=STAGES.index)
 
 
 def make_client(args: argparse.Namespace):

@@ -27,6 +27,7 @@ from pathlib import Path
 from chaos import catalog_down, crash, hostile, lbfaults, moves
 from chaos.lab import Lab, Result
 from chaos.report import format_table
+from netkit.cliargs import choice_list
 
 SCENARIOS: dict[str, Callable[[Lab], Result]] = {
     "crash": crash.run,
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the short battery (under 90 s)")
     parser.add_argument(
         "--only",
-        type=_scenarios,
+        type=choice_list(SCENARIOS, "scenario"),
         default=list(SCENARIOS),
         metavar="NAME,...",
         help="run these scenarios only",
@@ -57,16 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
-
-
-def _scenarios(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SCENARIOS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown scenario {', '.join(unknown) or repr(text)}; choose from {', '.join(SCENARIOS)}"
-        )
-    return names
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Sequence
 
 MAX_SECONDS = 1e7  # beyond this a timer overflows select(); nobody means it
 
@@ -59,3 +60,19 @@ def nonnegative_seconds(text: str) -> float:
             f"{text!r} is not a number of seconds from 0 to {MAX_SECONDS:g}"
         )
     return value
+
+
+def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated list of some of ``choices``, in the order given,
+    each once; ``what`` names one item in the error message."""
+
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(unknown) or repr(text)}; choose from {', '.join(choices)}"
+            )
+        return names
+
+    return parse
