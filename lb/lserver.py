@@ -22,9 +22,10 @@ from catalog.client import catalog_addresses
 from lb.balancer import Balancer
 from lb.cli import add_logging_options, start_program
 from lb.discovery import CatalogWatcher, Endpoint
-from lb.netio import accept_ready, forget, open_listener, set_interest
+from lb.netio import forget, open_listener, peer_name, set_interest
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
 from lb.tslink import CONNECTING, DOWN, UP, TsLink
+from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection
@@ -73,18 +74,19 @@ class LoadBalancer:
         self.watcher = watcher
         self.max_unanswered = max_unanswered
         self.selector = selectors.DefaultSelector()
+        self.acceptor = Acceptor(self.selector, listener, LISTENER)
         self.links: dict[Endpoint, TsLink] = {}
         self.clients: set[Client] = set()
         self._dirty: set[Client] = set()
 
     def serve_forever(self) -> None:
-        self.selector.register(self.listener, READ, LISTENER)
         for endpoint in sorted(self.static):
             self._add_link(endpoint)
         if self.watcher is not None:
             self.selector.register(self.watcher.wakeup, READ, WATCHER)
             self.watcher.start()
         while True:
+            self.acceptor.poll()
             events = self.selector.select(self._wait(time.monotonic()))
             now = time.monotonic()
             for key, mask in events:
@@ -122,6 +124,9 @@ class LoadBalancer:
     def _wait(self, now: float) -> float | None:
         """How long the loop may sleep: until the next deadline of any kind."""
         deadlines = [link.due for link in self.links.values() if link.state != UP]
+        resume = self.acceptor.seconds_until_resume()
+        if resume is not None:
+            deadlines.append(now + resume)
         query_deadline = self.balancer.next_deadline()
         if query_deadline is not None:
             deadlines.append(query_deadline)
@@ -130,7 +135,8 @@ class LoadBalancer:
     # Clients
 
     def _accept(self) -> None:
-        for sock, name in accept_ready(self.listener):
+        for sock, address in self.acceptor.accept():
+            name = peer_name(address)
             client = Client(Connection(sock, name, max_line=MAX_QUERY_LINE))
             self.clients.add(client)
             self.balancer.open_client(client)

@@ -35,20 +35,6 @@ def peer_name(address: Any) -> str:
     return str(address)
 
 
-def accept_ready(listener: socket.socket) -> list[tuple[socket.socket, str]]:
-    """Every connection waiting on ``listener``, with its peer's name."""
-    accepted = []
-    while True:
-        try:
-            sock, address = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return accepted
-        except OSError:
-            # e.g. EMFILE or a connection reset before accept: retry on the next turn.
-            return accepted
-        accepted.append((sock, peer_name(address)))
-
-
 def set_interest(
     selector: selectors.BaseSelector, sock: socket.socket, events: int, data: Any
 ) -> None:

@@ -22,9 +22,10 @@ from lb.cli import (
     start_program,
 )
 from lb.discovery import ts_record
-from lb.netio import accept_ready, forget, open_listener, set_interest
+from lb.netio import forget, open_listener, peer_name, set_interest
 from lb.protocol import MAX_QUERY_LINE, decode_ts_query, encode_ts_answer
 from lb.table import DnsTable, TableError, load_table
+from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection
@@ -68,15 +69,18 @@ class TopLevelServer:
         self.table = table
         self.announcer = announcer
         self.selector = selectors.DefaultSelector()
+        self.acceptor = Acceptor(self.selector, listener, None)
         self.peers: set[Peer] = set()
 
     def serve_forever(self) -> None:
-        self.selector.register(self.listener, READ, None)
+        acceptor = self.acceptor
         while True:
-            timeout = None
+            acceptor.poll()
+            timeouts = [acceptor.seconds_until_resume()]
             if self.announcer is not None:
                 self.announcer.poll()
-                timeout = self.announcer.seconds_until_due()
+                timeouts.append(self.announcer.seconds_until_due())
+            timeout = min((t for t in timeouts if t is not None), default=None)
             for key, mask in self.selector.select(timeout):
                 if key.data is None:
                     self._accept()
@@ -90,7 +94,8 @@ class TopLevelServer:
         self.selector.close()
 
     def _accept(self) -> None:
-        for sock, name in accept_ready(self.listener):
+        for sock, address in self.acceptor.accept():
+            name = peer_name(address)
             peer = Peer(Connection(sock, name, max_line=MAX_QUERY_LINE))
             self.peers.add(peer)
             log.info("%s connected", name)

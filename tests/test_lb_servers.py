@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -516,3 +517,44 @@ def test_the_ls_keeps_a_connected_ts_that_a_restarted_catalog_forgot(spawn, tmp_
         what="the LS to drop the TS once its connection is gone",
     )
     assert ls.alive()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_ts_out_of_file_descriptors_pauses_accepting_instead_of_spinning(spawn) -> None:
+    # A TS limited to 40 descriptors, flooded with 60 connections: accept() fails
+    # with EMFILE while the waiting connections keep the listener readable.
+    port = free_port()
+    limited = (
+        "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); "
+        f"sys.argv = ['lb.ts', '{port}', '{SAMPLES / 'PROJ2-DNSTS1.txt'}', '--host', '127.0.0.1']; "
+        "runpy.run_module('lb.ts', run_name='__main__')"
+    )
+    ts = spawn([sys.executable, "-c", limited], name="ts-limited")
+    wait_until(lambda: tcp_open("127.0.0.1", port), what="TS to listen")
+    flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+    try:
+        time.sleep(1)  # the flood is accepted up to the limit, the rest waits
+        before = cpu_seconds(ts.pid)
+        time.sleep(2)
+        # Idle, it uses next to no CPU; spinning on accept() it would use ~2 s.
+        assert cpu_seconds(ts.pid) - before < 1.0
+        assert "cannot accept connections" in ts.output()
+    finally:
+        for sock in flood:
+            sock.close()
+
+    # Once descriptors are free again, it serves new clients.
+    def answered() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"amazon.com\n")
+                return sock.recv(100) == RIGHT[b"amazon.com"] + b"\n"
+        except OSError:
+            return False
+
+    wait_until(answered, timeout=15, what="the TS to answer again")
+    assert ts.alive()
