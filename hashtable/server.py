@@ -21,7 +21,6 @@ this module only moves bytes, executes and schedules.
 from __future__ import annotations
 
 import contextlib
-import errno
 import getpass
 import logging
 import os
@@ -37,6 +36,7 @@ from catalog.client import Announcer, Catalog
 from hashtable.protocol import encode_reply, parse_request
 from hashtable.request import MUTATIONS, Outcome, Request
 from hashtable.table import ReadJob
+from netkit.accepting import Acceptor
 from netkit.connection import DEFAULT_HIGH_WATER, Closed, Connection
 from netkit.framing import DEFAULT_MAX_LINE, LineTooLong
 
@@ -52,7 +52,6 @@ ACCEPT_BATCH = 64
 # can read the answer before the connection is closed.
 LINGER = 2.0
 SWEEP_INTERVAL = 1.0
-ACCEPT_PAUSE = 0.5  # when out of file descriptors: try accepting again after this
 REFUSAL_LOG_INTERVAL = 10.0
 SUMMARY_TOP = 8
 
@@ -159,7 +158,6 @@ class Server:
         self._recent: dict[str, int] = {}  # requests per client since the last summary
         self._refused = 0
         self._refusal_logged = 0.0
-        self._accept_paused_until: float | None = None
         self._stopping = False
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._base_record = announce
@@ -174,9 +172,8 @@ class Server:
         self._sweep_due = self.started + SWEEP_INTERVAL
         self._housekeeping_due = self.started  # the first turn announces and so on
 
-        listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
-        self.selector.register(listener, selectors.EVENT_READ, None)
+        self._acceptor = Acceptor(self.selector, listener, None, clock=clock)
         # stop() may be called from a signal handler while select() sleeps: a byte
         # on this socket pair wakes the loop.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -240,8 +237,9 @@ class Server:
 
     def _next_housekeeping(self, now: float) -> float:
         due = min(self._summary_due, self._sweep_due)
-        if self._accept_paused_until is not None:
-            due = min(due, self._accept_paused_until)
+        resume = self._acceptor.seconds_until_resume()
+        if resume is not None:
+            due = min(due, now + resume)
         if self._announcer is not None:
             due = min(due, now + self._announcer.seconds_until_due())
         maintenance = self.db.seconds_until_maintenance()
@@ -252,18 +250,7 @@ class Server:
     # ------------------------------------------------------------ connections
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, address = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # The pending connection keeps the listener readable: without a
-                    # pause the loop would spin on it.
-                    self._pause_accepting(exc)
-                    return
-                continue  # e.g. ECONNABORTED: that client gave up already
+        for sock, address in self._acceptor.accept(ACCEPT_BATCH):
             if len(self._peers) >= self.limits.max_connections:
                 sock.close()
                 self._note_refusal()
@@ -279,21 +266,18 @@ class Server:
             self._peers.add(peer)
             self._set_interest(peer, selectors.EVENT_READ)
             log.info("client %s connected (%d connected)", peer.name, len(self._peers))
+        resume = self._acceptor.seconds_until_resume()
+        if resume is not None:  # out of descriptors: housekeeping resumes accepting
+            self._housekeeping_due = min(self._housekeeping_due, self.clock() + resume)
 
-    def _pause_accepting(self, exc: OSError) -> None:
-        self.selector.unregister(self.listener)
-        self._accept_paused_until = self.clock() + ACCEPT_PAUSE
-        self._housekeeping_due = min(self._housekeeping_due, self._accept_paused_until)
-        self._note_refusal(f"cannot accept connections: {exc.strerror}")
-
-    def _note_refusal(self, why: str | None = None) -> None:
+    def _note_refusal(self) -> None:
         self._refused += 1
         now = self.clock()
         if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
             self._refusal_logged = now
             log.warning(
-                "%s; %d connection(s) refused since the last such message",
-                why or f"at the limit of {self.limits.max_connections} connections",
+                "at the limit of %d connections; %d connection(s) refused since the last such message",
+                self.limits.max_connections,
                 self._refused,
             )
             self._refused = 0
@@ -495,10 +479,8 @@ class Server:
         self.db.maintain()
         if self._announcer is not None:
             self._announcer.poll()
+        self._acceptor.poll()
         now = self.clock()
-        if self._accept_paused_until is not None and now >= self._accept_paused_until:
-            self._accept_paused_until = None
-            self.selector.register(self.listener, selectors.EVENT_READ, None)
         if now >= self._sweep_due:
             self._sweep_due = now + SWEEP_INTERVAL
             self._sweep(now)

@@ -3,8 +3,8 @@
 When the process has no file descriptor left, ``accept()`` fails with EMFILE but
 the waiting connection keeps the listener readable, so a loop that simply tries
 again on the next turn spins at 100% CPU until a descriptor is freed. The
-``Acceptor`` instead stops watching the listener for a short pause, logging it
-once per pause, and resumes when the loop calls ``poll()``.
+``Acceptor`` instead stops watching the listener for a short pause (logged at
+most every ``LOG_INTERVAL`` seconds) and resumes when the loop calls ``poll()``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 log = logging.getLogger("netkit.accepting")
 
 PAUSE = 0.5
+LOG_INTERVAL = 10.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -40,13 +41,15 @@ class Acceptor:
         self.pause = pause
         self.clock = clock
         self.paused_until: float | None = None
+        self._pauses = 0  # since the last log line
+        self._logged_at = -LOG_INTERVAL
         listener.setblocking(False)
         selector.register(listener, selectors.EVENT_READ, data)
 
-    def accept(self) -> list[tuple[socket.socket, Any]]:
-        """Every connection waiting now, as ``(socket, address)``."""
-        accepted = []
-        while True:
+    def accept(self, limit: int | None = None) -> list[tuple[socket.socket, Any]]:
+        """The connections waiting now (at most ``limit``), as ``(socket, address)``."""
+        accepted: list[tuple[socket.socket, Any]] = []
+        while limit is None or len(accepted) < limit:
             try:
                 accepted.append(self.listener.accept())
             except (BlockingIOError, InterruptedError):
@@ -56,6 +59,7 @@ class Acceptor:
                     self._pause(exc)
                     return accepted
                 # e.g. ECONNABORTED: that client gave up before we got to it.
+        return accepted
 
     def poll(self) -> None:
         """Resumes accepting once the pause is over; call it every turn."""
@@ -71,7 +75,14 @@ class Acceptor:
 
     def _pause(self, exc: OSError) -> None:
         self.selector.unregister(self.listener)
-        self.paused_until = self.clock() + self.pause
-        log.warning(
-            "cannot accept connections (%s); not accepting for %g s", exc.strerror, self.pause
-        )
+        now = self.clock()
+        self.paused_until = now + self.pause
+        self._pauses += 1
+        if now - self._logged_at >= LOG_INTERVAL:
+            log.warning(
+                "cannot accept connections (%s); pausing %g s (%d pause(s) since the last message)",
+                exc.strerror,
+                self.pause,
+                self._pauses,
+            )
+            self._logged_at, self._pauses = now, 0

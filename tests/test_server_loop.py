@@ -274,7 +274,7 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(db
     try:
         client = Wire(server.port)
         server.turn(1.0)
-        assert server._accept_paused_until is not None
+        assert server._acceptor.paused_until is not None
         assert not server._peers
         # While paused the listener is not watched, so a turn sleeps instead of spinning.
         events = server.selector.select(0)
