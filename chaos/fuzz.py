@@ -24,6 +24,7 @@ import socket
 import sys
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import requests
@@ -42,35 +43,31 @@ PROBE_RECORD = {"type": "chaos-probe", "project": "fuzz", "port": 65002}
 
 # ---------------------------------------------------------------- shared strategies
 
-json_leaf = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_value = st.recursive(
-    json_leaf,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+
+def _json_leaves(integers: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    return (
+        st.none()
+        | st.booleans()
+        | integers
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20)
+    )
+
+
+def _json_values(leaf: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        leaf,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=10,
+    )
+
+
+json_leaf = _json_leaves(st.integers())
+json_value = _json_values(json_leaf)
 # What the table promises to store unchanged: 64-bit integers, finite floats, valid Unicode.
-storable_leaf = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-storable = st.recursive(
-    storable_leaf,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+storable = _json_values(_json_leaves(st.integers(min_value=-(2**63), max_value=2**63 - 1)))
 
 
 def _no_newline(data: bytes) -> bytes:
