@@ -36,6 +36,7 @@ from catalog.names import Resolver
 from catalog.persist import Saver, StateDir, restore
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS, RecordStore
 from catalog.updates import MAX_UPDATE_BYTES
+from netkit.accepting import Acceptor
 
 log = logging.getLogger("catalog.server")
 
@@ -181,8 +182,10 @@ class CatalogServer:
         )  # fmt: skip
         register = self._selector.register
         register(self.udp, selectors.EVENT_READ, self._read_datagrams)
-        register(self.http, selectors.EVENT_READ, partial(self._accept, self.http))
-        register(self.updates, selectors.EVENT_READ, partial(self._accept, self.updates))
+        self._acceptors = {
+            listener: Acceptor(self._selector, listener, partial(self._accept, listener))
+            for listener in (self.http, self.updates)
+        }
         register(self.resolver, selectors.EVENT_READ, lambda _: self.ingest.names_arrived())
         register(self._wake_read, selectors.EVENT_READ, lambda _: None)
         try:
@@ -201,6 +204,8 @@ class CatalogServer:
         saved_version = self.store.version
         last_save = last_report = time.monotonic()
         while not self._stopping:
+            for acceptor in self._acceptors.values():
+                acceptor.poll()  # resumes accepting after running out of descriptors
             for key, mask in self._selector.select(HOUSEKEEPING):
                 key.data(mask)
             now = time.monotonic()
@@ -343,14 +348,7 @@ class CatalogServer:
     # ------------------------------------------------------------------ connections
 
     def _accept(self, listener: socket.socket, _mask: int) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("cannot accept a connection: %s", exc)
-                return
+        for sock, address in self._acceptors[listener].accept(ACCEPT_BATCH):
             is_http = listener is self.http
             if len(self._peers) >= self.max_connections:
                 self._refuse(sock, is_http)
