@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.processes import Process, free_port, tcp_open, wait_until  # noqa: E402
+from harness.procfs import cpu_seconds  # noqa: E402
 from harness.services import start_hashtable_server  # noqa: E402
 
 VALUE = {"name": "zebra", "weight": 100, "tags": ["striped", "savanna"], "n": 0}
@@ -121,8 +122,7 @@ def stop(target: Target) -> None:
 
 def server_cpu_seconds(target: Target) -> float:
     """User + system CPU the server process has used so far."""
-    fields = Path(f"/proc/{target.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(target.process.pid)
 
 
 # ---------------------------------------------------------------- workloads

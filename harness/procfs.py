@@ -1,8 +1,14 @@
-"""Reading /proc: children, liveness and memory of the processes the tests and the battery start."""
+"""Reading /proc: children, liveness, CPU time and memory of the processes the tests and the battery start."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def children(pid: int) -> list[int]:
@@ -16,10 +22,16 @@ def children(pid: int) -> list[int]:
 def alive(pid: int) -> bool:
     """Running or sleeping, not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _stat_fields(pid)[0]
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

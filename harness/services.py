@@ -10,6 +10,12 @@ from harness.processes import Process, free_port, python_module, python_script, 
 _LISTENING = re.compile(r"listening on \S*?:(\d+)")
 
 
+def listening_port(output: str) -> int | None:
+    """The port in a hash table server's "listening on HOST:PORT" line, once it is out."""
+    match = _LISTENING.search(output)
+    return int(match.group(1)) if match else None
+
+
 class StartFailed(RuntimeError):
     """A service exited or never became ready; the message carries its output."""
 
@@ -51,11 +57,9 @@ def start_hashtable_server(
         env={"CATALOG_HOST": catalog},
     )
 
-    def port() -> int | None:
-        match = _LISTENING.search(process.output()[start:])
-        return int(match.group(1)) if match else None
-
-    return process, _wait_ready(process, port, "hash table server")
+    return process, _wait_ready(
+        process, lambda: listening_port(process.output()[start:]), "hash table server"
+    )
 
 
 def _wait_ready(process: Process, ready, what: str, timeout: float = 20.0):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -10,16 +9,9 @@ from typing import Any
 
 import orjson
 
+from harness.services import listening_port
 from netkit.framing import LineFramer
 from tests.procs import Process, free_port, python_script, wait_until
-
-_LISTENING = re.compile(r"listening on \S*?:(\d+)")
-
-
-def listening_port(output: str) -> int | None:
-    """The port in the server's "listening on HOST:PORT" line, once it is out."""
-    match = _LISTENING.search(output)
-    return int(match.group(1)) if match else None
 
 
 class ServerHandle:

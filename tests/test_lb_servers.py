@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness.processes import CCTOOLS_CATALOG, ROOT
+from harness.procfs import alive, cpu_seconds
 from lb.cli import SAMPLES
 from lb.resolver import resolve
 from netkit.framing import LineFramer
@@ -411,21 +412,11 @@ class RestartableCctoolsCatalog:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             return
-        wait_until(lambda: not pid_alive(self.pid), what="the catalog to stop")
+        wait_until(lambda: not alive(self.pid), what="the catalog to stop")
 
     def forget_dead_records(self) -> None:
         self.stop()
         self.pid = self._start()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A killed child of the tool is reparented and reaped by init; until then a zombie.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
 
 
 class OurCatalogForgetting:
@@ -517,11 +508,6 @@ def test_the_ls_keeps_a_connected_ts_that_a_restarted_catalog_forgot(spawn, tmp_
         what="the LS to drop the TS once its connection is gone",
     )
     assert ls.alive()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_ts_out_of_file_descriptors_pauses_accepting_instead_of_spinning(spawn) -> None:
