@@ -64,7 +64,10 @@ def test_stage_sum_adds_throughputs_of_concurrent_clients():
 )
 def test_bad_arguments_get_a_clear_message_and_no_traceback(args, message):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "TestPerf.py"), "proj", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, str(ROOT / "TestPerf.py"), "proj", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 2
     assert message in done.stderr
