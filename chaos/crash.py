@@ -10,7 +10,7 @@ is checked the same way over the network, where nothing is in flight any more.
 
 Kill instants rotate between: a random moment; while a compaction child is
 writing a checkpoint (a small --compact-after, and enough keys, make them
-frequent); and a random moment followed by a torn record appended to table.txn,
+frequent); and a random moment followed by a torn record written after the last one in table.txn,
 which the restarted server must drop (and say so).
 """
 

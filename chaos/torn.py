@@ -1,8 +1,8 @@
 """Simulated torn log writes: what a crash in the middle of appending a record leaves.
 
-The server appends each turn's records with one write() and fsyncs before any
+The server writes each turn's records with one pwrite() and fsyncs before any
 reply, so a record cut short was never acknowledged, and recovery must drop it
-(docs/storage.md). A real kill rarely lands inside write(); this makes the case
+(docs/storage.md). A real kill rarely lands inside pwrite(); this makes the case
 happen on demand: the next record the server would have written, cut at a
 random byte, with no newline.
 """
@@ -35,13 +35,19 @@ def torn_record(log: bytes, origin: str, rng: random.Random) -> bytes:
 
 
 def tear_log(data_dir: Path, rng: random.Random) -> int:
-    """Appends a torn record to ``table.txn``; returns how many bytes."""
+    """Writes a torn record after the last one of ``table.txn``; returns how many bytes.
+
+    It goes where the server would have written it: over the zeros that follow
+    the records of a log in use (see docs/storage.md), or at the end."""
     log_path = data_dir / LOG
     log = log_path.read_bytes() if log_path.exists() else b""
-    if not log.strip() and (data_dir / OLD_LOG).exists():
-        log = (data_dir / OLD_LOG).read_bytes()  # just rotated: the last record is there
+    records = log.partition(b"\0")[0]
+    last = records
+    if not records.strip() and (data_dir / OLD_LOG).exists():
+        last = (data_dir / OLD_LOG).read_bytes()  # just rotated: the last record is there
     origin = (data_dir / ORIGIN).read_text().strip()
-    torn = torn_record(log, origin, rng)
-    with open(log_path, "ab") as file:
+    torn = torn_record(last.partition(b"\0")[0], origin, rng)
+    with open(log_path, "r+b" if log_path.exists() else "wb") as file:
+        file.seek(len(records))
         file.write(torn)
     return len(torn)

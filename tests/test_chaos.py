@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
+from chaos.crash import TORN_WARNING
 from chaos.fuzz import ls_answer_problem, reply_problem, ts_answer
 from chaos.lab import Result
 from chaos.ledger import (
@@ -125,14 +127,22 @@ def test_a_torn_record_is_a_proper_prefix_of_the_next_record():
         assert torn and whole.startswith(torn) and torn != whole and b"\n" not in torn
 
 
-def test_recovery_drops_a_torn_record_and_keeps_everything_before_it(tmp_path):
-    with Database(tmp_path) as db:
+@pytest.mark.parametrize("stopped", ["closed", "crashed"])
+def test_recovery_drops_a_torn_record_and_keeps_everything_before_it(tmp_path, stopped, caplog):
+    data = tmp_path / "data"
+    with Database(data) as db:
         for n in range(5):
             db.execute(Request("insert", key=f"k{n}", value=n))
         db.commit()
-    assert tear_log(tmp_path, random.Random(1)) > 0
-    with Database(tmp_path) as db:
+        if stopped == "crashed":  # the log still has its preallocated zeros
+            shutil.copytree(data, tmp_path / "image")
+            data = tmp_path / "image"
+    records = (data / "table.txn").read_bytes().partition(b"\0")[0]
+    torn = tear_log(data, random.Random(1))
+    assert torn > 0 and (data / "table.txn").read_bytes()[: len(records)] == records
+    with Database(data) as db:
         assert db.table.data == {f"k{n}": n for n in range(5)}
+    assert TORN_WARNING in caplog.text
 
 
 # ---------------------------------------------------------------- the fuzzers' oracles
