@@ -70,12 +70,21 @@ def redis_ops() -> dict[str, Callable]:
     }
 
 
-def start_ours(workdir: Path, sync: str, *extra: str) -> Target:
+def start_ours(workdir: Path, sync: str, *extra: str, tree: Path = ROOT) -> Target:
+    """Our server from the checkout at ``tree``, driven by this checkout's client."""
     from HashTableClient import HashTableClient
 
     data = workdir / f"ours-{sync}"
     process, port = start_hashtable_server(
-        f"bench-{sync}", data, "127.0.0.1:1", workdir, "--sync", sync, "--quiet", *extra
+        f"bench-{sync}",
+        data,
+        "127.0.0.1:1",
+        workdir,
+        "--sync",
+        sync,
+        "--quiet",
+        *extra,
+        tree=tree,
     )
     return Target(
         f"ours ({sync})", process, lambda: HashTableClient.at("127.0.0.1", port), ours_ops()

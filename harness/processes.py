@@ -137,5 +137,6 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def python_script(script: str, *args: str) -> list[str]:
-    return [sys.executable, str(ROOT / script), *args]
+def python_script(script: str, *args: str, tree: Path = ROOT) -> list[str]:
+    """The command running ``script`` of the project at ``tree`` (this checkout by default)."""
+    return [sys.executable, str(tree / script), *args]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness.processes import Process, free_port, python_module, python_script, tcp_open, wait_until
+from harness.processes import (
+    ROOT,
+    Process,
+    free_port,
+    python_module,
+    python_script,
+    tcp_open,
+    wait_until,
+)
 
 _LISTENING = re.compile(r"listening on \S*?:(\d+)")
 
@@ -39,8 +47,10 @@ def start_hashtable_server(
     catalog: str,
     log_dir: Path,
     *extra: str,
+    tree: Path = ROOT,
 ) -> tuple[Process, int]:
-    """A hash table server on loopback announcing to ``catalog``; returns it and its port."""
+    """A hash table server on loopback announcing to ``catalog``; returns it and its port.
+    ``tree``: the checkout whose server to run (bench/ab_servers.py compares two)."""
     log_path = log_dir / f"server-{project}.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     process = Process(
@@ -52,6 +62,7 @@ def start_hashtable_server(
             "--data-dir",
             str(data_dir),
             *extra,
+            tree=tree,
         ),
         log_path,
         env={"CATALOG_HOST": catalog},

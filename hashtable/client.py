@@ -367,31 +367,31 @@ class Pipeline:
         # Requests sent and not answered, oldest first: (line, index in queued).
         unanswered: deque[tuple[bytes, int]] = deque()
         done = encoded = 0  # requests with an outcome / looked at for sending
+        total = len(queued)
         out = bytearray()
         failing_since = None
+        session, popleft = client._session, unanswered.popleft
         try:
-            while done < len(queued):
+            while done < total:
                 try:
                     sock = client._sock or client._connect()
                     # Top up and send before decoding what came back, so that
                     # the server has work while this side decodes.
-                    chunk_end = encoded + PIPELINE_CHUNK
-                    while (
-                        encoded < min(len(queued), chunk_end)
-                        and len(unanswered) - len(lines) < PIPELINE_WINDOW
-                    ):
-                        request, reply = queued[encoded]
+                    room = PIPELINE_WINDOW - (len(unanswered) - len(lines))
+                    stop = min(total, encoded + PIPELINE_CHUNK, encoded + room)
+                    for index in range(encoded, stop):
+                        request, reply = queued[index]
                         try:
                             # A mutation is numbered when first encoded and keeps
                             # its number (and line) through every resend.
-                            data = client._session(request)
+                            data = session(request)
                         except TypeError as exc:  # a value JSON cannot carry: not sent
                             reply._error = exc
                             done += 1
                         else:
-                            unanswered.append((data, encoded))
+                            unanswered.append((data, index))
                             out += data
-                        encoded += 1
+                    encoded = max(encoded, stop)
                     if not unanswered:
                         continue  # the rest could not be sent: nothing to wait for
                     if not lines:
@@ -403,8 +403,8 @@ class Pipeline:
                         raise ProtocolError("the server sent a reply to no request")
                     for line in lines:
                         request, reply = queued[unanswered[0][1]]
-                        reply._outcome = decode_reply(line)
-                        unanswered.popleft()
+                        reply._outcome = decode_reply(line)  # may raise: then it is resent
+                        popleft()
                         done += 1
                         if request.seq is not None:
                             client._acked = request.seq

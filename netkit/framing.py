@@ -49,11 +49,11 @@ class LineFramer:
         """
         buffer = self._buffer
         if not buffer and data.endswith(b"\n") and len(data) <= self.max_line + 1:
-            # Fast path: the common case of whole requests per recv.
+            # Fast path: the common case of whole requests per recv (none can be
+            # longer than the data).
             lines = data.split(b"\n")
             lines.pop()
-            if all(len(line) <= self.max_line for line in lines):
-                return lines
+            return lines
         buffer += data
         end = buffer.rfind(b"\n", self._scanned)
         if end < 0:
@@ -64,9 +64,9 @@ class LineFramer:
         lines = bytes(buffer[:end]).split(b"\n")
         del buffer[: end + 1]
         self._scanned = 0
-        for n, line in enumerate(lines):
-            if len(line) > self.max_line:
-                raise LineTooLong(self.max_line, lines[:n])
+        if max(map(len, lines)) > self.max_line:
+            n = next(n for n, line in enumerate(lines) if len(line) > self.max_line)
+            raise LineTooLong(self.max_line, lines[:n])
         if len(buffer) > self.max_line:
             raise LineTooLong(self.max_line, lines)
         return lines
