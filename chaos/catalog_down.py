@@ -60,7 +60,7 @@ def run(lab: Lab) -> Result:
         lab, [], LS_TIMEOUT, "--project", DNS_PROJECT, "--refresh", "1", catalog=catalog.host
     )
     for ts in tss:  # found in the catalog and linked: from now on every name has a home
-        dns.wait_linked(ts, 0)
+        dns.wait_linked(ts)
     writers.wait_for_progress()
     probe = dns.LsClient(ls_port)
     found_in = []

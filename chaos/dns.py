@@ -36,10 +36,15 @@ def _entry(n: int) -> str:
     return f"Host{n}.Chaos.TEST 10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256} A"
 
 
+_KNOWN = re.compile(r"host(0|[1-9][0-9]*)\.chaos\.test")
+
+
 def expected(name: str) -> str:
-    """The one right answer to a query for ``name``."""
-    if name.startswith("host"):
-        return f"{_entry(int(name[4:].split('.')[0]))} IN"
+    """The one right answer to a query for ``name`` (lower case): its table line
+    if it is one of the known names exactly, else a time-out (no TS holds it)."""
+    match = _KNOWN.fullmatch(name)
+    if match and int(match[1]) < NAMES:
+        return f"{_entry(int(match[1]))} IN"
     return f"{name} - TIMED OUT"
 
 
@@ -94,20 +99,24 @@ def _wait_listening(process: Process, port: int, what: str) -> None:
         raise RuntimeError(f"{what} exited: {process.output()[-500:]}")
 
 
-def connections(ts: Process) -> int:
-    """How many connections the TS's log shows (its log is kept across restarts)."""
-    return len(_CONNECTED.findall(ts.output()))
-
-
 _CONNECTED = re.compile(r" connected$", re.M)
+_DISCONNECTED = re.compile(r" disconnected$", re.M)
 
 
-def wait_linked(ts: Process, before: int, timeout: float = 30.0) -> None:
-    """Until an LS has (re)connected to ``ts``: its log shows more connections than
-    ``before``. The LS retries a lost TS after 0.5, 1, 2, 4, ... s."""
-    wait_until(
-        lambda: connections(ts) > before, timeout=timeout, what="the LS to connect to the TS"
-    )
+def linked(ts: Process) -> bool:
+    """Whether someone (the LS) holds a connection to ``ts`` now: since the TS last
+    started, its log shows more connections than disconnections. (Counting
+    connections alone would be fooled by the start-up probe, which connects and
+    leaves at once.)"""
+    output = ts.output()
+    run = output[output.rfind("TS serving") :]
+    return len(_CONNECTED.findall(run)) > len(_DISCONNECTED.findall(run))
+
+
+def wait_linked(ts: Process, timeout: float = 30.0) -> None:
+    """Until an LS is connected to ``ts`` (see ``linked``). The LS retries a lost TS
+    after 0.5, 1, 2, 4, ... s."""
+    wait_until(lambda: linked(ts), timeout=timeout, what="the LS to connect to the TS")
 
 
 @dataclass

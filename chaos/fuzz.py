@@ -160,29 +160,32 @@ def reply_problem(line: bytes) -> str | None:
 
 
 def fuzz_hashtable(port: int, examples: int, seed_: int) -> None:
-    conn = LineConn(port, TIMEOUT)
+    # A connection per example: after a failure its unread replies would be taken
+    # for the next example's, and hypothesis would report that instead.
 
     @_settings(examples)
     @seed(seed_)
     @given(st.lists(request_line, min_size=1, max_size=8))
     def every_line_gets_one_reply(lines: list[bytes]) -> None:
-        conn.send(b"".join(line + b"\n" for line in lines))
-        for line in lines:
-            reply = conn.read_line()
-            problem = reply_problem(reply)
-            assert problem is None, f"{line[:200]!r} -> {reply[:200]!r}: {problem}"
+        with LineConn(port, TIMEOUT) as conn:
+            conn.send(b"".join(line + b"\n" for line in lines))
+            for line in lines:
+                reply = conn.read_line()
+                problem = reply_problem(reply)
+                assert problem is None, f"{line[:200]!r} -> {reply[:200]!r}: {problem}"
 
     @_settings(examples)
     @seed(seed_)
     @given(fuzz_key, storable)
     def what_is_stored_comes_back(key: str, value: object) -> None:
-        insert = orjson.dumps({"method": "insert", "key": key, "value": value})
-        assert orjson.loads(conn.call(insert)) == {"status": "ok", "result": None}
-        for method in ("lookup", "remove"):
-            reply = orjson.loads(conn.call(orjson.dumps({"method": method, "key": key})))
-            assert reply == {"status": "ok", "result": value}, (method, reply)
-        reply = orjson.loads(conn.call(orjson.dumps({"method": "lookup", "key": key})))
-        assert reply["status"] == "failed" and reply["error"] == "KeyError", reply
+        with LineConn(port, TIMEOUT) as conn:
+            insert = orjson.dumps({"method": "insert", "key": key, "value": value})
+            assert orjson.loads(conn.call(insert)) == {"status": "ok", "result": None}
+            for method in ("lookup", "remove"):
+                reply = orjson.loads(conn.call(orjson.dumps({"method": method, "key": key})))
+                assert reply == {"status": "ok", "result": value}, (method, reply)
+            reply = orjson.loads(conn.call(orjson.dumps({"method": "lookup", "key": key})))
+            assert reply["status"] == "failed" and reply["error"] == "KeyError", reply
 
     every_line_gets_one_reply()
     what_is_stored_comes_back()
@@ -335,18 +338,18 @@ def fuzz_ts(port: int, examples: int, seed_: int, index: int) -> None:
         if index in dns.homes(n)
     }
     sentinel_name = next(iter(table))
-    conn = LineConn(port, TIMEOUT)
 
     @_settings(examples)
     @seed(seed_)
     @given(st.lists(ts_line, min_size=1, max_size=12))
     def answers_exactly_its_names(lines: list[bytes]) -> None:
         sentinel = b"99999999999999999999 " + sentinel_name
-        conn.send(b"".join(line + b"\n" for line in [*lines, sentinel]))
-        wanted = [a for a in (ts_answer(line, table) for line in lines) if a is not None]
-        got = []
-        while (line := conn.read_line()) != ts_answer(sentinel, table):
-            got.append(line)
+        with LineConn(port, TIMEOUT) as conn:  # one per example: see fuzz_ls
+            conn.send(b"".join(line + b"\n" for line in [*lines, sentinel]))
+            wanted = [a for a in (ts_answer(line, table) for line in lines) if a is not None]
+            got = []
+            while (line := conn.read_line()) != ts_answer(sentinel, table):
+                got.append(line)
         assert got == wanted
 
     answers_exactly_its_names()
@@ -373,22 +376,24 @@ def ls_answer_problem(name: bytes, answer: bytes) -> str | None:
 
 
 def fuzz_ls(port: int, examples: int, seed_: int) -> None:
-    conn = LineConn(port, TIMEOUT)
     sentinel = dns.known(0).encode()
 
     @_settings(examples)
     @seed(seed_)
     @given(st.lists(ts_line, min_size=1, max_size=12))
     def every_query_gets_its_answer(lines: list[bytes]) -> None:
-        conn.send(b"".join(line + b"\n" for line in [*lines, sentinel]))
-        for line in lines:
-            name = line.strip()
-            if not name:
-                continue  # not a query: no answer
-            answer = conn.read_line()
-            problem = ls_answer_problem(name, answer)
-            assert problem is None, f"{line!r} -> {answer!r}: {problem}"
-        assert conn.read_line() == dns.expected(sentinel.decode()).encode()
+        # A connection per example: after a failure its unread answers would be
+        # taken for the next example's, and hypothesis would report that instead.
+        with LineConn(port, TIMEOUT) as conn:
+            conn.send(b"".join(line + b"\n" for line in [*lines, sentinel]))
+            for line in lines:
+                name = line.strip()
+                if not name:
+                    continue  # not a query: no answer
+                answer = conn.read_line()
+                problem = ls_answer_problem(name, answer)
+                assert problem is None, f"{line!r} -> {answer!r}: {problem}"
+            assert conn.read_line() == dns.expected(sentinel.decode()).encode()
 
     every_query_gets_its_answer()
 

@@ -63,7 +63,7 @@ def run(lab: Lab) -> Result:
     tss = [dns.start_ts(lab, table, f"ts{k}") for k, table in enumerate(tables)]
     ls, ls_port = dns.start_ls(lab, [port for _, port in tss], LS_TIMEOUT)
     for ts, _ in tss:
-        dns.wait_linked(ts, 0)
+        dns.wait_linked(ts)
     attacks.fill_catalog(catalog.port)
     announce(PROBE_RECORD, [("127.0.0.1", catalog.port)])
     quick = lab.quick

@@ -11,11 +11,13 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from chaos import dns
 from chaos.crash import TORN_WARNING
 from chaos.fuzz import ls_answer_problem, reply_problem, ts_answer
 from chaos.lab import Result
@@ -33,7 +35,7 @@ from chaos.report import format_table, percentile
 from chaos.torn import tear_log, torn_record
 from hashtable.database import Database
 from hashtable.request import Request
-from tests.procs import ROOT
+from tests.procs import ROOT, Process, free_port, python_module, wait_until
 
 
 def insert(index: int, key: str, value: object) -> Mutation:
@@ -170,6 +172,35 @@ def test_the_ls_oracle_follows_the_documented_rules():
     assert ls_answer_problem(b"nowhere.test", b"nowhere.test - TIMED OUT") is None
     assert ls_answer_problem(b"a\x01b", b"a\\x01b - ERROR invalid host name: control") is None
     assert ls_answer_problem(b"a\x01b", b"a\x01b - TIMED OUT")
+
+
+@pytest.mark.parametrize(
+    "near_miss",
+    [b"host268.chaos.t", b"host7.chaos.test.", b"host007.chaos.test", b"host300.chaos.test"],
+)
+def test_the_ls_oracle_expects_a_time_out_for_names_no_table_holds(near_miss):
+    # The fuzzer mutates known names; only the exact ones are in the tables.
+    assert ls_answer_problem(near_miss, near_miss + b" - TIMED OUT") is None
+    assert ls_answer_problem(b"host299.chaos.test", b"Host299.Chaos.TEST 10.0.1.43 A IN") is None
+
+
+def test_a_ts_counts_as_linked_only_while_a_connection_stays_open(tmp_path):
+    table = dns.write_tables(tmp_path)[0]
+    port = free_port()
+    ts = Process(
+        python_module("lb.ts", str(port), str(table), "--host", "127.0.0.1"), tmp_path / "ts.log"
+    )
+    try:
+        wait_until(lambda: "TS serving" in ts.output(), timeout=20, what="the TS")
+        socket.create_connection(("127.0.0.1", port)).close()  # like the start-up probe
+        wait_until(lambda: " disconnected" in ts.output(), timeout=10, what="the probe to go")
+        assert not dns.linked(ts)
+        with socket.create_connection(("127.0.0.1", port)):  # like the LS
+            dns.wait_linked(ts, timeout=10)
+            assert dns.linked(ts)
+        wait_until(lambda: not dns.linked(ts), timeout=10, what="the link to close")
+    finally:
+        ts.stop()
 
 
 # ---------------------------------------------------------------- report
