@@ -82,13 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         max_records=args.max_records,
         request_timeout=args.request_timeout,
     )
+    # Handlers before the sockets: a signal that comes once the catalog listens,
+    # before run(), must still stop it through its clean-up path.
+    server: CatalogServer | None = None
+    stop_requested = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        if server is not None:
+            server.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     try:
         server = CatalogServer(config)
     except (OSError, StateDirError) as exc:
         log.error("%s", exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
         return 1
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: server.stop())
+    if stop_requested:
+        server.stop()
     server.run()
     return 0
 

@@ -27,6 +27,7 @@ from chaos.lab import Lab, Result, Server
 from harness.processes import Process, python_script, wait_until
 from hashtable.client import HashTableClient
 from hashtable.storage import LOG, read_log
+from perftest.workload import STAGES as TESTPERF_STAGES
 
 PROJECT = "chaos-moves"
 NEVER_COMPACT = "1000000000"
@@ -34,12 +35,16 @@ RUN_TIMEOUT = 240.0
 # Clients retry after 1, 2, 4 s: a server they cannot find in this long is lost to
 # them (a stale catalog record chosen over the live one, say).
 FIND_TIMEOUT = 20.0
+# TestPerf must outlast the moves, and its length does not grow with them (its
+# stages are timed): a move takes up to ~3.5 s (the pause before it, the restart,
+# the clients' retry). Half as much again for slack.
+MOVE_SECONDS = 3.5
 
 
 def run(lab: Lab) -> Result:
     result = Result("server moves", lost=None)
     moves = 3 if lab.quick else 6
-    stage_seconds = "1" if lab.quick else "2.5"
+    stage_seconds = f"{1.5 * moves * MOVE_SECONDS / len(TESTPERF_STAGES):.2f}"
     catalog = lab.catalog()
     data = lab.path("data")
     extra = ("--compact-after", NEVER_COMPACT)
