@@ -131,6 +131,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time one scan may take over the whole table (default 1)",
     )
     parser.add_argument(
+        "--max-scans",
+        type=positive_int,
+        default=Limits.max_read_jobs,
+        metavar="N",
+        help=f"scans and queries running at once (default {Limits.max_read_jobs}); each may "
+        "hold a snapshot of the table (16 bytes per key), more wait for one to end",
+    )
+    parser.add_argument(
         "--summary-interval",
         type=nonnegative_seconds,
         default=10.0,
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         max_line=args.max_request_bytes,
         max_connections=connection_capacity(args.max_connections, raise_open_file_limit()),
         idle_timeout=args.idle_timeout or None,
+        max_read_jobs=args.max_scans,
     )
     try:
         database = Database(

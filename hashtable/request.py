@@ -14,6 +14,8 @@ from typing import Any
 # Methods that change the table: logged, made durable, and deduplicated when retried.
 MUTATIONS = frozenset({"insert", "remove"})
 READS = frozenset({"lookup", "scan", "size", "query"})
+# Reads that visit every key: run a slice at a time over a snapshot of the table.
+WHOLE_TABLE_READS = frozenset({"scan", "query"})
 METHODS = MUTATIONS | READS
 
 

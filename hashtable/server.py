@@ -28,13 +28,14 @@ import resource
 import selectors
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from catalog.client import Announcer, Catalog
 from hashtable.protocol import encode_reply, parse_request
-from hashtable.request import MUTATIONS, Outcome, Request
+from hashtable.request import MUTATIONS, WHOLE_TABLE_READS, Outcome, Request
 from hashtable.table import ReadJob
 from netkit.accepting import Acceptor
 from netkit.connection import DEFAULT_HIGH_WATER, Closed, Connection
@@ -79,6 +80,9 @@ class Limits:
     max_connections: int = 10_000
     request_timeout: float = 60.0  # a partial request or unread replies making no progress
     idle_timeout: float | None = 3600.0  # a connection with nothing going on
+    # Scans and queries under way at once; each may hold a snapshot of the table
+    # (jobs started between two writes share one). More wait for one to end.
+    max_read_jobs: int = 8
 
 
 class _Peer:
@@ -96,6 +100,7 @@ class _Peer:
         "next",
         "out_seen",
         "out_since",
+        "parked",
         "replies",
         "served",
         "shut",
@@ -107,6 +112,7 @@ class _Peer:
         self.lines: list[bytes] = []  # request lines read and not yet executed
         self.next = 0  # index of the next line to execute
         self.job: ReadJob | None = None  # a scan or query under way; later lines wait for it
+        self.parked = False  # its next line is a scan or query waiting for a free job slot
         self.replies = bytearray()  # this turn's replies, sent after the commit
         self.mask = 0  # selector events registered
         self.served = 0
@@ -120,6 +126,10 @@ class _Peer:
     @property
     def has_work(self) -> bool:
         return self.job is not None or self.next < len(self.lines)
+
+    @property
+    def runnable(self) -> bool:
+        return self.has_work and not self.parked
 
 
 class Server:
@@ -145,6 +155,7 @@ class Server:
         self.db = database
         self.listener = listener
         self.limits = limits
+        self._max_jobs = limits.max_read_jobs
         self.port: int = listener.getsockname()[1]
         self.clock = clock
         self.started = clock()
@@ -154,6 +165,8 @@ class Server:
         self.requests = 0
         self._peers: set[_Peer] = set()
         self._busy: dict[_Peer, None] = {}  # peers with lines to execute, in arrival order
+        self._jobs = 0  # scans and queries under way
+        self._parked: deque[_Peer] = deque()  # waiting for one of them to end, oldest first
         self._turn_replies: list[_Peer] = []
         self._recent: dict[str, int] = {}  # requests per client since the last summary
         self._refused = 0
@@ -339,6 +352,9 @@ class Server:
             return
         self._peers.discard(peer)
         self._busy.pop(peer, None)
+        if peer.job is not None:
+            peer.job = None
+            self._job_ended()
         if peer.mask:
             self.selector.unregister(peer.conn.sock)
         peer.conn.close()
@@ -367,7 +383,7 @@ class Server:
         """Sets what to wait for on ``peer``, and whether it may execute, after
         its output changed."""
         conn = peer.conn
-        if peer.has_work and not conn.backlogged:
+        if peer.runnable and not conn.backlogged:
             self._busy[peer] = None
         else:
             self._busy.pop(peer, None)
@@ -394,6 +410,7 @@ class Server:
         slice goes on in the next turn, before the peer's next line."""
         lines, i, end = peer.lines, peer.next, len(peer.lines)
         start, replies = self.db.start, peer.replies
+        parked = False
         if not replies:
             # Listed even if a job yields no reply yet: sending updates its interest,
             # which stops reading its next lines while the job runs.
@@ -409,9 +426,12 @@ class Server:
                 if i == end:
                     break
                 line = lines[i]
-                i += 1
                 request = parse_request(line)
                 if type(request) is Request:
+                    if request.method in WHOLE_TABLE_READS and self._jobs >= self._max_jobs:
+                        parked = True  # this line waits (unread) for a job to end
+                        break
+                    i += 1
                     try:
                         outcome = start(request)
                     except Exception:
@@ -421,13 +441,16 @@ class Server:
                         outcome = _SERVER_ERROR
                     if type(outcome) is ReadJob:
                         job = outcome
+                        self._jobs += 1
                 else:
+                    i += 1
                     outcome = request
             if job is not None:
                 outcome = self._step(peer, job, deadline)
                 if outcome is None:
                     break  # its slice is used; the job goes on next turn
                 job = None
+                self._job_ended()
             reply = encode_reply(outcome)
             if self._debug:
                 log.debug("%s: %.200r -> %.200r", peer.name, line, reply)
@@ -440,12 +463,27 @@ class Server:
         peer.served += done
         self.requests += done
         self._recent[peer.name] = self._recent.get(peer.name, 0) + done
-        if i < end:
+        if parked:
+            peer.next = i
+            peer.parked = True
+            self._parked.append(peer)
+            del self._busy[peer]
+        elif i < end:
             peer.next = i  # the rest waits for the next turn (or for the output to drain)
         else:
             peer.lines, peer.next = [], 0
             if job is None:
                 del self._busy[peer]
+
+    def _job_ended(self) -> None:
+        """A scan or query ended: the longest-waiting parked peer may start its own."""
+        self._jobs -= 1
+        while self._parked:
+            peer = self._parked.popleft()
+            if peer in self._peers and peer.parked:
+                peer.parked = False
+                self._update_interest(peer)
+                return
 
     def _step(self, peer: _Peer, job: ReadJob, deadline: float) -> Outcome | None:
         try:

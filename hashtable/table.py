@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -61,15 +62,23 @@ def _same_json(stored: Any, wanted: Any) -> bool:
 
 
 class Table:
-    """The key-value dict and the operations of the protocol on it."""
+    """The key-value dict and the operations of the protocol on it.
 
-    __slots__ = ("data",)
+    Change it through ``insert`` and ``remove`` only: they count the changes, and
+    reads that visit the whole table share one snapshot until the next change.
+    """
+
+    __slots__ = ("_changes", "_snapshot", "data")
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self.data: dict[str, Any] = {} if data is None else data
+        self._changes = 0
+        # The latest snapshot, while a read job still holds it (weak: not kept for nobody).
+        self._snapshot: tuple[int, weakref.ref[Snapshot]] | None = None
 
     def insert(self, key: str, value: Any) -> Outcome:
         self.data[key] = value
+        self._changes += 1
         return OK_NONE
 
     def lookup(self, key: str) -> Outcome:
@@ -80,9 +89,22 @@ class Table:
 
     def remove(self, key: str) -> Outcome:
         try:
-            return Outcome.ok(self.data.pop(key))
+            value = self.data.pop(key)
         except KeyError:
             return _missing(key)
+        self._changes += 1
+        return Outcome.ok(value)
+
+    def snapshot(self) -> Snapshot:
+        """The table as of now, shared with every job that started since the last change."""
+        if self._snapshot is not None:
+            changes, ref = self._snapshot
+            snapshot = ref()
+            if snapshot is not None and changes == self._changes:
+                return snapshot
+        snapshot = Snapshot(self.data)
+        self._snapshot = (self._changes, weakref.ref(snapshot))
+        return snapshot
 
     def size(self) -> Outcome:
         return Outcome.ok(len(self.data))
@@ -110,7 +132,11 @@ class Table:
             return search(key, timeout=timeout) is not None
 
         return ReadJob(
-            self.data, matches, slow="scan stopped: the regex", budget=budget, key_limit=key_limit
+            self.snapshot(),
+            matches,
+            slow="scan stopped: the regex",
+            budget=budget,
+            key_limit=key_limit,
         )
 
     def query(self, subkey: str, subvalue: Any) -> ReadJob:
@@ -120,7 +146,26 @@ class Table:
         def matches(key: str, value: Any, timeout: float) -> bool:
             return type(value) is dict and subkey in value and _same_json(value[subkey], subvalue)
 
-        return ReadJob(self.data, matches, slow="query")
+        return ReadJob(self.snapshot(), matches, slow="query")
+
+
+class Snapshot:
+    """A table's keys and values as of one moment, for the reads that visit them all.
+
+    Two C-level copies, aligned because nothing runs in between: about 30 ms for
+    a million keys, where ``list(data.items())`` allocates a tuple per key and
+    takes 20 times as long (bench/scan_bench.py). Values are replaced by
+    inserts, never changed in place, so the lists keep the table as of now.
+    """
+
+    __slots__ = ("__weakref__", "keys", "values")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.keys = list(data)
+        self.values = list(data.values())
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class ReadJob:
@@ -135,23 +180,28 @@ class ReadJob:
     too long.
     """
 
-    __slots__ = ("_budget", "_found", "_items", "_key_limit", "_slow", "_spent", "_test")
+    __slots__ = (
+        "_budget",
+        "_found",
+        "_items",
+        "_key_limit",
+        "_slow",
+        "_spent",
+        "_test",
+        "snapshot",
+    )
 
     def __init__(
         self,
-        data: dict[str, Any],
+        snapshot: Snapshot,
         test: Callable[[str, Any, float], bool],
         *,
         slow: str,
         budget: float = math.inf,
         key_limit: float = math.inf,
     ) -> None:
-        # Two C-level copies, aligned because nothing runs in between: about 30 ms
-        # for a million keys, where list(data.items()) allocates a tuple per key
-        # and takes 20 times as long (bench/scan_bench.py).
-        # Values are replaced by inserts, never changed in place, so the lists
-        # keep the table as of now.
-        self._items = zip(list(data), list(data.values()), strict=True)
+        self.snapshot = snapshot  # held while the job runs: jobs started meanwhile share it
+        self._items = zip(snapshot.keys, snapshot.values, strict=True)
         self._test = test
         self._slow = slow
         self._budget = budget

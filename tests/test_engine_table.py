@@ -244,3 +244,20 @@ def test_the_course_module_works_as_its_docstring_says(tmp_path):
         table.commit()
     with HashTable.Database(tmp_path / "alice-data") as table:
         assert table.execute(HashTable.Request("lookup", key="zebra")).result == {"weight": 100}
+
+
+def test_read_jobs_share_a_snapshot_until_the_table_changes():
+    table = Table({f"k{n}": n for n in range(10)})
+    first, second = table.scan("k", budget=1.0), table.query("n", 1)
+    assert first.snapshot is second.snapshot  # one copy of the table for both
+    table.remove("missing")  # no change
+    assert table.scan("k", budget=1.0).snapshot is first.snapshot
+    table.insert("k99", 99)
+    third = table.scan("k", budget=1.0)
+    assert third.snapshot is not first.snapshot and len(third.snapshot) == 11
+    assert len(first.run().result) == 10 and len(third.run().result) == 11
+    del first, second, third
+    fresh = table.scan("k", budget=1.0)  # nobody held the last one: taken anew
+    assert len(fresh.snapshot) == 11
+    table.remove("k99")
+    assert len(table.scan("k", budget=1.0).snapshot) == 10

@@ -67,23 +67,25 @@ def server(db):
 
 def turns_until(server: Server, condition, limit: int = 200) -> int:
     for n in range(1, limit + 1):
-        server.turn(0.05)
+        server.turn(0.0 if server._busy else 0.05)  # as serve() would: no wait with work to do
         if condition():
             return n
     raise AssertionError("condition not reached")
 
 
 def readable(sock: socket.socket) -> bool:
+    timeout = sock.gettimeout()  # restored after: a later recv must not wait forever
     sock.setblocking(False)
     try:
         return bool(sock.recv(1, socket.MSG_PEEK))
     except BlockingIOError:
         return False
     finally:
-        sock.setblocking(True)
+        sock.settimeout(timeout)
 
 
 def at_eof(sock: socket.socket) -> bool:
+    timeout = sock.gettimeout()
     sock.setblocking(False)
     try:
         return sock.recv(1, socket.MSG_PEEK) == b""
@@ -92,7 +94,7 @@ def at_eof(sock: socket.socket) -> bool:
     except ConnectionResetError:
         return True
     finally:
-        sock.setblocking(True)
+        sock.settimeout(timeout)
 
 
 def accept_all(server: Server, clients: list[Wire]) -> None:
@@ -344,6 +346,8 @@ def test_a_long_scan_runs_in_slices_with_other_clients_served_between(server, db
         scan = scanner.reply()
         # The table as of the scan's start: k7 still there, k0000007 not yet.
         assert sorted(scan["result"]) == sorted([f"k{n}", n] for n in range(7, 100_000, 10))
+        # The size runs in the same turn if the scan's last slice left time, else in the next.
+        turns_until(server, lambda: scanner.lines or readable(scanner.sock))
         assert scanner.reply() == {"status": "ok", "result": 100_000}
 
 
@@ -364,3 +368,68 @@ def test_catastrophic_scans_end_at_the_key_limit_and_others_are_served_meanwhile
             reply = evil.reply()
             assert reply["status"] == "invalid"
             assert "longer than 0.05 s on one key" in reply["message"]
+
+
+def test_scans_past_the_limit_wait_for_a_free_slot_while_others_are_served(db, monkeypatch):
+    import hashtable.server
+
+    monkeypatch.setattr(hashtable.server, "TURN_SLICE", 0.0)  # one key per turn: long scans
+    for n in range(40):
+        db.execute(Request("insert", key=f"k{n}", value=n))
+    db.commit()
+    server = make_server(db, max_read_jobs=1)
+    try:
+        with Wire(server.port) as first, Wire(server.port) as second, Wire(server.port) as other:
+            accept_all(server, [first, second, other])
+            first.send({"method": "scan", "regex": "^k"})
+            turns_until(server, lambda: peer_of(server, first).job is not None)
+            second.send({"method": "query", "subkey": "n", "subvalue": 1}, {"method": "size"})
+            turns_until(server, lambda: peer_of(server, second).parked)
+            assert peer_of(server, second).job is None and server._jobs == 1
+            # A parked client's requests wait; everyone else is served.
+            other.send({"method": "lookup", "key": "k3"})
+            turns_until(server, lambda: readable(other.sock))
+            assert other.reply() == {"status": "ok", "result": 3}
+            assert not readable(first.sock) and not readable(second.sock)
+            most = 0
+            for _ in range(400):
+                server.turn(0.0 if server._busy else 0.05)
+                most = max(most, server._jobs)
+                if readable(second.sock):
+                    break
+            assert most == 1  # never two at once
+            assert sorted(first.reply()["result"]) == sorted([f"k{n}", n] for n in range(40))
+            assert second.reply() == {"status": "ok", "result": []}  # values are not objects
+            turns_until(server, lambda: readable(second.sock))
+            assert second.reply() == {"status": "ok", "result": 40}
+            assert server._jobs == 0 and not server._parked
+    finally:
+        server.close()
+
+
+def test_a_client_that_leaves_while_parked_holds_nobody_up(db, monkeypatch):
+    import hashtable.server
+
+    monkeypatch.setattr(hashtable.server, "TURN_SLICE", 0.0)
+    for n in range(20):
+        db.execute(Request("insert", key=f"k{n}", value=n))
+    db.commit()
+    server = make_server(db, max_read_jobs=1)
+    try:
+        with Wire(server.port) as first, Wire(server.port) as third:
+            second = Wire(server.port)
+            accept_all(server, [first, second, third])
+            first.send({"method": "scan", "regex": "k"})
+            turns_until(server, lambda: peer_of(server, first).job is not None)
+            second.send({"method": "scan", "regex": "k"})
+            turns_until(server, lambda: peer_of(server, second).parked)
+            second.sock.close()  # leaves while parked: noticed once its turn comes
+            third.send({"method": "scan", "regex": "k1"})
+            turns_until(server, lambda: peer_of(server, third).parked)
+            turns_until(server, lambda: readable(third.sock))
+            assert len(first.reply()["result"]) == 20
+            assert len(third.reply()["result"]) == 11  # k1, k10..k19
+            turns_until(server, lambda: len(server._peers) == 2)
+            assert server._jobs == 0 and not server._parked
+    finally:
+        server.close()
