@@ -363,7 +363,7 @@ class Log:
         self.last_sync = time.monotonic()
         self._fd, self._end = self._open()
         self._allocated = self._end
-        self._preallocating = True
+        self._preallocating = True  # until the file system cannot, or the disk is full
 
     def _open(self) -> tuple[int, int]:
         """The file's descriptor, and where its records end."""
@@ -410,6 +410,7 @@ class Log:
             raise StorageFailure(f"cannot rotate {self.path}: {error}") from error
         self._fd, self._end = self._open()
         self._allocated = self._end
+        self._preallocating = True  # a new file: maybe there is room again
 
     def drop_old(self) -> None:
         try:
@@ -427,9 +428,11 @@ class Log:
         """Writes what is buffered, cuts the preallocated tail, and syncs (unless sync no)."""
         self._write_pending()
         try:
-            if self._allocated > self._end:
+            # fstat, not _allocated: a preallocation that failed half-way may have
+            # grown the file all the same.
+            if os.fstat(self._fd).st_size > self._end:
                 os.ftruncate(self._fd, self._end)
-                self._allocated = self._end
+            self._allocated = self._end
         except OSError as error:
             raise StorageFailure(f"cannot truncate {self.path}: {error}") from error
         if self.sync != "no":
@@ -453,9 +456,18 @@ class Log:
         try:
             os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
         except OSError as error:
-            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise  # ENOSPC, EIO, ...: the disk is full or failing
-            self._preallocating = False  # this file system cannot: plain appends it is
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Preallocation only makes syncs cheaper: the records may still fit,
+                # and if they do not, the write itself fails.
+                log.warning(
+                    "%s: no room to preallocate %d bytes ahead (%s); writing without",
+                    self.path,
+                    size - self._allocated,
+                    error.strerror,
+                )
+            elif error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise  # EIO, ...: the disk is failing
+            self._preallocating = False  # plain appends it is, until the next log file
             return
         self._allocated = size
 

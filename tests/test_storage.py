@@ -203,6 +203,22 @@ def test_without_preallocation_the_log_appends_as_usual(data, monkeypatch):
     assert len(recovered(data)) == 4
 
 
+def test_a_full_disk_stops_the_preallocation_not_the_writes(data, monkeypatch, caplog):
+    real = os.posix_fallocate
+
+    def half_then_full(fd, offset, length):  # grows the file part of the way, then fails
+        real(fd, offset, length // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "posix_fallocate", half_then_full)
+    with Database(data) as db:
+        insert_many(db, 4)
+        insert_many(db, 4, prefix="more")
+    assert "no room to preallocate" in caplog.text
+    assert len(recovered(data)) == 8
+    assert b"\0" not in (data / "table.txn").read_bytes()  # the half-grown tail cut at close
+
+
 def corrupt_line(path: Path, number: int, replacement: bytes | None) -> None:
     lines = path.read_bytes().splitlines(keepends=True)
     if replacement is None:
