@@ -24,7 +24,7 @@ from lb.cli import add_logging_options, start_program
 from lb.discovery import CatalogWatcher, Endpoint
 from lb.netio import forget, open_listener, peer_name, set_interest
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
-from lb.tslink import CONNECTING, DOWN, UP, TsLink
+from lb.tslink import CONNECTING, DOWN, RESOLVING, UP, TsLink
 from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
@@ -265,7 +265,7 @@ class LoadBalancer:
                 continue
             if link.state == CONNECTING:
                 self._link_down(link, now, "connect timed out")
-            elif link.state == DOWN:
+            elif link.state in (DOWN, RESOLVING):
                 link.connect(now)
                 if link.state == CONNECTING:
                     self._sync_link(link)

@@ -6,6 +6,9 @@ import contextlib
 import errno
 import logging
 import socket
+import threading
+from concurrent.futures import Future
+from typing import Any
 
 from lb.protocol import MAX_ANSWER_LINE
 from netkit.backoff import Backoff
@@ -23,13 +26,18 @@ RETRY_CAP = 10.0
 # a TS that wakes up should not first chew through a backlog of dead queries.
 SEND_HIGH_WATER = 256 * 1024
 
-DOWN, CONNECTING, UP = "down", "connecting", "up"
+# A TS given by name is looked up in a thread, so that a slow or dead DNS server
+# never holds the event loop; the loop looks at the lookup this often meanwhile.
+LOOKUP_POLL = 0.005
+
+DOWN, RESOLVING, CONNECTING, UP = "down", "resolving", "connecting", "up"
 
 
 class TsLink:
     """A TS's address and the state of the connection to it.
 
-    ``down`` (waiting until ``due`` to try again), ``connecting`` (a
+    ``down`` (waiting until ``due`` to try again), ``resolving`` (its name being
+    looked up in a thread; ``connect`` again at ``due`` to see), ``connecting`` (a
     non-blocking connect in flight, given up at ``due``), or ``up`` (``conn`` is
     a ``Connection``). The event loop selects on ``sock`` and calls
     ``connect``, ``finish_connect`` or ``fail``; the link keeps its own schedule.
@@ -48,23 +56,30 @@ class TsLink:
         self.attempts = 0
         # Set while queries are being dropped for a TS that does not read them.
         self.dropping = False
+        self._lookup: Future[list[Any]] | None = None
+        self._lookup_deadline = 0.0
 
     def __str__(self) -> str:
         return self.name
 
     def connect(self, now: float) -> None:
-        """Starts connecting; on an immediate failure the link is down again."""
+        """Starts connecting, or goes on looking the name up; on an immediate
+        failure the link is down again."""
         try:
-            # The addresses are looked up at each attempt (a TS may move), and
-            # tried in turn, one per attempt, so that a name with an IPv6 and an
+            infos = self._addresses(now)
+        except OSError as exc:
+            self.fail(now, f"cannot resolve: {exc.strerror or exc}")
+            return
+        if infos is None:
+            return  # still looking the name up
+        try:
+            # Tried in turn, one per attempt, so that a name with an IPv6 and an
             # IPv4 address reaches a TS that listens on only one of them.
-            # Looking up an IP address, or a name in /etc/hosts, does not block.
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
             family, kind, proto, _, address = infos[self.attempts % len(infos)]
             self.attempts += 1
             sock = socket.socket(family, kind, proto)
         except OSError as exc:
-            self.fail(now, f"cannot resolve: {exc.strerror or exc}")
+            self.fail(now, f"cannot connect: {exc.strerror or exc}")
             return
         sock.setblocking(False)
         code = sock.connect_ex(address)
@@ -75,6 +90,26 @@ class TsLink:
         self.sock = sock
         self.state = CONNECTING
         self.due = now + self.connect_timeout
+
+    def _addresses(self, now: float) -> list[Any] | None:
+        """The TS's addresses, looked up at each attempt (a TS may move): at once
+        for an IP address, in a thread for a name (None while it runs)."""
+        if self._lookup is None:
+            with contextlib.suppress(socket.gaierror):
+                return socket.getaddrinfo(
+                    self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+                )
+            self._lookup = _look_up(self.host, self.port)
+            self._lookup_deadline = now + self.connect_timeout
+        if not self._lookup.done():
+            if now >= self._lookup_deadline:
+                self._lookup = None  # its thread ends on its own; the answer is dropped
+                raise TimeoutError(f"no answer in {self.connect_timeout:g} s")
+            self.state = RESOLVING
+            self.due = now + LOOKUP_POLL
+            return None
+        lookup, self._lookup = self._lookup, None
+        return lookup.result()  # or raises the lookup's error (an OSError)
 
     def finish_connect(self) -> str | None:
         """Called when the connecting socket is writable: None if the connection
@@ -104,6 +139,7 @@ class TsLink:
     def close(self) -> None:
         """Closes the connection; the link stays down until ``connect`` is called."""
         self.state = DOWN
+        self._lookup = None
         if self.conn is not None:
             self.conn.close()
         elif self.sock is not None:
@@ -111,3 +147,18 @@ class TsLink:
                 self.sock.close()
         self.conn = None
         self.sock = None
+
+
+def _look_up(host: str, port: int) -> Future[list[Any]]:
+    """``getaddrinfo`` in a thread of its own. A daemon thread, not a pool's: a
+    lookup stuck on a dead DNS server must not hold up the LS's exit."""
+    future: Future[list[Any]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the loop, which logs it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"lookup {host}", daemon=True).start()
+    return future

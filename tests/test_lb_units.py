@@ -3,6 +3,9 @@ and the LS's balancer (matching, ordering, time-outs)."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +23,7 @@ from lb.protocol import (
 )
 from lb.table import DnsTable, TableError, load_table
 from lb.ts import reply
+from lb.tslink import CONNECTING, DOWN, LOOKUP_POLL, RESOLVING, TsLink
 from tests.procs import free_port
 
 SAMPLE_TS2 = b"www.princeton.edu 128.1.1.4 A\nGOOGLE.com 46.1.3.7 A\n"
@@ -344,3 +348,63 @@ def test_every_query_gets_one_right_answer_in_order(names, events) -> None:
     assert len(received) == len(names)
     for name, line in zip(names, received, strict=True):
         assert line in (known.get(name), name + b" - TIMED OUT")
+
+
+# ---------------------------------------------------------------- TS links
+
+
+def _link_until(link: TsLink, states: set[str], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while link.state not in states:
+        assert time.monotonic() < deadline, f"link stuck in {link.state}"
+        time.sleep(LOOKUP_POLL)
+        link.connect(time.monotonic())
+
+
+def test_a_ts_given_by_ip_address_is_connected_at_once() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        link = TsLink("127.0.0.1", listener.getsockname()[1], connect_timeout=5.0)
+        link.connect(time.monotonic())
+        assert link.state == CONNECTING
+        link.close()
+
+
+def test_a_ts_name_is_looked_up_off_the_loop(monkeypatch) -> None:
+    # No DNS server here: a lookup that takes 0.3 s stands in for a slow one.
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        if kwargs.get("flags", 0) & socket.AI_NUMERICHOST:
+            return real(host, *args, **kwargs)
+        time.sleep(0.3)
+        return real("127.0.0.1", *args, **kwargs)  # the name "resolves" to loopback
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        link = TsLink("ts.example", listener.getsockname()[1], connect_timeout=5.0)
+        started = time.monotonic()
+        link.connect(started)
+        assert time.monotonic() - started < 0.1  # the loop was not held
+        assert link.state == RESOLVING and link.due <= started + 2 * LOOKUP_POLL
+        _link_until(link, {CONNECTING, DOWN})
+        assert link.state == CONNECTING  # connecting to the address the lookup gave
+        link.close()
+
+
+def test_a_lookup_that_never_answers_fails_the_attempt_at_the_connect_timeout(
+    monkeypatch, caplog
+) -> None:
+    real = socket.getaddrinfo
+
+    def stuck(host, *args, **kwargs):
+        if kwargs.get("flags", 0) & socket.AI_NUMERICHOST:
+            return real(host, *args, **kwargs)
+        time.sleep(3)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    link = TsLink("ts.example", 9, connect_timeout=0.2)
+    link.connect(time.monotonic())
+    _link_until(link, {DOWN})
+    assert "cannot resolve: no answer in 0.2 s" in caplog.text
+    assert link.due > time.monotonic()  # the next attempt is backed off
