@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from chaos.wire import LineConn
 from harness.services import listening_port
-from netkit.framing import LineFramer
 from tests.procs import Process, free_port, python_script, wait_until
 
 
@@ -46,27 +45,21 @@ def start_server(
     return ServerHandle(process, found, data_dir, project)
 
 
-class Wire:
-    """A raw protocol connection: send JSON (or bytes) lines, read reply objects."""
+class Wire(LineConn):
+    """A raw protocol connection speaking the hash table's JSON: send JSON (or
+    bytes) lines, read reply objects. The line I/O is chaos.wire's."""
 
     def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.framer = LineFramer(1 << 30)
-        self.lines: list[bytes] = []
+        super().__init__(port, timeout, max_line=1 << 30)
 
     def send(self, *messages: Any) -> None:
         data = b"".join(m if isinstance(m, bytes) else orjson.dumps(m) + b"\n" for m in messages)
-        self.sock.sendall(data)
+        super().send(data)
 
     def reply(self) -> dict[str, Any]:
-        while not self.lines:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            self.lines.extend(self.framer.feed(data))
-        return orjson.loads(self.lines.pop(0))
+        return orjson.loads(self.read_line())
 
-    def call(self, message: Any) -> dict[str, Any]:
+    def call(self, message: Any) -> dict[str, Any]:  # type: ignore[override]  # JSON in, JSON out
         self.send(message)
         return self.reply()
 
@@ -78,12 +71,3 @@ class Wire:
         except ConnectionResetError:
             pass
         return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Wire:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
