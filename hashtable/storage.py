@@ -425,17 +425,18 @@ class Log:
             os.close(self._fd)
 
     def _finish(self) -> None:
-        """Writes what is buffered, cuts the preallocated tail, and syncs (unless sync no)."""
+        """Writes what is buffered, syncs what is not yet synced, cuts the preallocated tail."""
         self._write_pending()
         try:
             # fstat, not _allocated: a preallocation that failed half-way may have
-            # grown the file all the same.
+            # grown the file all the same. The cut needs no sync of its own: if a
+            # crash undoes it, the zeros are read as the end of the records.
             if os.fstat(self._fd).st_size > self._end:
                 os.ftruncate(self._fd, self._end)
             self._allocated = self._end
         except OSError as error:
             raise StorageFailure(f"cannot truncate {self.path}: {error}") from error
-        if self.sync != "no":
+        if self.dirty:
             self._sync()
 
     def _write_pending(self) -> None:
