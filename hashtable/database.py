@@ -115,11 +115,8 @@ class Database:
         return handler(request)
 
     def _lookup(self, request: Request) -> Outcome:
-        key = request.key
-        if type(key) is str:  # what the protocol delivers: the checks below are for other callers
-            return self.table.lookup(key)
         problem = check_arguments(request)
-        return Outcome.invalid(problem) if problem else self.table.lookup(key)  # type: ignore[arg-type]
+        return Outcome.invalid(problem) if problem else self.table.lookup(request.key)
 
     def _scan(self, request: Request) -> Outcome | ReadJob:
         problem = check_arguments(request)
