@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from herd.server import HerdServer
 
 HIGH_WATER = 256 * 1024
+LINGER = 5.0
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -39,6 +40,8 @@ class ClientProtocol(asyncio.Protocol):
         self._paused = False
         self._last_active = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # after an over-long line: read and drop until EOF
+        self._overlong = self._eof = False
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -58,23 +61,30 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_active = time.monotonic()
+        if self._discarding:
+            return
         try:
             lines = self.framer.feed(data)
         except LineTooLong as error:
             self._lines.extend(error.lines)
             self._lines.append(None)  # type: ignore[arg-type]  # marks the over-long line
+            self._overlong = True
             self._closing = True
-            self.transport.pause_reading()
         else:
             self._lines.extend(lines)
         self._process()
 
     def eof_received(self) -> bool:
+        self._eof = True
+        if self._discarding:
+            self.transport.close()
+            return True
         # A last line without its newline still counts.
         if self.framer.pending:
             try:
                 self._lines.extend(self.framer.feed(b"\n"))
-            except LineTooLong:
+            except LineTooLong as error:
+                self._lines.extend(error.lines)
                 self._lines.append(None)  # type: ignore[arg-type]
         self._closing = True
         self._process()
@@ -118,7 +128,21 @@ class ClientProtocol(asyncio.Protocol):
         if replies:
             transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
         if self._closing and not self._lines and self._waiting is None:
+            self._close_gently()
+
+    def _close_gently(self) -> None:
+        """Closes once the replies are out. Unread input would make the kernel reset
+        the connection and drop those replies, so a client still sending (after an
+        over-long line) is read and ignored until its EOF, for a few seconds at most."""
+        transport = self.transport
+        if not self._overlong or self._eof:
             transport.close()
+            return
+        self._discarding = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     def _reply_ready(self, future: asyncio.Future[bytes]) -> None:
         self._waiting = None

@@ -129,6 +129,7 @@ class PeerConnection(asyncio.Protocol):
                 server.changed(location)
         ack = link.ack_line()
         if ack is not None:
+            server.commit_now()
             self._send(ack)
         server.acks_changed()
 

@@ -223,8 +223,15 @@ class HerdServer:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def commit_now(self) -> None:
+        """Commits what is buffered now: a neighbour's ACK must promise stored locations."""
+        if self.durable is not None and self.durable.needs_commit:
+            self._commit()
+
     def _commit(self) -> None:
         self._commit_scheduled = False
+        if self.failed is not None:
+            return
         try:
             self.durable.commit()
         except Exception as error:  # storage failed: acknowledging more would be a lie
