@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import re
+import signal
 import threading
+import time
 
 import pytest
 
@@ -92,19 +95,39 @@ def test_a_restarted_server_catches_up_and_a_cut_off_one_too(herd):
     )
 
 
-def test_a_link_that_drops_and_returns_resumes_where_it_left_off(herd):
-    for i in range(50):
-        ask(herd.port("Holiday"), f"IAMAT before{i} +3+3 {i}\n")
-    wait_until(lambda: knows(herd, "Welsh", "before49"), what="the first flood")
-    herd.kill("Welsh")
-    for i in range(5):
-        ask(herd.port("Holiday"), f"IAMAT during{i} +3+3 {i}\n")
-    herd.start("Welsh")
-    herd.wait_links()
-    wait_until(lambda: knows(herd, "Welsh", "during4"), what="catch-up")
-    # Holiday resumed from Welsh's cursor? No: Welsh restarted (a new epoch) and was sent
-    # the whole table; a live link that merely drops resumes (tests/test_herd_units.py).
-    assert knows(herd, "Welsh", "before0")
+def test_a_frozen_neighbour_slows_nobody_and_its_link_resumes_where_it_left_off(tmp_path):
+    herd = Herd(tmp_path, *FAST, "--ping-interval", "0.2", "--peer-timeout", "1",
+                "--handshake-timeout", "1")  # fmt: skip
+    try:
+        herd.start()
+        herd.wait_links()
+        for i in range(50):
+            ask(herd.port("Holiday"), f"IAMAT before{i} +3+3 {i}\n")
+        wait_until(lambda: knows(herd, "Welsh", "before49"), what="the first flood")
+        welsh = herd.processes["Welsh"]
+        welsh.signal(signal.SIGSTOP)  # connected but silent: the link stays up for a while
+        try:
+            started = time.monotonic()
+            for i in range(20):
+                ask(herd.port("Holiday"), f"IAMAT during{i} +3+3 {i}\n")
+            # At most one ack timeout (0.2 s) is spent waiting for Welsh, not 20.
+            assert time.monotonic() - started < 2.0
+            wait_until(lambda: "Welsh" not in herd.links_up("Holiday"), what="Welsh dropped")
+            for i in range(10):  # missed for sure: no link to carry them
+                ask(herd.port("Holiday"), f"IAMAT gap{i} +3+3 {i}\n")
+        finally:
+            welsh.signal(signal.SIGCONT)
+        herd.wait_links()
+        wait_until(lambda: knows(herd, "Welsh", "gap9"), what="Welsh to catch up")
+        assert knows(herd, "Welsh", "during19")
+        resumed = [
+            line for line in herd.log_file("Holiday").read_text().splitlines()
+            if "link to Welsh up" in line
+        ][-1]
+        after, total = re.search(r"sending changes after (\d+) of (\d+)", resumed).groups()
+        assert 50 <= int(after) <= int(total) - 10  # only what Welsh missed, not the whole table
+    finally:
+        herd.stop()
 
 
 def test_simultaneous_updates_converge_on_the_newest_by_client_time(herd):
