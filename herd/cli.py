@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def setup_logs(name: str, log_file: Path, verbose: int, quiet: bool) -> None:
-    """Everything to the server's log file; to standard error, all but the line traffic."""
+    """Events to the server's log file and standard error (the traffic: herd.traffic)."""
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(
         logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -83,7 +83,6 @@ def setup_logs(name: str, log_file: Path, verbose: int, quiet: bool) -> None:
             f"%(asctime)s.%(msecs)03d {name} %(levelname)s %(message)s", datefmt="%H:%M:%S"
         )
     )
-    stderr.addFilter(lambda record: not record.name.startswith("herd.io"))
     stderr.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -148,7 +147,8 @@ async def run(args, config: HerdConfig, places, durable, catalogs) -> int:
         backoff_initial=args.backoff_initial,
         backoff_cap=max(args.backoff_cap, args.backoff_initial),
     )
-    server = HerdServer(args.name, config, options, places, durable)
+    log_file = args.log_file or Path(f"{args.name}.log")
+    server = HerdServer(args.name, config, options, places, durable, log_file=log_file)
     discovery = None
     if catalogs is not None:
         discovery = Discovery(config.herd, args.name, catalogs, server.status,
@@ -197,6 +197,7 @@ async def run(args, config: HerdConfig, places, durable, catalogs) -> int:
         close = getattr(getattr(places, "__self__", None), "close", None)
         if close is not None and asyncio.iscoroutinefunction(close):
             await close()
+    server.io_log.close()
     if server.failed is not None:
         return 1
     log.info("%s stopped", args.name)

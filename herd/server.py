@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,6 +35,7 @@ from herd.messages import (
     whatsat_reply,
 )
 from herd.peering import AckWaiters, Hello, Link, ProtocolError
+from herd.traffic import TrafficLog
 
 PlaceSearch = Callable[[float, float, float, int], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 
@@ -83,6 +85,7 @@ class HerdServer:
         places: PlaceSearch,
         durable: DurableLocations | None = None,
         peer_address: Callable[[str], Awaitable[tuple[str, int] | None]] | None = None,
+        log_file: Path | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -98,7 +101,7 @@ class HerdServer:
         self.clients: set[Any] = set()
         self.pending_peers = 0
         self.log = logging.getLogger(f"herd.{name}")
-        self.io_log = logging.getLogger("herd.io")
+        self.io_log = TrafficLog(log_file)
         self._peer_address = peer_address
         self._commit_waiters: list[PendingReply] = []
         self._commit_scheduled = self._flush_scheduled = False
@@ -111,6 +114,7 @@ class HerdServer:
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.io_log.bind_loop(loop)
 
     # ---- clients ------------------------------------------------------------------
 
