@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -24,9 +25,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from herd.config import load_config  # noqa: E402
-from herd.messages import format_diff, parse_location, parse_time, whatsat_reply  # noqa: E402
-from herd.places import load_geonames  # noqa: E402
+from herd.config import load_config
+from herd.messages import format_diff, parse_location, parse_time, whatsat_reply
+from herd.places import load_geonames
 
 log = logging.getLogger("baseline")
 
@@ -38,6 +39,7 @@ class Baseline:
         self.places = places
         self.neighbours = config.neighbours(name)
         self.clients: dict[str, tuple] = {}  # client -> (time, at line, lat, lon)
+        self.tasks: set[asyncio.Future] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -62,21 +64,28 @@ class Baseline:
                 lat, lon = parse_location(location)
                 at = f"AT {self.name} {format_diff(received, parse_time(stamp))} {client} {location} {stamp}"
                 if self.store(client, parse_time(stamp), at, lat, lon):
-                    asyncio.ensure_future(self.flood(at))
+                    self.spawn(self.flood(at))
                 return at + "\n"
             if fields[0] == "AT" and len(fields) == 6:
                 client, location, stamp = fields[3:]
                 lat, lon = parse_location(location)
                 if self.store(client, parse_time(stamp), message, lat, lon):
-                    asyncio.ensure_future(self.flood(message))
+                    self.spawn(self.flood(message))
                 return None
             if fields[0] == "WHATSAT" and len(fields) == 4 and fields[1] in self.clients:
                 _, at, lat, lon = self.clients[fields[1]]
                 answer = self.places.nearby_search(lat, lon, float(fields[2]), int(fields[3]))
-                return whatsat_reply(at, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode()).decode()
+                return whatsat_reply(
+                    at, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode()
+                ).decode()
         except (ValueError, IndexError):
             pass
         return f"? {message}\n"
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def store(self, client: str, stamp, at: str, lat: float, lon: float) -> bool:
         old = self.clients.get(client)
@@ -116,11 +125,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--log-file", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(filename=args.log_file, level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
+    logging.basicConfig(
+        filename=args.log_file, level=logging.INFO, format="%(asctime)s %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.name, args.config))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

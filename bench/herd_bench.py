@@ -119,7 +119,9 @@ def _worker(args: tuple[str, int, int, float, int]) -> int:
     return done
 
 
-def throughput(kind: str, port: int, clients: int, seconds: float, pids: list[int]) -> tuple[float, float]:
+def throughput(
+    kind: str, port: int, clients: int, seconds: float, pids: list[int]
+) -> tuple[float, float]:
     """(requests per second, CPU seconds of ``pids`` per request)."""
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     start_at = time.time() + 0.5
@@ -137,7 +139,11 @@ def memory_per_client(port: int, pid: int, clients: int = 5000) -> float:
     replies = Replies(sock)
     batch = 1000
     for start in range(0, clients, batch):
-        sock.sendall("".join(f"IAMAT mem{start + i} {LOCATION} 1600000000.5\n" for i in range(batch)).encode())
+        sock.sendall(
+            "".join(
+                f"IAMAT mem{start + i} {LOCATION} 1600000000.5\n" for i in range(batch)
+            ).encode()
+        )
         for _ in range(batch):
             replies.line()
     sock.close()
@@ -204,7 +210,9 @@ def main() -> int:
             ours.start()
             ours.wait_links()
             baseline_config, baseline_processes = start_baseline(directory)
-            print(f"both herds up on loopback ({multiprocessing.cpu_count()} cores, machine shared)")
+            print(
+                f"both herds up on loopback ({multiprocessing.cpu_count()} cores, machine shared)"
+            )
             ours_result = measure_herd(
                 "ours", {n: ours.port(n) for n in ours.config.servers},
                 {n: p.pid for n, p in ours.processes.items()}, args,

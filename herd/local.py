@@ -94,7 +94,9 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m herd.local", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m herd.local", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("command", choices=("start", "stop", "status"))
     parser.add_argument("--config", type=Path, help="the herd's configuration (default: the five)")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="logs and pid files")

@@ -38,7 +38,9 @@ class TrafficLog:
         if not self._lines or self._fd < 0:
             return
         now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d} "
+        stamp = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d} "
+        )
         text = stamp + ("\n" + stamp).join(self._lines) + "\n"
         self._lines.clear()
         data = text.encode(errors="backslashreplace")

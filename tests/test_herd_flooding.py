@@ -57,8 +57,8 @@ def test_every_pair_of_killed_servers_floods_exactly_to_the_connected_ones(herd)
             updates[client] = ask(herd.port(receiver), f"IAMAT {client} +1+1 {number}.5\n").strip()
             connected = reachable(herd, receiver, alive)
             wait_until(
-                lambda client=client, connected=connected: all(
-                    knows(herd, s, client) == updates[client] for s in connected
+                lambda client=client, connected=connected, line=updates[client]: all(
+                    knows(herd, s, client) == line for s in connected
                 ),
                 timeout=10,
                 what=f"{client} at {connected}",
@@ -121,7 +121,8 @@ def test_a_frozen_neighbour_slows_nobody_and_its_link_resumes_where_it_left_off(
         wait_until(lambda: knows(herd, "Welsh", "gap9"), what="Welsh to catch up")
         assert knows(herd, "Welsh", "during19")
         resumed = [
-            line for line in herd.log_file("Holiday").read_text().splitlines()
+            line
+            for line in herd.log_file("Holiday").read_text().splitlines()
             if "link to Welsh up" in line
         ][-1]
         after, total = re.search(r"sending changes after (\d+) of (\d+)", resumed).groups()

@@ -8,6 +8,7 @@ import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -22,7 +23,7 @@ KEY = "test-key-4f1d9c"
 class StandIn(http.server.BaseHTTPRequestHandler):
     """Answers like Nearby Search: 30 results, or an error for radius 1000 (1 km)."""
 
-    requests: list[dict] = []
+    requests: ClassVar[list[dict]] = []
 
     def do_GET(self):
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))

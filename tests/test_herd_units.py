@@ -245,11 +245,16 @@ def test_ack_waiters_wait_for_every_live_link_that_is_not_lagging():
 def test_nearby_is_exactly_the_most_populous_within_the_radius():
     rng = random.Random(1)
     places = [
-        Place(f"p{i}", rng.uniform(33, 35), rng.uniform(-119.5, -117.5), rng.randrange(10**6), i, "")
+        Place(
+            f"p{i}", rng.uniform(33, 35), rng.uniform(-119.5, -117.5), rng.randrange(10**6), i, ""
+        )
         for i in range(3000)
     ]
     # Near the antimeridian and a pole too: the grid wraps and widens there.
-    places += [Place("east", -16.5, 179.9, 5, 90001, ""), Place("west", -16.5, -179.9, 6, 90002, "")]
+    places += [
+        Place("east", -16.5, 179.9, 5, 90001, ""),
+        Place("west", -16.5, -179.9, 6, 90002, ""),
+    ]
     places += [Place("pole", 89.9, 0.0, 7, 90003, ""), Place("far side", 89.9, 179.0, 8, 90004, "")]
     index = PlaceIndex(places)
     for lat, lon, radius, limit in [
