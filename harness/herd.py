@@ -81,6 +81,11 @@ class Herd:
             if process is not None:
                 process.stop()
 
+    def knows(self, server: str, client: str) -> str | None:
+        """The AT line ``server`` answers for ``client``, or None when it knows nothing."""
+        first = ask(self.port(server), f"WHATSAT {client} 1 1\n").split("\n", 1)[0]
+        return first if first.startswith("AT ") else None
+
     def links_up(self, name: str) -> set[str]:
         """The neighbours ``name`` currently has a link with, from its log."""
         up: set[str] = set()

@@ -28,6 +28,17 @@ HIGH_WATER = 256 * 1024
 LINGER = 5.0
 
 
+def prepare(transport: asyncio.Transport, high_water: int) -> str:
+    """Sets up a new TCP connection (no Nagle delay: replies are small and latency
+    counts; a bound on buffered output) and returns its peer as ``host:port``."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.set_write_buffer_limits(high=high_water)
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
 class ClientProtocol(asyncio.Protocol):
     def __init__(self, server: HerdServer) -> None:
         self.server = server
@@ -48,12 +59,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.peer = prepare(transport, HIGH_WATER)
         if not self.server.client_opened(self):
             transport.abort()
             return

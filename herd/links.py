@@ -16,10 +16,10 @@ TLS: ``ssl`` contexts from the server's options go to ``create_server`` and
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import TYPE_CHECKING
 
+from herd.clients import prepare
 from herd.peering import PING_LINE, Link, ProtocolError, parse_hello
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer, LineTooLong
@@ -54,12 +54,7 @@ class PeerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.address = prepare(transport, HIGH_WATER)
         if self.dialed:
             self._send(self.server.hello_for(self.neighbour).line())
         elif not self.server.peer_opened(self):

@@ -208,7 +208,12 @@ class HerdServer:
     def _places_ready(
         self, done: asyncio.Future[dict], future: asyncio.Future[bytes], line: str, peer: str
     ) -> None:
-        answer = done.result()
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is not None:
+            self.log.warning("place search failed: %r", error)
+            answer = {"html_attributions": [], "results": [], "status": "UNKNOWN_ERROR"}
+        else:
+            answer = done.result()
         reply = whatsat_reply(line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
         self._log_reply(peer, reply)
         if not future.done():

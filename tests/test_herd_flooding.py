@@ -17,8 +17,7 @@ FAST = ("--backoff-initial", "0.05", "--backoff-cap", "0.3")
 
 
 def knows(herd: Herd, server: str, client: str) -> str | None:
-    first = ask(herd.port(server), f"WHATSAT {client} 1 1\n").split("\n", 1)[0]
-    return first if first.startswith("AT ") else None
+    return herd.knows(server, client)
 
 
 def reachable(herd: Herd, start: str, alive: set[str]) -> set[str]:

@@ -36,9 +36,7 @@ def herd(tmp_path_factory):
 
 
 def knows(herd: Herd, server: str, client: str) -> str | None:
-    """The AT line ``server`` answers for ``client``, or None when it knows nothing."""
-    first = ask(herd.port(server), f"WHATSAT {client} 1 1\n").split("\n", 1)[0]
-    return first if first.startswith("AT ") else None
+    return herd.knows(server, client)
 
 
 def test_iamat_reply_is_the_at_line(herd):
