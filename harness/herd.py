@@ -16,8 +16,12 @@ def free_config(path: Path, template: HerdConfig | None = None) -> HerdConfig:
     """The shipped herd (or ``template``) on free ports: port P for clients, P+1 for peers."""
     template = template or load_config()
     servers = {}
+    taken: set[int] = set()
     for name in template.servers:
         port = free_port()
+        while {port, port + 1} & taken:  # free_port does not know the ones already chosen
+            port = free_port()
+        taken |= {port, port + 1}
         servers[name] = ServerAddress(name, "127.0.0.1", port, port + 1)
     config = HerdConfig(template.herd, servers, template.links)
     write_config(config, path)

@@ -180,7 +180,7 @@ def _try_ask(port: int, text: str) -> str:
 
 def test_a_peer_port_stranger_sending_junk_is_dropped_and_links_stay_up(herd):
     peer_port = herd.config.servers["Wilkes"].peer_port
-    for junk in [b"GET / HTTP/1.0\r\n\r\n", b"HERD 1 herd Mallory Wilkes ab - 0\n", b"\x00" * 5000]:
+    for junk in [b"GET / HTTP/1.0\r\n\r\n", b"HERD 2 herd Mallory Wilkes ab - 0\n", b"\x00" * 5000]:
         with socket.create_connection(("127.0.0.1", peer_port), timeout=5) as sock:
             sock.sendall(junk)
             sock.settimeout(5)
@@ -198,7 +198,7 @@ def test_a_peer_port_stranger_sending_junk_is_dropped_and_links_stay_up(herd):
         assert time.monotonic() - started < 4
     # A stranger claiming a neighbour's name and then sending junk: dropped, nothing stored.
     with socket.create_connection(("127.0.0.1", peer_port), timeout=5) as sock:
-        sock.sendall(b"HERD 1 herd Hands Wilkes 0123 - 0\nUPDATE 1 0 Hands +0.1 evil +1+1 1\n")
+        sock.sendall(b"HERD 2 herd Hands Wilkes 0123 - 0\nUPDATE 1 0 Hands +0.1 evil +1+1 1 -\n")
         sock.settimeout(5)
         try:
             while sock.recv(4096):
