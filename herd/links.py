@@ -124,9 +124,9 @@ class PeerConnection(asyncio.Protocol):
         if not lines:
             return
         server, link = self.server, self.link
-        log, name = server.io_log, self.neighbour
+        log, prefix = server.io_log, f"in  peer {self.neighbour}: "
         for line in lines:
-            log.info("in  peer %s: %s", name, _text(line))
+            log.line(prefix + _text(line))
             location = link.receive(line, server.table)
             if location is not None:
                 server.changed(location)
@@ -141,17 +141,16 @@ class PeerConnection(asyncio.Protocol):
         link = self.link
         if link is None or self._paused or self.transport.is_closing():
             return
-        log, name, table = self.server.io_log, self.neighbour, self.server.table
+        log, prefix, table = self.server.io_log, f"out peer {self.neighbour}: ", self.server.table
         while True:
             lines = link.outgoing(table, LINES_PER_WRITE, hold=not lazy_too)
             ack = None
             if link.ack_due and (lines or link.ack_urgent or lazy_too):
                 self.server.commit_now()  # an ACK promises stored locations
                 ack = link.ack_line()
-                log.info("out peer %s: %s", name, ack[:-1].decode())
+                log.line(prefix + ack[:-1].decode())
             if lines:
-                for line in lines:
-                    log.info("out peer %s: %s", name, line)
+                log.lines(prefix, lines)
                 lines.append("")
                 data = "\n".join(lines).encode()
                 self._write(ack + data if ack else data)

@@ -57,6 +57,7 @@ _NUMBER = re.compile(r"\d{1,19}")
 _NAME = SERVER_NAME.pattern
 _FANOUT = re.compile(rf"-|{_NAME}(?:,{_NAME}){{0,63}}")
 NO_FANOUT: frozenset[str] = frozenset()
+_SPACE = re.compile(r"[ \t\n\r\x0b\x0c]")  # what bytes.split() splits at
 PING_LINE = b"PING\n"
 
 
@@ -124,7 +125,8 @@ def parse_fanout(text: str) -> frozenset[str]:
 def fanout(location: Location, neighbours: list[str], known: frozenset[str]) -> frozenset[str]:
     """Who gets ``location`` promptly: those its sender told us of (from us it will wait),
     and our other live links (``neighbours``), which we send it to at once. Names
-    outside ``known`` (the herd's servers) are dropped, so the field stays short."""
+    outside ``known`` (the herd's servers) are dropped, so the field stays short. It
+    depends on the location's ``covered`` and ``via`` only."""
     told = location.covered & known
     via = location.via.neighbour if isinstance(location.via, Link) else None
     return told.union(n for n in neighbours if n != via)
@@ -169,14 +171,15 @@ class Link:
         Raises ``ProtocolError`` for a line that breaks the protocol.
         """
         try:
-            fields = line.decode().split()
+            text = line.decode()
         except UnicodeDecodeError:
             raise ProtocolError("line is not UTF-8") from None
+        if text.startswith("UPDATE"):
+            return self._update(text, table)
+        fields = text.split()
         if not fields:
             raise ProtocolError("empty line")
         kind = fields[0]
-        if kind == "UPDATE":
-            return self._update(fields, table)
         if kind == "ACK" and len(fields) == 2 and _NUMBER.fullmatch(fields[1]):
             lsn = int(fields[1])
             if lsn > self.acked:
@@ -188,38 +191,47 @@ class Link:
             return None
         raise ProtocolError(f"unexpected {kind[:20]!r} line")
 
-    def _update(self, fields: list[str], table: LocationTable) -> Location | None:
+    def _update(self, text: str, table: LocationTable) -> Location | None:
+        # One space between fields, as update_line writes them (a client ID holds none).
+        fields = text.split(" ")
+        if fields[0] != "UPDATE":
+            raise ProtocolError(f"unexpected {fields[0][:20]!r} line")
         if len(fields) != 9 or not (_NUMBER.fullmatch(fields[1]) and _NUMBER.fullmatch(fields[2])):
             raise ProtocolError(
-                "UPDATE takes lsn, received-ns, the 5 fields of an AT line and the fanout"
+                "UPDATE takes lsn, received-ns, the 5 fields of an AT line and the fanout,"
+                " one space apart"
             )
-        lsn = int(fields[1])
-        if lsn <= self.received_upto:
-            raise ProtocolError(f"UPDATE lsn {lsn} after {self.received_upto}: out of order")
-        covered = parse_fanout(fields[8])
-        received_ns, server, client = int(fields[2]), fields[3], fields[5]
-        current = table.get(client)
+        lsn, received_ns = int(fields[1]), int(fields[2])
+        current = table.get(fields[5])
         if current is not None and _same(current, received_ns, fields):
-            # The copy we hold (a flood brings some updates more than once): nothing to
-            # parse, it was checked when it first came.
-            location = None
-        else:
-            try:
-                at = parse_at_fields(fields[3:8])
-            except Invalid as error:
-                raise ProtocolError(f"bad UPDATE: {error}") from None
-            location = Location(at, received_ns)
-            location.covered = covered
-        self.received_upto = lsn
-        self.ack_due = True
-        if server == self.neighbour:
-            self.ack_urgent = True
-        if location is None:
+            # A flood brings some updates more than once: the copy we hold needs no
+            # parsing, it was checked when it first came.
+            self._accept(lsn, fields[3], fields[8])
             return None
+        try:
+            if _SPACE.search(fields[5]):
+                raise Invalid("a client ID holds no whitespace")
+            at = parse_at_fields(fields[3:8])
+        except Invalid as error:
+            raise ProtocolError(f"bad UPDATE: {error}") from None
+        location = Location(at, received_ns)
+        location.covered = self._accept(lsn, at.server, fields[8])
         try:
             return location if table.offer(location, via=self) else None
         except TableFull:
             return None  # logged by the caller through the table's size; nothing to flood
+
+    def _accept(self, lsn: int, server: str, fanout_field: str) -> frozenset[str]:
+        """Records a well-formed UPDATE's lsn (in order, or ``ProtocolError``) and the ACK
+        it is owed; returns the servers its fanout names."""
+        if lsn <= self.received_upto:
+            raise ProtocolError(f"UPDATE lsn {lsn} after {self.received_upto}: out of order")
+        covered = parse_fanout(fanout_field)
+        self.received_upto = lsn
+        self.ack_due = True
+        if server == self.neighbour:
+            self.ack_urgent = True
+        return covered
 
     def ack_line(self) -> bytes | None:
         """The ACK of every UPDATE received so far, if one came since the last ACK."""

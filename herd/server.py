@@ -111,6 +111,7 @@ class HerdServer:
         self._peer_address = peer_address
         self._commit_waiters: list[PendingReply] = []
         self._turn_scheduled = False
+        self._fanouts: dict[tuple[frozenset[str], str | None], frozenset[str]] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failed: BaseException | None = None  # storage failure: the server must stop
@@ -231,7 +232,14 @@ class HerdServer:
 
     def changed(self, location: Location) -> None:
         """A location was accepted into the table: store it and flood it, this turn."""
-        location.fanout = fanout(location, list(self.links), self.herd_names)
+        # Every change from one neighbour with one fanout field has the same fanout, until
+        # a link comes or goes: computed once for each.
+        via = location.via
+        key = (location.covered, via.neighbour if via is not None else None)
+        names = self._fanouts.get(key)
+        if names is None:
+            names = self._fanouts[key] = fanout(location, list(self.links), self.herd_names)
+        location.fanout = names
         if self.durable is not None:
             self.durable.record(location)
         self.schedule_turn()
@@ -248,11 +256,14 @@ class HerdServer:
         self._turn_scheduled = False
         if self.durable is not None and self.durable.needs_commit:
             self._commit()
-        connections = list(self.links.values())
-        for connection in connections:
-            if connection.link.ack_urgent:
+        lsn, later = self.table.lsn, []
+        for connection in list(self.links.values()):
+            link = connection.link
+            if link.ack_urgent:
                 connection.flush()
-        for connection in connections:
+            elif link.ack_due or link.sent_upto < lsn:
+                later.append(connection)
+        for connection in later:
             connection.flush()
         self.io_log.flush()
 
@@ -332,6 +343,7 @@ class HerdServer:
         if epoch == hello.epoch:
             link.received_upto = lsn
         self.links[hello.sender] = connection
+        self._fanouts.clear()
         self.log.info(
             "link to %s up (%s, %s), sending changes after %d of %d",
             hello.sender,
@@ -361,6 +373,7 @@ class HerdServer:
             return
         self.cursors[link.neighbour] = (link.their_epoch, link.received_upto)
         del self.links[link.neighbour]
+        self._fanouts.clear()
         self.waiters.release(self.live_links())
         self.log.info("link to %s dropped: %s", link.neighbour, why)
 

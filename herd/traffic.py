@@ -30,11 +30,23 @@ class TrafficLog:
         self._second_text = ""
 
     def info(self, message: str, *args: object) -> None:
+        self.line(message % args if args else message)
+
+    def line(self, text: str) -> None:
+        """One line as it is (``info`` without the formatting, for the hot paths)."""
         if self._fd < 0:
             return
         if not self._lines and self._on_first_line is not None:
             self._on_first_line()
-        self._lines.append(message % args if args else message)
+        self._lines.append(text)
+
+    def lines(self, prefix: str, texts: list[str]) -> None:
+        """One line for each of ``texts``, each after ``prefix``."""
+        if self._fd < 0 or not texts:
+            return
+        if not self._lines and self._on_first_line is not None:
+            self._on_first_line()
+        self._lines.extend([prefix + text for text in texts])
 
     def flush(self) -> None:
         if not self._lines or self._fd < 0:

@@ -215,6 +215,11 @@ def test_a_link_rejects_junk_and_out_of_order_updates():
         b"UPDATE 6 0 Hands +0.1 c +1+1 1 -",
         b"UPDATE 6 0 Hands +0.000000000 c +1+1 1",  # no fanout
         b"UPDATE 6 0 Hands +0.000000000 c +1+1 1 a,,b",
+        b"UPDATEX 6 0 Hands +0.000000000 c +1+1 1 -",
+        b"UPDATE 6 0 Hands +0.000000000 c\td +1+1 1 -",  # no client sends an ID with a tab
+        b"UPDATE 6 0 Hands +0.000000000 " + b"x" * 300 + b" +1+1 1 -",  # client ID too long
+        "UPDATE 6 0 Hands +0.000000000 {} +1+1 1 -".format("\u00e9" * 200).encode(),  # in bytes
+        b"UPDATE 6 0 Hands +0.000000000 c +91+1 1 -",
         b"HERD 1",
         b"GARBAGE",
         b"ACK x",
@@ -258,6 +263,17 @@ def test_only_an_update_the_sender_took_from_its_client_is_acknowledged_at_once(
     assert link.ack_urgent
     assert link.ack_line() == b"ACK 2\n"  # cumulative: covers the first one too
     assert not (link.ack_due or link.ack_urgent)
+
+
+def test_updates_carry_any_client_id_a_client_may_use():
+    sender, receiver = LocationTable(), LocationTable()
+    odd = location("a\u00a0b", "1")  # a Unicode space belongs to the ID (bytes are split)
+    sender.offer(odd)
+    (line,) = Link("B", "e", 0, 0).outgoing(sender, 10)
+    back = Link("A", "e", 0, 0)
+    assert back.receive(line.encode(), receiver).at == odd.at
+    with pytest.raises(ProtocolError):  # one space apart, as update_line writes them
+        back.receive(b"UPDATE  2 0\tHands +0.000000000 c  +1+1 1 -", receiver)
 
 
 def test_a_repeated_update_changes_nothing_but_a_changed_one_is_checked_in_full():
