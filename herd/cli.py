@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-clients", type=positive_int, default=1024, help="client connections at once")
     add("--max-line", type=positive_int, default=4096, help="longest client line in bytes")
     add("--max-locations", type=positive_int, default=1_000_000, help="clients in the table")
+    add("--log-flush-interval", type=nonnegative_seconds, default=0.01,
+        help="longest the traffic log waits to be written (default 0.01 s; 0: every turn)")  # fmt: skip
     add("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
         help="event loop: uvloop when it is installed (auto), or asyncio's own")  # fmt: skip
     add("-v", "--verbose", action="count", default=0)
@@ -166,6 +168,7 @@ async def run(args, config: HerdConfig, places, durable, catalogs) -> int:
         peer_timeout=args.peer_timeout,
         backoff_initial=args.backoff_initial,
         backoff_cap=max(args.backoff_cap, args.backoff_initial),
+        log_flush_interval=args.log_flush_interval,
     )
     log_file = args.log_file or Path(f"{args.name}.log")
     server = HerdServer(args.name, config, options, places, durable, log_file=log_file)

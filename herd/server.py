@@ -57,6 +57,7 @@ class Options:
     backoff_initial: float = 0.1
     backoff_cap: float = 5.0
     max_pending_peers: int = 64
+    log_flush_interval: float = 0.01  # herd.traffic: seconds the traffic log may wait
     server_ssl: Any = None  # ssl.SSLContext for the peer port, once netkit.security lands
     client_ssl: Any = None
 
@@ -107,7 +108,12 @@ class HerdServer:
         self.clients: set[Any] = set()
         self.pending_peers = 0
         self.log = logging.getLogger(f"herd.{name}")
-        self.io_log = TrafficLog(log_file, on_first_line=self.schedule_turn)
+        self.io_log = TrafficLog(
+            log_file,
+            on_first_line=self.schedule_turn,
+            flush_interval=options.log_flush_interval,
+            call_later=lambda delay, callback: self._loop.call_later(delay, callback),
+        )
         self._peer_address = peer_address
         self._commit_waiters: list[PendingReply] = []
         self._turn_scheduled = False
@@ -252,7 +258,7 @@ class HerdServer:
     def _end_of_turn(self) -> None:
         """What this turn's events left to do, in this order: the commit (a reply or
         an ACK promises only stored locations), one write per link (links whose
-        neighbour waits for our ACK first), the traffic log."""
+        neighbour waits for our ACK first), the traffic log's lines (herd.traffic)."""
         self._turn_scheduled = False
         if self.durable is not None and self.durable.needs_commit:
             self._commit()
@@ -265,7 +271,7 @@ class HerdServer:
                 later.append(connection)
         for connection in later:
             connection.flush()
-        self.io_log.flush()
+        self.io_log.end_turn()
 
     def commit_now(self) -> None:
         """Commits what is buffered now: a neighbour's ACK must promise stored locations."""

@@ -23,6 +23,7 @@ from herd.messages import (
 from herd.peering import AckWaiters, Hello, Link, ProtocolError, fanout, parse_hello
 from herd.places import Place, PlaceIndex, distance_km
 from herd.server import HerdServer, Options
+from herd.traffic import TrafficLog
 
 # ---- client messages ------------------------------------------------------------------
 
@@ -365,6 +366,34 @@ def test_a_neighbour_that_redials_before_its_old_connection_is_gone_resumes_from
     assert server.hello_for("Holiday").cursor_lsn == 3  # Holiday resumes after 3, not 0
     server.peer_closed(old, "reset")  # noticed late: changes nothing
     assert server.links["Holiday"] is new and server.cursors["Holiday"] == ("e1", 3)
+
+
+def test_the_traffic_log_stamps_each_turn_and_writes_within_the_interval(tmp_path):
+    timers = []
+    path = tmp_path / "t.log"
+    log = TrafficLog(path, flush_interval=0.01, call_later=lambda d, f: timers.append(f))
+    log.info("in  client %s: %s", "1.2.3.4:5", "IAMAT a +1+1 1")
+    log.lines("out peer B: ", ["UPDATE 1", "UPDATE 2"])
+    log.end_turn()
+    assert path.read_text() == "" and len(timers) == 1  # held for the interval
+    log.line("in  peer B: ACK 2")
+    log.end_turn()
+    assert len(timers) == 1  # one timer for everything held
+    timers.pop()()
+    lines = path.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "in  client 1.2.3.4:5: IAMAT a +1+1 1",
+        "out peer B: UPDATE 1",
+        "out peer B: UPDATE 2",
+        "in  peer B: ACK 2",
+    ]
+    log.line("closing")
+    log.close()  # a stop writes what is held
+    assert path.read_text().endswith(" closing\n")
+    every_turn = TrafficLog(tmp_path / "u.log", flush_interval=0.0)
+    every_turn.line("now")
+    every_turn.end_turn()
+    assert (tmp_path / "u.log").read_text().endswith(" now\n")
 
 
 # ---- places -----------------------------------------------------------------------------
