@@ -6,6 +6,7 @@ See hashtable/client.py for the API and docs/protocol.md for the wire protocol.
 """
 
 from hashtable.client import (
+    AuthenticationError,
     HashTableClient,
     HashTableError,
     InvalidRequestError,
@@ -16,6 +17,7 @@ from hashtable.client import (
 )
 
 __all__ = [
+    "AuthenticationError",
     "HashTableClient",
     "HashTableError",
     "InvalidRequestError",

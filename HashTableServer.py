@@ -36,10 +36,12 @@ from netkit.cliargs import nonnegative_seconds, port_number, positive_int
 from netkit.listeners import (
     connection_capacity,
     format_address,
+    is_loopback,
     open_listener,
     raise_open_file_limit,
 )
 from netkit.logs import setup_logging
+from netkit.security import SecretError, load_secret, require_service_name
 from netkit.signals import StopSignals
 
 log = logging.getLogger("hashtable.server")
@@ -76,7 +78,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "$XDG_STATE_HOME/hashtable/PROJECT, i.e. ~/.local/state/hashtable/PROJECT)",
     )
     parser.add_argument(
-        "--host", default="", help="address to listen on (default: every interface)"
+        "--host",
+        default=None,
+        help="address to listen on (default: every interface; with --no-auth, 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the shared secret clients must prove they hold (default: $DHT_SECRET_FILE, else "
+        "~/.config/dht/secret, created if missing; see docs/security.md)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve plain text without authentication, for nc and the course's plain clients; "
+        "only on loopback (refused with any other --host)",
     )
     parser.add_argument(
         "--port", type=port_number, default=0, help="TCP port (default 0: any free one)"
@@ -163,6 +180,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             "--summary-interval, --scan-timeout and --announce-interval must be more than 0"
         )
+    if args.no_auth:
+        if args.secret_file is not None:
+            parser.error("--no-auth and --secret-file contradict each other")
+        if args.host is None:
+            args.host = "127.0.0.1"
+        elif not is_loopback(args.host):
+            parser.error(
+                f"--no-auth serves anyone who can connect, so only on loopback, not on {args.host!r}"
+            )
     args.data_dir = args.data_dir or default_data_dir(args.project)
     return args
 
@@ -173,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     # Until the loop runs, a stop signal just ends the process: nothing is
     # acknowledged yet, and recovery is safe to interrupt (crash-only).
     signals = StopSignals()
+    secret = None
+    if not args.no_auth:
+        try:
+            secret = load_secret(args.secret_file)
+        except SecretError as exc:
+            log.critical("%s", exc)
+            return 2
     limits = Limits(
         max_request_bytes=args.max_request_bytes,
         max_connections=connection_capacity(
@@ -203,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         database.close()
         return 2
 
+    tls = None
+    if secret is not None:
+        tls = secret.server_context()
+        require_service_name(tls, args.project)
     server = Server(
         database,
         listener,
@@ -211,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         catalogs=args.catalogs,
         announce_interval=args.announce_interval,
         summary_interval=args.summary_interval,
+        tls=tls,
+        sign=secret.sign_record if secret is not None else None,
     )
     signals.attach(server.stop)
     stats = database.stats()
@@ -227,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         limits.max_connections,
         ",".join(format_address(c) for c in args.catalogs),
     )
+    if secret is None:
+        log.warning("authentication is off (--no-auth): anyone on this machine can use the table")
+    else:
+        log.info("clients must hold the secret %s (%s)", secret.fingerprint, secret.path)
     # The program's one line of output, --quiet or not: scripts read the port from it.
     print(f"listening on {format_address(listener.getsockname())}", flush=True)
     try:

@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         max_records=args.max_records,
         request_timeout=args.request_timeout,
     )
-    # Handlers before the sockets: a signal from now on stops the catalog cleanly.
-    signals = StopSignals()
+    # Handlers before the sockets: a signal from now on stops the catalog cleanly,
+    # through run(), which saves the records.
+    signals = StopSignals(defer=True)
     try:
         server = CatalogServer(config)
     except (OSError, StateDirError) as exc:

@@ -35,6 +35,7 @@ from chaos import dns
 from chaos.wire import LineConn
 from harness.processes import wait_until
 from hashtable.request import METHODS
+from netkit.security import load_secret
 
 TIMEOUT = 15.0  # for one reply: generous, the machine is shared and under attack
 # A record that must stay listed; on a port of its own, as a record with the same
@@ -161,13 +162,15 @@ def reply_problem(line: bytes) -> str | None:
 
 def fuzz_hashtable(port: int, examples: int, seed_: int) -> None:
     # A connection per example: after a failure its unread replies would be taken
-    # for the next example's, and hypothesis would report that instead.
+    # for the next example's, and hypothesis would report that instead. Each is
+    # authenticated (the server serves nobody else): this fuzzes the protocol.
+    tls = load_secret().client_context()
 
     @_settings(examples)
     @seed(seed_)
     @given(st.lists(request_line, min_size=1, max_size=8))
     def every_line_gets_one_reply(lines: list[bytes]) -> None:
-        with LineConn(port, TIMEOUT) as conn:
+        with LineConn(port, TIMEOUT, tls=tls) as conn:
             conn.send(b"".join(line + b"\n" for line in lines))
             for line in lines:
                 reply = conn.read_line()
@@ -178,7 +181,7 @@ def fuzz_hashtable(port: int, examples: int, seed_: int) -> None:
     @seed(seed_)
     @given(fuzz_key, storable)
     def what_is_stored_comes_back(key: str, value: object) -> None:
-        with LineConn(port, TIMEOUT) as conn:
+        with LineConn(port, TIMEOUT, tls=tls) as conn:
             insert = orjson.dumps({"method": "insert", "key": key, "value": value})
             assert orjson.loads(conn.call(insert)) == {"status": "ok", "result": None}
             for method in ("lookup", "remove"):

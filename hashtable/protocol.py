@@ -12,6 +12,7 @@ lookup for the method, one pass over the fields.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -128,6 +129,15 @@ def _refused(method: str, obj: dict[str, Any], problem: str) -> Request | Outcom
     ):
         return Request(method, client=client, seq=seq, ack=ack, problem=problem)
     return Outcome.invalid(problem)
+
+
+_HTTP_REQUEST = re.compile(rb"\s*(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) ", re.I)
+
+
+def is_http_request(first_line: bytes) -> bool:
+    """Whether a connection's first line is an HTTP request line (a browser, or a
+    web page making one send a request to this port)."""
+    return _HTTP_REQUEST.match(first_line) is not None
 
 
 def encode_reply(outcome: Outcome) -> bytes:

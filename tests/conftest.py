@@ -14,6 +14,23 @@ import pytest
 from tests.procs import CCTOOLS_CATALOG, Process, free_port, python_module, tcp_open, wait_until
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every process the tests start shares one secret of their own
+    (``DHT_SECRET_FILE``), never the user's ~/.config/dht/secret."""
+    from netkit.security import SECRET_ENV, load_secret
+
+    path = tmp_path_factory.mktemp("secret") / "secret"
+    load_secret(path)  # creates it, private
+    previous = os.environ.get(SECRET_ENV)
+    os.environ[SECRET_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(SECRET_ENV, None)
+    else:
+        os.environ[SECRET_ENV] = previous
+
+
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Starts processes that are stopped when the test ends, whatever happens."""

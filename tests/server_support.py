@@ -11,6 +11,7 @@ import orjson
 
 from chaos.wire import LineConn
 from harness.services import listening_port
+from netkit.security import load_secret
 from tests.procs import Process, free_port, python_script, wait_until
 
 
@@ -48,10 +49,12 @@ def start_server(
 
 class Wire(LineConn):
     """A raw protocol connection speaking the hash table's JSON: send JSON (or
-    bytes) lines, read reply objects. The line I/O is chaos.wire's."""
+    bytes) lines, read reply objects. The line I/O is chaos.wire's. Over TLS with
+    the tests' secret unless ``plain`` (for servers started with --no-auth)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        super().__init__(port, timeout, max_line=1 << 30)
+    def __init__(self, port: int, timeout: float = 10.0, plain: bool = False) -> None:
+        tls = None if plain else load_secret().client_context()
+        super().__init__(port, timeout, max_line=1 << 30, tls=tls)
 
     def send(self, *messages: Any) -> None:
         data = b"".join(m if isinstance(m, bytes) else orjson.dumps(m) + b"\n" for m in messages)
@@ -73,11 +76,11 @@ class Wire(LineConn):
             while (left := deadline - time.monotonic()) > 0:
                 self.sock.settimeout(left)
                 try:
-                    if not self.sock.recv(1 << 20):
+                    if not self.receive():
                         return True
                 except TimeoutError:
                     return False
-                except ConnectionResetError:
+                except ConnectionError:  # reset, or the TLS layer cut short
                     return True
             return False
         finally:

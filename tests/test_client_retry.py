@@ -29,6 +29,10 @@ FAST_RETRY = {"backoff_initial": 0.01, "backoff_cap": 0.05}
 class LossyProxy:
     """Forwards requests to the server, but loses every ``every``-th reply.
 
+    It reads the replies' lines, so it stands between a plain-text client and a
+    ``--no-auth`` server: what is tested is the client's retrying, which is the
+    same code over TLS (a TLS proxy could only cut records, not replies).
+
     ``cut``: the connection is closed instead of delivering it (the server has
     executed the request). ``stall``: nothing more is delivered on that
     connection, which stays open, so the client must time out.
@@ -85,7 +89,7 @@ class LossyProxy:
 
 @pytest.fixture
 def server(spawn, tmp_path: Path):
-    return start_server(spawn, tmp_path / "data")
+    return start_server(spawn, tmp_path / "data", "--no-auth")
 
 
 def exercise(table: HashTableClient, prefix: str, n: int) -> None:
@@ -108,7 +112,7 @@ def exercise(table: HashTableClient, prefix: str, n: int) -> None:
 def test_replies_lost_with_the_connection_are_retried_exactly_once(server, caplog):
     proxy = LossyProxy(server.port, every=7, mode="cut")
     try:
-        with HashTableClient.at("127.0.0.1", proxy.port, **FAST_RETRY) as table:
+        with HashTableClient.at("127.0.0.1", proxy.port, auth=False, **FAST_RETRY) as table:
             exercise(table, "cut-", 100)
         assert proxy.lost >= 40
         assert "retrying in" in caplog.text
@@ -119,7 +123,9 @@ def test_replies_lost_with_the_connection_are_retried_exactly_once(server, caplo
 def test_a_server_that_stops_answering_is_timed_out_and_retried(server, caplog):
     proxy = LossyProxy(server.port, every=40, mode="stall")
     try:
-        with HashTableClient.at("127.0.0.1", proxy.port, timeout=0.3, **FAST_RETRY) as table:
+        with HashTableClient.at(
+            "127.0.0.1", proxy.port, timeout=0.3, auth=False, **FAST_RETRY
+        ) as table:
             exercise(table, "stall-", 20)
         assert proxy.lost >= 2
         assert "no answer in time" in caplog.text

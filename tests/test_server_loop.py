@@ -12,6 +12,7 @@ import contextlib
 import errno
 import socket
 import time
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -22,7 +23,11 @@ from hashtable.database import Database
 from hashtable.request import Request
 from hashtable.server import Limits, Server
 from netkit.listeners import open_listener
-from tests.server_support import Wire
+from tests import server_support
+
+# The in-process server here serves plain text (no TLS context): the loop's rules
+# do not depend on it, and tests/test_security.py covers the TLS side.
+Wire = partial(server_support.Wire, plain=True)
 
 
 class SpyDatabase(Database):
