@@ -30,10 +30,8 @@ import argparse
 import contextlib
 import os
 import platform
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +44,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.processes import CCTOOLS_CATALOG, free_port  # noqa: E402
+from harness.cctools import CctoolsCatalog, missing_programs  # noqa: E402
 from harness.services import start_catalog  # noqa: E402
 
 
@@ -124,14 +122,8 @@ def server(kind: str, workdir: Path) -> Iterator[int]:
         finally:
             process.stop()
         return
-    port = free_port()
-    pid = int(subprocess.run([str(CCTOOLS_CATALOG), str(port)], check=True,
-                             capture_output=True, text=True).stdout.split()[0])  # fmt: skip
-    try:
-        yield port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    with CctoolsCatalog(Path(tempfile.mkdtemp(dir=workdir))) as cctools:
+        yield cctools.port
 
 
 def fill(port: int, size: int, rate: float = 5000, step: int = 2000) -> str | None:
@@ -217,7 +209,9 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
-    kinds = ["ours"] if args.ours_only or not CCTOOLS_CATALOG.exists() else ["ours", "cctools"]
+    kinds = (
+        ["ours"] if args.ours_only or missing_programs(("catalog_server",)) else ["ours", "cctools"]
+    )
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"

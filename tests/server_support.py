@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 
 from chaos.wire import LineConn
+from harness.processes import Process, free_port, python_script, wait_until
 from harness.services import listening_port
-from tests.procs import Process, free_port, python_script, wait_until
 
 
 class ServerHandle:

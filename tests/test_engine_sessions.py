@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import wait_until
 from hashtable.database import Database
 from hashtable.request import OK_NONE, Outcome, Request, Status
 from hashtable.sessions import SessionLimits, Sessions, check_fields, decode_outcome
-from tests.procs import wait_until
 
 
 def mutation(method, key, seq, client="c1", ack=None, value=None) -> Request:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from harness.processes import ROOT
 from perftest.stats import Histogram, StageResult, StageSum
-from tests.procs import ROOT
 
 
 def test_histogram_percentiles_match_sorted_samples_within_two_percent():
