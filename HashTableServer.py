@@ -32,7 +32,7 @@ from hashtable.server import (
     raise_open_file_limit,
 )
 from netkit.addresses import AddressError
-from netkit.cliargs import nonnegative_seconds, port_number, positive_int
+from netkit.cliargs import nonnegative_seconds, port_number, positive_int, program_name
 from netkit.framing import DEFAULT_MAX_LINE
 from netkit.logs import setup_logging
 
@@ -59,7 +59,7 @@ def _project(text: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="HashTableServer.py",
+        prog=program_name("HashTableServer.py"),
         description="Serve a durable hash table and announce it to the catalog.",
     )
     parser.add_argument("project", type=_project, help="the name clients look the server up by")

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from catalog.client import catalog_addresses
 from netkit.addresses import AddressError, parse_address
-from netkit.cliargs import choice_list, nonnegative_int, positive_int, positive_seconds
+from netkit.cliargs import (
+    choice_list,
+    nonnegative_int,
+    positive_int,
+    positive_seconds,
+    program_name,
+)
 from netkit.logs import setup_logging
 from perftest import report
 from perftest.runner import WorkerFailed, run_clients, testperf_path, worker_main
@@ -29,7 +35,7 @@ from perftest.workload import STAGES, Workload
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="TestPerf.py",
+        prog=program_name("TestPerf.py"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 MAX_SECONDS = 1e7  # beyond this a timer overflows select(); nobody means it
+
+
+def program_name(usual: str) -> str:
+    """What a program's usage and errors call it: the console script's name when it
+    was started as one (``hashtable-server``), else ``usual``, the way it runs from a
+    checkout (``HashTableServer.py``, ``python -m catalog``)."""
+    started_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not started_as or started_as == "-c" or started_as.endswith(".py"):
+        return usual
+    return started_as
 
 
 def port_number(text: str) -> int:
