@@ -34,6 +34,7 @@ from hashtable.server import (
 from netkit.addresses import AddressError
 from netkit.cliargs import nonnegative_seconds, port_number, positive_int, program_name
 from netkit.framing import DEFAULT_MAX_LINE
+from netkit.interfaces import reachable_addresses
 from netkit.logs import setup_logging
 
 log = logging.getLogger("hashtable.server")
@@ -225,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         limits.max_connections,
         ",".join(format_address(c) for c in args.catalogs),
     )
-    # The program's one line of output, --quiet or not: scripts read the port from it.
-    print(f"listening on {format_address(listener.getsockname())}", flush=True)
+    # The program's one line of output, --quiet or not: scripts read the port from it
+    # (format: docs/protocol.md, "The listening line").
+    # One write, so that no log line from another thread can land inside it.
+    sys.stdout.write(f"listening on {' '.join(reachable_addresses(listener))}\n")
+    sys.stdout.flush()
     try:
         server.serve()
     except StorageFailure as exc:

@@ -15,13 +15,16 @@ from harness.processes import (
     wait_until,
 )
 
-_LISTENING = re.compile(r"listening on \S*?:(\d+)")
+# The first address of the line (docs/protocol.md, "The listening line"); greedy up to
+# the last colon of that address, so that an IPv6 one ([::1]:PORT) parses too. The
+# space or newline after the port: output read mid-line must not give half a port.
+_LISTENING = re.compile(r"^listening on (\S+):(\d+)\s", re.MULTILINE)
 
 
 def listening_port(output: str) -> int | None:
-    """The port in a hash table server's "listening on HOST:PORT" line, once it is out."""
+    """The port in a hash table server's "listening on HOST:PORT ..." line, once it is out."""
     match = _LISTENING.search(output)
-    return int(match.group(1)) if match else None
+    return int(match.group(2)) if match else None
 
 
 class StartFailed(RuntimeError):
