@@ -235,7 +235,10 @@ class HashTableClient:
     def _resolve(self) -> tuple[str, int]:
         record = resolve("hashtable", self.project, self._catalogs, timeout=self.timeout)  # type: ignore[arg-type]
         if record is None:
-            raise _NotListed(f"the catalog lists no hashtable server for project {self.project!r}")
+            asked = ", ".join(f"{host}:{port}" for host, port in self._catalogs)
+            raise _NotListed(
+                f"the catalog ({asked}) lists no hashtable server for project {self.project!r}"
+            )
         try:
             return record_endpoint(record)
         except ValueError as exc:
@@ -259,6 +262,8 @@ class HashTableClient:
                 f"{_describe(exc)}"
             ) from exc
         delay = self._backoff.next_delay()
+        if self.give_up_after is not None:  # the last try comes when the time is up
+            delay = min(delay, failing_since + self.give_up_after - now)
         log.warning("hash table %s: %s; retrying in %.1f s", self._target(), _describe(exc), delay)
         time.sleep(delay)
         return failing_since

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 MAX_SECONDS = 1e7  # beyond this a timer overflows select(); nobody means it
 
@@ -88,3 +89,22 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]
         return names
 
     return parse
+
+
+def writable_file(text: str) -> Path:
+    """argparse type: a file that can be written now, so that a program learns it
+    before its work rather than after. Checked by opening it for appending (what
+    permissions alone cannot tell: a read-only file system, a missing folder, root's
+    rights); a file that was not there is removed again."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path

@@ -1,4 +1,4 @@
-"""TestPerf's statistics and command line (the end-to-end run is in test_testperf_e2e.py)."""
+"""TestPerf's statistics and command line (runs against real servers: test_testperf_cli.py)."""
 
 from __future__ import annotations
 
