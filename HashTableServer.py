@@ -32,7 +32,13 @@ from hashtable.server import (
     raise_open_file_limit,
 )
 from netkit.addresses import AddressError
-from netkit.cliargs import nonnegative_seconds, port_number, positive_int, program_name
+from netkit.cliargs import (
+    nonempty_path,
+    nonnegative_seconds,
+    port_number,
+    positive_int,
+    program_name,
+)
 from netkit.framing import DEFAULT_MAX_LINE
 from netkit.interfaces import reachable_addresses
 from netkit.logs import setup_logging
@@ -42,10 +48,16 @@ log = logging.getLogger("hashtable.server")
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
-def default_data_dir(project: str) -> Path:
+def default_data_dir(project: str) -> Path | None:
     """Per user and project, wherever the server is started from:
-    ``$XDG_STATE_HOME/hashtable/PROJECT`` (``~/.local/state/hashtable/PROJECT``)."""
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    ``$XDG_STATE_HOME/hashtable/PROJECT`` (``~/.local/state/hashtable/PROJECT``);
+    None when there is no home folder to put it in."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG rule: a relative XDG_STATE_HOME is ignored
+        home = os.path.expanduser("~")  # "~" itself when there is no home to be found
+        if not os.path.isabs(home):
+            return None
+        state = os.path.join(home, ".local", "state")
     return Path(state) / "hashtable" / project
 
 
@@ -66,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("project", type=_project, help="the name clients look the server up by")
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=nonempty_path,
         help="where table.ckpt and table.txn live (default: "
         "$XDG_STATE_HOME/hashtable/PROJECT, i.e. ~/.local/state/hashtable/PROJECT)",
     )
@@ -152,13 +164,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.catalogs = catalog_addresses(args.catalog)
     except AddressError as exc:
-        parser.error(f"{'--catalog' if args.catalog else 'CATALOG_HOST'}: {exc}")
+        parser.error(f"{'--catalog' if args.catalog is not None else 'CATALOG_HOST'}: {exc}")
     if args.summary_interval <= 0 or args.scan_timeout <= 0 or args.announce_interval <= 0:
         parser.error(
             "--summary-interval, --scan-timeout and --announce-interval must be more than 0"
         )
     args.data_dir = args.data_dir or default_data_dir(args.project)
+    if args.data_dir is None:
+        parser.error("no home folder to keep the table in: give --data-dir (or set HOME)")
     return args
+
+
+def say_where_it_listens(listener) -> None:
+    """The listening line, in one write so that no log line from another thread can
+    land inside it. Standard output closed or full is not a reason to stop serving."""
+    try:
+        sys.stdout.write(f"listening on {' '.join(reachable_addresses(listener))}\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        log.warning("cannot print the listening line: %s", exc.strerror or exc)
+        # What is left in the buffer would fail again at exit: send it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The program's one line of output, --quiet or not: scripts read the port from it
     # (format: docs/protocol.md, "The listening line").
-    # One write, so that no log line from another thread can land inside it.
-    sys.stdout.write(f"listening on {' '.join(reachable_addresses(listener))}\n")
-    sys.stdout.flush()
+    say_where_it_listens(listener)
     try:
         server.serve()
     except StorageFailure as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -23,6 +24,7 @@ from netkit.addresses import AddressError, parse_address
 from netkit.cliargs import (
     choice_list,
     nonnegative_int,
+    number_list,
     positive_int,
     positive_seconds,
     program_name,
@@ -32,6 +34,11 @@ from netkit.logs import setup_logging
 from perftest import report
 from perftest.runner import WorkerFailed, run_clients, testperf_path, worker_main
 from perftest.workload import STAGES, Workload
+
+# Each client is a Python process (~30 MB); past this a sweep exhausts the machine.
+MAX_CLIENTS = 1024
+# Past the server's default request limit (8 MiB) inserts fail; well past it, memory.
+MAX_VALUE_SIZE = 64 << 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,14 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--clients",
-        type=positive_int,
+        type=_client_count,
         default=1,
         metavar="N",
-        help="concurrent client processes (default 1)",
+        help=f"concurrent client processes (default 1, at most {MAX_CLIENTS})",
     )
     group.add_argument(
         "--sweep",
-        type=_client_counts,
+        type=number_list(_client_count),
         metavar="N,N,...",
         help="run with each number of clients in turn, e.g. 1,2,4,8",
     )
@@ -71,10 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--value-size",
-        type=nonnegative_int,
+        type=_value_size,
         default=0,
         metavar="BYTES",
-        help="padding added to every value (default 0)",
+        help=f"padding added to every value (default 0, at most {MAX_VALUE_SIZE})",
     )
     parser.add_argument(
         "--stages",
@@ -138,11 +145,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _client_counts(text: str) -> list[int]:
-    counts = [positive_int(item) for item in text.split(",") if item.strip()]
-    if not counts:
-        raise argparse.ArgumentTypeError("give at least one number of clients")
-    return counts
+def _client_count(text: str) -> int:
+    count = positive_int(text)
+    if count > MAX_CLIENTS:
+        raise argparse.ArgumentTypeError(f"{count} client processes is more than {MAX_CLIENTS}")
+    return count
+
+
+def _value_size(text: str) -> int:
+    size = nonnegative_int(text)
+    if size > MAX_VALUE_SIZE:
+        raise argparse.ArgumentTypeError(f"{size} bytes of padding is more than {MAX_VALUE_SIZE}")
+    return size
 
 
 def make_client(args: argparse.Namespace, **options):
@@ -206,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                 return worker_main(client, args.stages, workload_options(args))
         except ServiceUnavailable as exc:
             print(f"TestPerf client: gave up: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # the parent went away; it says why itself
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
 
     info = report.machine()

@@ -46,6 +46,12 @@ sys.path.insert(0, str(ROOT))
 
 from harness.cctools import CctoolsCatalog, missing_programs  # noqa: E402
 from harness.services import start_catalog  # noqa: E402
+from netkit.cliargs import (  # noqa: E402
+    nonnegative_int,
+    number_list,
+    positive_int,
+    positive_number,
+)
 
 
 def record(port: int, kind: str = "bench") -> dict:
@@ -197,18 +203,24 @@ def ingest(port: int, total: int, rate: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,5000,10000")
-    parser.add_argument("--queries", type=int, default=20)
-    parser.add_argument("--ingest", type=int, default=8000, help="records per ingestion run")
-    parser.add_argument("--rates", default="10000,20000,50000,100000")
+    parser.add_argument("--sizes", type=number_list(positive_int), default=[1000, 5000, 10000])
+    parser.add_argument("--queries", type=positive_int, default=20)
     parser.add_argument(
-        "--big", type=int, default=50_000, help="records for a last ingestion run, ours only"
+        "--ingest", type=positive_int, default=8000, help="records per ingestion run"
     )
-    parser.add_argument("--big-rate", type=float, default=20_000, help="its send rate")
+    parser.add_argument(
+        "--rates", type=number_list(positive_number), default=[10000, 20000, 50000, 100000]
+    )
+    parser.add_argument(
+        "--big",
+        type=nonnegative_int,
+        default=50_000,
+        help="records for a last ingestion run, ours only (0: none)",
+    )
+    parser.add_argument("--big-rate", type=positive_number, default=20_000, help="its send rate")
     parser.add_argument("--ours-only", action="store_true")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rates = [float(r) for r in args.rates.split(",")]
+    sizes, rates = args.sizes, args.rates
     kinds = (
         ["ours"] if args.ours_only or missing_programs(("catalog_server",)) else ["ours", "cctools"]
     )

@@ -99,7 +99,9 @@ def open_directory(directory: Path, lock_timeout: float) -> int:
             fsync_dir(directory.parent)
         fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise RecoveryError(directory, None, f"cannot use as data directory: {error}") from None
+        file = directory.exists() and not directory.is_dir()
+        reason = "it is a file, not a directory" if file else error.strerror or error
+        raise RecoveryError(directory, None, f"cannot use as data directory: {reason}") from None
     deadline = time.monotonic() + lock_timeout
     while True:
         try:

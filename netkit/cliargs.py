@@ -8,8 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 MAX_SECONDS = 1e7  # beyond this a timer overflows select(); nobody means it
+T = TypeVar("T")
 
 
 def program_name(usual: str) -> str:
@@ -73,6 +75,38 @@ def nonnegative_seconds(text: str) -> float:
             f"{text!r} is not a number of seconds from 0 to {MAX_SECONDS:g}"
         )
     return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number greater than zero (a rate, a size in units)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
+    return value
+
+
+def number_list(item: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """argparse type: a comma-separated list, each item parsed (and checked) by ``item``,
+    e.g. ``number_list(positive_int)`` for ``1,2,4,8``."""
+
+    def parse(text: str) -> list[T]:
+        items = [item(word.strip()) for word in text.split(",") if word.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one, comma-separated")
+        return items
+
+    return parse
+
+
+def nonempty_path(text: str) -> Path:
+    """A path that is not empty: ``""`` (an unset variable, say) would mean the
+    current folder, which is never what was meant."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no file or folder")
+    return Path(text)
 
 
 def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
