@@ -15,8 +15,8 @@ import signal
 import tempfile
 from pathlib import Path
 
-from harness.processes import Process, free_port, tcp_open, wait_until
-from harness.services import StartFailed
+from harness.processes import Process, free_port, tcp_open
+from harness.services import StartFailed, wait_ready
 
 PROGRAMS = ("catalog_server", "catalog_query", "catalog_update")
 INSTALL_HINT = "apt-get install coop-computing-tools; make setup does it"
@@ -73,21 +73,7 @@ class CctoolsCatalog:
         process = Process(
             command, self.workdir / f"catalog_server-{self.port}.log", cwd=self.workdir
         )
-        try:
-            wait_until(
-                lambda: not process.alive() or tcp_open("127.0.0.1", self.port),
-                timeout=10,
-                what="catalog_server to listen",
-            )
-        except TimeoutError:
-            process.stop()
-            raise StartFailed(
-                f"catalog_server did not listen on port {self.port} in 10 s:\n"
-                f"{process.output()[-2000:]}"
-            ) from None
-        if not process.alive():
-            process.stop()
-            raise StartFailed(f"catalog_server exited:\n{process.output()[-2000:]}")
+        wait_ready(process, lambda: tcp_open("127.0.0.1", self.port), "catalog_server", 10)
         return process
 
     @property

@@ -40,7 +40,7 @@ def start_catalog(state_dir: Path, log_dir: Path, port: int | None = None) -> tu
         ),
         log_dir / f"catalog-{port}.log",
     )
-    _wait_ready(process, lambda: tcp_open("127.0.0.1", port), "catalog")
+    wait_ready(process, lambda: tcp_open("127.0.0.1", port), "catalog")
     return process, port
 
 
@@ -71,12 +71,14 @@ def start_hashtable_server(
         env={"CATALOG_HOST": catalog},
     )
 
-    return process, _wait_ready(
+    return process, wait_ready(
         process, lambda: listening_port(process.output()[start:]), "hash table server"
     )
 
 
-def _wait_ready(process: Process, ready, what: str, timeout: float = 20.0):
+def wait_ready(process: Process, ready, what: str, timeout: float = 20.0):
+    """Waits until ``ready()`` gives something true and returns it; stops the process
+    and raises ``StartFailed``, with its output, if it exits or takes too long."""
     try:
         value = wait_until(lambda: ready() or not process.alive(), timeout=timeout, what=what)
     except TimeoutError:
