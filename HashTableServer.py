@@ -17,20 +17,20 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
-from catalog.client import catalog_addresses
-from hashtable.database import Database, RecoveryError, StorageFailure
-from hashtable.server import (
-    Limits,
-    Server,
-    connection_capacity,
-    format_address,
-    open_listener,
-    raise_open_file_limit,
+from catalog.client import ANNOUNCE_INTERVAL, catalog_addresses
+from hashtable.database import (
+    DEFAULT_COMPACT_AFTER,
+    DEFAULT_SCAN_TIMEOUT,
+    DEFAULT_SYNC,
+    SYNC_MODES,
+    Database,
+    RecoveryError,
+    StorageFailure,
 )
+from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits, Server
 from netkit.addresses import AddressError
 from netkit.cliargs import (
     nonempty_path,
@@ -39,9 +39,15 @@ from netkit.cliargs import (
     positive_int,
     program_name,
 )
-from netkit.framing import DEFAULT_MAX_LINE
 from netkit.interfaces import reachable_addresses
+from netkit.listeners import (
+    connection_capacity,
+    format_address,
+    open_listener,
+    raise_open_file_limit,
+)
 from netkit.logs import setup_logging
+from netkit.signals import StopSignals
 
 log = logging.getLogger("hashtable.server")
 
@@ -90,18 +96,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sync",
-        choices=("always", "everysec", "no"),
-        default="always",
-        help="always (default): a write is on disk before it is acknowledged, one fsync per "
+        choices=SYNC_MODES,
+        default=DEFAULT_SYNC,
+        help="always: a write is on disk before it is acknowledged, one fsync per "
         "loop turn shared by all clients; everysec: fsync once a second, a crash may lose "
-        "the last second; no: leave it to the operating system",
+        "the last second; no: leave it to the operating system (default %(default)s)",
     )
     parser.add_argument(
         "--compact-after",
         type=positive_int,
-        default=100,
+        default=DEFAULT_COMPACT_AFTER,
         metavar="N",
-        help="log entries before the log is folded into a new checkpoint (default 100)",
+        help="log entries before the log is folded into a new checkpoint (default %(default)s)",
     )
     parser.add_argument(
         "--catalog",
@@ -111,52 +117,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--announce-interval",
         type=nonnegative_seconds,
-        default=60.0,
+        default=ANNOUNCE_INTERVAL,
         metavar="SECONDS",
-        help="how often to announce to the catalog (default 60): a catalog that was down "
+        help="how often to announce to the catalog (default %(default)g): a catalog that was down "
         "when the server started lists it at the next announcement",
     )
     parser.add_argument(
         "--max-connections",
         type=positive_int,
         metavar="N",
-        help="clients connected at once (default 10000, less if the open file limit is lower)",
+        help=f"clients connected at once (default {Limits.max_connections}, less if the open "
+        "file limit is lower)",
     )
     parser.add_argument(
         "--max-request-bytes",
         type=positive_int,
-        default=DEFAULT_MAX_LINE,
+        default=Limits.max_request_bytes,
         metavar="N",
-        help=f"longest request line (default {DEFAULT_MAX_LINE}, 8 MiB)",
+        help="longest request line in bytes (default %(default)s)",
     )
     parser.add_argument(
         "--idle-timeout",
         type=nonnegative_seconds,
-        default=3600.0,
+        default=Limits.idle_timeout,
         metavar="SECONDS",
-        help="close connections idle this long (default 3600; 0: never)",
+        help="close connections idle this long (default %(default)g; 0: never)",
     )
     parser.add_argument(
         "--scan-timeout",
         type=nonnegative_seconds,
-        default=1.0,
+        default=DEFAULT_SCAN_TIMEOUT,
         metavar="SECONDS",
-        help="time one scan may take over the whole table (default 1)",
+        help="time one scan may take over the whole table (default %(default)g)",
     )
     parser.add_argument(
         "--max-scans",
         type=positive_int,
-        default=Limits.max_read_jobs,
+        default=Limits.max_scans,
         metavar="N",
-        help=f"scans and queries running at once (default {Limits.max_read_jobs}); each may "
+        help="scans and queries running at once (default %(default)s); each may "
         "hold a snapshot of the table (16 bytes per key), more wait for one to end",
     )
     parser.add_argument(
         "--summary-interval",
         type=nonnegative_seconds,
-        default=10.0,
+        default=DEFAULT_SUMMARY_INTERVAL,
         metavar="SECONDS",
-        help="how often to log who was served (default 10)",
+        help="how often to log who was served (default %(default)g)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -192,21 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     # Until the loop runs, a stop signal just ends the process: nothing is
     # acknowledged yet, and recovery is safe to interrupt (crash-only).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: sys.exit(0))
-
+    signals = StopSignals()
     limits = Limits(
-        max_line=args.max_request_bytes,
-        max_connections=connection_capacity(args.max_connections, raise_open_file_limit()),
+        max_request_bytes=args.max_request_bytes,
+        max_connections=connection_capacity(
+            args.max_connections or Limits.max_connections,
+            raise_open_file_limit(),
+            explicit=args.max_connections is not None,
+        ),
         idle_timeout=args.idle_timeout or None,
-        max_read_jobs=args.max_scans,
+        max_scans=args.max_scans,
     )
     try:
         database = Database(
             args.data_dir,
             sync=args.sync,
             compact_after=args.compact_after,
-            regex_timeout=args.scan_timeout,
+            scan_timeout=args.scan_timeout,
         )
     except RecoveryError as exc:
         log.critical("cannot recover the table in %s: %s", args.data_dir, exc)
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         listener = open_listener(args.host, args.port)
     except OSError as exc:
-        log.critical("cannot listen on %s: %s", format_address((args.host, args.port)), exc)
+        log.critical("%s", exc.strerror or exc)
         database.close()
         return 2
 
@@ -230,14 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         announce_interval=args.announce_interval,
         summary_interval=args.summary_interval,
     )
-    stopped_by: list[str] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        stopped_by.append(signal.Signals(signum).name)
-        server.stop()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+    signals.attach(server.stop)
     stats = database.stats()
     log.info(
         "project %s: %s keys in %s (sync %s, compacting after %d log entries)",
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):
             database.close()
-    log.info("stopped by %s", stopped_by[0] if stopped_by else "request")
+    log.info("stopped by %s", signals.received or "request")
     return 0
 
 

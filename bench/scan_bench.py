@@ -89,16 +89,16 @@ def main() -> None:
     gc.collect()
 
     table = Table({f"key-{n:07d}": {"n": n % 100} for n in range(args.keys)})
-    compare(f"scan '7$', {args.keys:,} keys", lambda: table.scan("7$", budget=60))
+    compare(f"scan '7$', {args.keys:,} keys", lambda: table.scan("7$", scan_timeout=60))
     compare(f"query n=7, {args.keys:,} keys", lambda: table.query("n", 7))
     evil = Table({"a" * 30 + f"!{n}": n for n in range(40)})
     compare(
         f"catastrophic scan, limit {KEY_TIMEOUT:g} s",
-        lambda: evil.scan("^(a|aa)+$", budget=1.0, key_limit=KEY_TIMEOUT),
+        lambda: evil.scan("^(a|aa)+$", scan_timeout=1.0, key_timeout=KEY_TIMEOUT),
     )
     compare(
         "catastrophic scan, no key limit",
-        lambda: evil.scan("^(a|aa)+$", budget=1.0, key_limit=float("inf")),
+        lambda: evil.scan("^(a|aa)+$", scan_timeout=1.0, key_timeout=float("inf")),
     )
 
 

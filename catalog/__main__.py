@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
 from catalog.server import REQUEST_TIMEOUT, CatalogServer, Config
 from netkit.cliargs import positive_int, positive_seconds, program_name
 from netkit.logs import setup_logging
+from netkit.signals import StopSignals
 
 log = logging.getLogger("catalog")
 
@@ -82,26 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         max_records=args.max_records,
         request_timeout=args.request_timeout,
     )
-    # Handlers before the sockets: a signal that comes once the catalog listens,
-    # before run(), must still stop it through its clean-up path.
-    server: CatalogServer | None = None
-    stop_requested = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        if server is not None:
-            server.stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+    # Handlers before the sockets: a signal from now on stops the catalog cleanly.
+    signals = StopSignals()
     try:
         server = CatalogServer(config)
     except (OSError, StateDirError) as exc:
         log.error("%s", exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
         return 1
-    if stop_requested:
-        server.stop()
+    signals.attach(server.stop)
     server.run()
     return 0
 

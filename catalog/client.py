@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import socket
-import time
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,6 +23,7 @@ import orjson
 import requests
 
 from netkit.addresses import parse_address_list
+from netkit.loop import EventLoop, Timer
 
 log = logging.getLogger("catalog.client")
 
@@ -187,11 +188,14 @@ def record_endpoint(record: Record) -> tuple[str, int]:
 
 
 class Announcer:
-    """Announces a record at start and every ``interval`` seconds, from an event loop.
+    """Announces a record at start and every ``interval`` seconds, from an event
+    loop, without ever blocking it.
 
-    ``make_record`` is called for each announcement so that the record carries
-    fresh figures. The loop calls ``poll()`` each turn and waits no longer than
-    ``seconds_until_due()``.
+    ``make_record`` runs on the loop for each announcement, so that the record
+    carries fresh figures; the sending (a look-up of each catalog's name, then a
+    datagram, or a TCP connection for a large record) runs on a daemon thread,
+    so that a slow or dead DNS server delays the announcement, never the loop.
+    If announcements pile up behind a stuck look-up, only the newest is sent.
     """
 
     def __init__(
@@ -199,22 +203,47 @@ class Announcer:
         make_record: Callable[[], Record],
         interval: float = ANNOUNCE_INTERVAL,
         catalogs: list[Catalog] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.make_record = make_record
         self.interval = interval
         self.catalogs = catalogs if catalogs is not None else catalog_addresses()
-        self.clock = clock
-        self.due = clock()
+        self.announcements = 0
+        self._timer: Timer | None = None
+        self._loop: EventLoop | None = None
+        self._waiting: Record | None = None
+        self._closed = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._send_forever, name="announcer", daemon=True)
 
-    def poll(self) -> bool:
-        """Announces if due; True if it did."""
-        now = self.clock()
-        if now < self.due:
-            return False
-        announce(self.make_record(), self.catalogs)
-        self.due = now + self.interval
-        return True
+    def start(self, loop: EventLoop) -> None:
+        """Announces at once, then every ``interval`` seconds on ``loop``'s timers."""
+        self._loop = loop
+        self._thread.start()
+        self._timer = loop.call_later(0.0, self._announce)
 
-    def seconds_until_due(self) -> float:
-        return max(0.0, self.due - self.clock())
+    def close(self) -> None:
+        """Stops announcing; a send under way finishes on its own (daemon thread)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def _announce(self) -> None:
+        assert self._loop is not None
+        record = self.make_record()
+        with self._ready:
+            self._waiting = record
+            self._ready.notify()
+        self.announcements += 1
+        self._timer = self._loop.call_later(self.interval, self._announce)
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._ready:
+                while self._waiting is None and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                record, self._waiting = self._waiting, None
+            announce(record, self.catalogs)

@@ -88,6 +88,13 @@ class Ingest:
             self.names.give_up(address)
             self._release(address, address)
 
+    def next_deadline(self) -> float | None:
+        """When ``stop_waiting`` next has work (on this ingest's clock), or None."""
+        if not self._waiting:
+            return None
+        since, _ = next(iter(self._waiting.values()))
+        return since + NAME_WAIT
+
     @property
     def waiting(self) -> int:
         return self._waiting_count

@@ -9,8 +9,6 @@ event loop must not. A lock file keeps two catalogs from sharing a directory.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -18,6 +16,7 @@ import time
 from pathlib import Path
 
 from catalog.records import RecordStore
+from netkit import files
 
 log = logging.getLogger("catalog.persist")
 
@@ -45,19 +44,16 @@ class StateDir:
     def open(self) -> None:
         """Creates and locks the directory; ``StateDirError`` if impossible or in use."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StateDirError(f"cannot use state directory {self.path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            self._lock_fd = files.lock_directory(self.path, LOCK_FILE)
+        except files.DirectoryLocked:
             raise StateDirError(
                 f"state directory {self.path} is in use by another catalog"
             ) from None
-        self._lock_fd = fd
-        self._remove_temporaries()
+        except OSError as exc:
+            raise StateDirError(
+                f"cannot use state directory {self.path}: {exc.strerror or exc}"
+            ) from None
+        files.remove_temporary(self.file)
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -79,22 +75,7 @@ class StateDir:
 
     def write(self, data: bytes) -> None:
         """Replaces the state file with ``data`` atomically and durably. Raises OSError."""
-        temporary = self.path / f".{STATE_FILE}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.file)
-        directory = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # makes the rename itself durable
-        finally:
-            os.close(directory)
-
-    def _remove_temporaries(self) -> None:
-        for leftover in self.path.glob(f".{STATE_FILE}.*.tmp"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        files.replace_atomically(self.file, data)
 
 
 class Saver:

@@ -137,6 +137,10 @@ class RecordStore:
             self.version += 1
         return dropped
 
+    def next_expiry(self) -> float | None:
+        """When ``purge`` may next have work (wall clock; perhaps early, never late)."""
+        return self._expiry[0][0] if self._expiry else None
+
     def entries(self) -> list[Entry]:
         """The live records, in the order their keys were first heard from."""
         self.purge()

@@ -1,6 +1,6 @@
 """The catalog server's event loop: sockets, timeouts and nothing else.
 
-One thread, one ``selectors`` loop, every socket non-blocking. What to do with
+One thread on the event-loop core (``netkit.loop``), every socket non-blocking. What to do with
 the bytes is decided elsewhere (``ingest`` for updates, ``app`` for queries), so
 the loop only moves data and enforces the bounds that protect everyone from
 one peer:
@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import resource
-import selectors
 import socket
 import time
 from collections import deque
@@ -37,6 +35,15 @@ from catalog.persist import Saver, StateDir, restore
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS, RecordStore
 from catalog.updates import MAX_UPDATE_BYTES
 from netkit.accepting import Acceptor
+from netkit.listeners import (
+    RESERVED_FDS,
+    connection_capacity,
+    open_datagram_socket,
+    open_listener,
+    raise_open_file_limit,
+    shut_down_writing,
+)
+from netkit.loop import READ, WRITE, EventLoop, Timer, Watch
 
 log = logging.getLogger("catalog.server")
 
@@ -46,10 +53,9 @@ REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
 LINGER = 2.0  # after a reply, how long to wait for the client to close first
 UDP_BATCH = 512
-ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 512
 UDP_BUFFER = 8 * 1024 * 1024  # absorbs bursts of datagrams between two loop turns
 RECV_SIZE = 64 * 1024
-HOUSEKEEPING = 0.25
 SAVE_INTERVAL = 5.0
 REPORT_INTERVAL = 60.0
 
@@ -69,16 +75,18 @@ class Config:
 class _Peer:
     """One TCP connection: an HTTP client on P, or an update sender on P+1."""
 
-    __slots__ = ("address", "data", "deadline", "out", "reader", "sock", "state")
+    __slots__ = ("address", "data", "deadline", "out", "reader", "sock", "state", "timer", "watch")
 
     def __init__(self, sock: socket.socket, address: str, deadline: float) -> None:
         self.sock = sock
         self.address = address
-        self.deadline = deadline
+        self.deadline = deadline  # loop time; the timer re-arms itself when it moved
         self.state = READING
         self.reader = RequestReader()
         self.data = bytearray()  # an update being received
         self.out: deque[memoryview] = deque()
+        self.watch: Watch | None = None
+        self.timer: Timer | None = None
 
     @property
     def queued(self) -> int:
@@ -98,51 +106,18 @@ def sender_address(address: tuple) -> str:
     return host
 
 
-def _bind(host: str, port: int, kind: int) -> socket.socket:
-    sock = None
-    try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
-        sock = socket.socket(family, kind)
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-        sock.bind(address)
-        if kind == socket.SOCK_STREAM:
-            sock.listen(512)
-        sock.setblocking(False)
-        return sock
-    except OSError as exc:
-        if sock is not None:
-            sock.close()
-        protocol = "TCP" if kind == socket.SOCK_STREAM else "UDP"
-        message = f"cannot listen on {host}:{port} ({protocol}): {exc.strerror or exc}"
-        raise OSError(exc.errno, message) from None
-
-
-def connection_limit() -> int:
-    """MAX_CONNECTIONS, or fewer if the process may not open that many files."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_CONNECTIONS + 64
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-            soft = raised
-    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else min(MAX_CONNECTIONS, soft - 64)
-
-
 class CatalogServer:
     """Binds at construction (``OSError`` with a clear message), serves in ``run()``."""
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
         self.state = StateDir(config.state_dir) if config.state_dir else None
         self._sockets: list[socket.socket] = []
         try:
-            self.udp = self._listen(config.port, socket.SOCK_DGRAM)
-            self.http = self._listen(config.port, socket.SOCK_STREAM)
-            self.updates = self._listen(config.port + 1, socket.SOCK_STREAM)
+            self.udp = self._keep(open_datagram_socket(config.host, config.port, UDP_BUFFER))
+            self.http = self._keep(open_listener(config.host, config.port, LISTEN_BACKLOG))
+            self.updates = self._keep(open_listener(config.host, config.port + 1, LISTEN_BACKLOG))
             if self.state:
                 self.state.open()
         except BaseException:
@@ -152,17 +127,22 @@ class CatalogServer:
         self.resolver = Resolver()
         self.ingest = Ingest(self.store, self.resolver, clock)
         self.app = CatalogApp(self.store, f"catalog on {socket.gethostname()}:{config.port}")
-        self.max_connections = connection_limit()
-        self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_write.setblocking(False)
+        self.max_connections = connection_capacity(
+            MAX_CONNECTIONS, raise_open_file_limit(MAX_CONNECTIONS + RESERVED_FDS)
+        )
+        self.loop = EventLoop()
         self._peers: dict[socket.socket, _Peer] = {}
         self._queued = 0
         self._refused = 0
-        self._stopping = False
+        self._saver: Saver | None = None
+        self._saved_version = self.store.version
+        self._last_save = -SAVE_INTERVAL
+        self._save_timer: Timer | None = None
+        # Chores at exact times: records expiring, updates done waiting for a name.
+        self._expiry_alarm = self.loop.alarm(self._purge)
+        self._naming_alarm = self.loop.alarm(self._stop_waiting)
 
-    def _listen(self, port: int, kind: int) -> socket.socket:
-        sock = _bind(self.config.host, port, kind)
+    def _keep(self, sock: socket.socket) -> socket.socket:
         self._sockets.append(sock)
         return sock
 
@@ -170,81 +150,82 @@ class CatalogServer:
 
     def run(self) -> None:
         """Serves until ``stop()``; then saves the records and releases everything."""
-        saver = None
         if self.state:
             restore(self.store, self.state)
-            saver = Saver(self.state)
+            self._saver = Saver(self.state)
+            self._saved_version = self.store.version
         host, port = self.config.host, self.config.port
         log.info(
             "catalog listening on %s:%d (UDP updates, HTTP queries) and %s:%d (TCP updates); "
             "lifetime %ss; state in %s",
             host, port, host, port + 1, self.config.lifetime, self.state.path if self.state else "memory only",
         )  # fmt: skip
-        register = self._selector.register
-        register(self.udp, selectors.EVENT_READ, self._read_datagrams)
-        self._acceptors = {
-            listener: Acceptor(self._selector, listener, partial(self._accept, listener))
-            for listener in (self.http, self.updates)
-        }
-        register(self.resolver, selectors.EVENT_READ, lambda _: self.ingest.names_arrived())
-        register(self._wake_read, selectors.EVENT_READ, lambda _: None)
+        loop = self.loop
+        loop.watch(self.udp, self._read_datagrams, READ)
+        self._acceptors = [
+            Acceptor(loop, self.http, partial(self._accept, True)),
+            Acceptor(loop, self.updates, partial(self._accept, False)),
+        ]
+        loop.watch(self.resolver, lambda _: self.ingest.names_arrived(), READ)
+        loop.call_later(REPORT_INTERVAL, self._report)
+        loop.add_turn_hook(self._after_turn)
         try:
-            self._loop(saver)
+            loop.run()
         finally:
-            self._shutdown(saver)
+            self._shutdown()
 
     def stop(self) -> None:
         """Asks ``run()`` to return; safe from a signal handler."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_write.send(b"x")
+        self.loop.stop()
 
-    def _loop(self, saver: Saver | None) -> None:
-        next_chores = 0.0
-        saved_version = self.store.version
-        last_save = last_report = time.monotonic()
-        while not self._stopping:
-            for acceptor in self._acceptors.values():
-                acceptor.poll()  # resumes accepting after running out of descriptors
-            for key, mask in self._selector.select(HOUSEKEEPING):
-                key.data(mask)
-            now = time.monotonic()
-            if now < next_chores:
-                continue
-            next_chores = now + HOUSEKEEPING
-            self._expire_peers(now)
-            self.ingest.stop_waiting()
-            self.store.purge()
-            if saver and self.store.version != saved_version and now - last_save >= SAVE_INTERVAL:
-                saver.submit(self.store.json_body())
-                saved_version, last_save = self.store.version, now
-            if now - last_report >= REPORT_INTERVAL:
-                self._report()
-                last_report = now
+    def _after_turn(self) -> None:
+        """Re-arms the chores from what the turn changed."""
+        self._expiry_alarm.set(self._loop_time(self.store.next_expiry()))
+        self._naming_alarm.set(self._loop_time(self.ingest.next_deadline()))
+        if self._saver and self.store.version != self._saved_version and self._save_timer is None:
+            due = max(self.loop.time(), self._last_save + SAVE_INTERVAL)
+            self._save_timer = self.loop.call_at(due, self._save)
 
-    def _shutdown(self, saver: Saver | None) -> None:
+    def _loop_time(self, wall: float | None) -> float | None:
+        """A deadline on the store's clock (wall time), on the loop's clock."""
+        return None if wall is None else self.loop.time() + (wall - self.clock())
+
+    def _purge(self) -> None:
+        self.store.purge()
+
+    def _stop_waiting(self) -> None:
+        self.ingest.stop_waiting()
+
+    def _save(self) -> None:
+        self._save_timer = None
+        assert self._saver is not None
+        self._saver.submit(self.store.json_body())
+        self._saved_version, self._last_save = self.store.version, self.loop.time()
+
+    def _shutdown(self) -> None:
         for peer in list(self._peers.values()):
             self._close(peer)
-        self._selector.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self.loop.close()
         self._close_sockets()
         self.ingest.stop_waiting(force=True)
-        if saver and self.state:
+        if self._saver and self.state:
             records = len(self.store)
-            if saver.close(self.store.json_body()):
+            if self._saver.close(self.store.json_body()):
                 log.info("stopped; saved %d records to %s", records, self.state.file)
             else:
                 log.error("stopped, but the records could not be saved to %s", self.state.file)
         if self.state:
             self.state.close()
         self.resolver.close()
-        self._wake_read.close()
-        self._wake_write.close()
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:
             sock.close()
 
     def _report(self) -> None:
+        self.loop.call_later(REPORT_INTERVAL, self._report)
         if self._refused:
             log.warning("refused %d connections in the last minute (limit reached)", self._refused)
             self._refused = 0
@@ -258,7 +239,7 @@ class CatalogServer:
 
     # ------------------------------------------------------------------ updates
 
-    def _read_datagrams(self, _mask: int) -> None:
+    def _read_datagrams(self, _events: int) -> None:
         for _ in range(UDP_BATCH):
             try:
                 data, address = self.udp.recvfrom(RECV_SIZE)
@@ -269,7 +250,7 @@ class CatalogServer:
                 return
             self.ingest.receive(data, sender_address(address))
 
-    def _on_update_peer(self, peer: _Peer, _mask: int) -> None:
+    def _on_update_peer(self, peer: _Peer, _events: int) -> None:
         data = self._recv(peer)
         if data is None:
             return
@@ -283,7 +264,7 @@ class CatalogServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _on_http_peer(self, peer: _Peer, mask: int) -> None:
+    def _on_http_peer(self, peer: _Peer, _events: int) -> None:
         if peer.state == WRITING:
             self._flush(peer)
             return
@@ -317,8 +298,9 @@ class CatalogServer:
         peer.out.extend(memoryview(part) for part in parts)
         self._queued += size
         peer.state = WRITING
-        peer.deadline = time.monotonic() + SEND_TIMEOUT
-        self._selector.modify(peer.sock, selectors.EVENT_WRITE, partial(self._on_http_peer, peer))
+        peer.deadline = self.loop.time() + SEND_TIMEOUT
+        assert peer.watch is not None
+        peer.watch.set(WRITE)
         self._flush(peer)
 
     def _flush(self, peer: _Peer) -> None:
@@ -332,33 +314,31 @@ class CatalogServer:
                 self._close(peer)
                 return
             self._queued -= sent
-            peer.deadline = time.monotonic() + SEND_TIMEOUT
+            peer.deadline = self.loop.time() + SEND_TIMEOUT
             if sent == len(out[0]):
                 out.popleft()
             else:
                 out[0] = out[0][sent:]
         # All sent. Half-close and wait for the client's close: closing with its
         # bytes unread would reset the connection and could destroy our reply.
-        with contextlib.suppress(OSError):
-            peer.sock.shutdown(socket.SHUT_WR)
+        shut_down_writing(peer.sock)
         peer.state = LINGERING
-        peer.deadline = time.monotonic() + LINGER
-        self._selector.modify(peer.sock, selectors.EVENT_READ, partial(self._on_http_peer, peer))
+        peer.deadline = self.loop.time() + LINGER
+        assert peer.watch is not None
+        peer.watch.set(READ)
 
     # ------------------------------------------------------------------ connections
 
-    def _accept(self, listener: socket.socket, _mask: int) -> None:
-        for sock, address in self._acceptors[listener].accept(ACCEPT_BATCH):
-            is_http = listener is self.http
-            if len(self._peers) >= self.max_connections:
-                self._refuse(sock, is_http)
-                continue
-            sock.setblocking(False)
-            deadline = time.monotonic() + self.config.request_timeout
-            peer = _Peer(sock, sender_address(address), deadline)
-            self._peers[sock] = peer
-            handler = self._on_http_peer if is_http else self._on_update_peer
-            self._selector.register(sock, selectors.EVENT_READ, partial(handler, peer))
+    def _accept(self, is_http: bool, sock: socket.socket, address: tuple) -> None:
+        if len(self._peers) >= self.max_connections:
+            self._refuse(sock, is_http)
+            return
+        sock.setblocking(False)
+        peer = _Peer(sock, sender_address(address), self.loop.time() + self.config.request_timeout)
+        self._peers[sock] = peer
+        handler = self._on_http_peer if is_http else self._on_update_peer
+        peer.watch = self.loop.watch(sock, partial(handler, peer), READ)
+        peer.timer = self.loop.call_at(peer.deadline, partial(self._deadline, peer))
 
     def _refuse(self, sock: socket.socket, is_http: bool) -> None:
         if not self._refused:  # once per report period: a flood must not flood the log
@@ -380,18 +360,27 @@ class CatalogServer:
             self._close(peer)
             return None
 
-    def _expire_peers(self, now: float) -> None:
-        for peer in [p for p in self._peers.values() if p.deadline < now]:
-            log.debug("connection from %s timed out while %s", peer.address, peer.state)
-            if peer.state == READING and peer.reader.started:
-                self._reply(peer, self.app.error(408, "request not received in time"))
-            else:
-                self._close(peer)
+    def _deadline(self, peer: _Peer) -> None:
+        """The peer's timer: re-armed if its deadline moved, else the peer took too long."""
+        if peer.sock not in self._peers:
+            return
+        if self.loop.time() < peer.deadline:
+            peer.timer = self.loop.call_at(peer.deadline, partial(self._deadline, peer))
+            return
+        peer.timer = None
+        log.debug("connection from %s timed out while %s", peer.address, peer.state)
+        if peer.state == READING and peer.reader.started:
+            self._reply(peer, self.app.error(408, "request not received in time"))
+            peer.timer = self.loop.call_at(peer.deadline, partial(self._deadline, peer))
+        else:
+            self._close(peer)
 
     def _close(self, peer: _Peer) -> None:
         if self._peers.pop(peer.sock, None) is None:
             return
         self._queued -= peer.queued
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(peer.sock)
+        if peer.watch is not None:
+            peer.watch.close()
+        if peer.timer is not None:
+            peer.timer.cancel()
         peer.sock.close()

@@ -30,10 +30,10 @@ import orjson
 
 from hashtable import storage
 from hashtable.compaction import Compactor, Result
-from hashtable.request import MUTATIONS, Outcome, Request
-from hashtable.sessions import SessionLimits, Sessions, check_fields
+from hashtable.request import MUTATIONS, Outcome, Request, numbering_problem, validate
+from hashtable.sessions import SessionLimits, Sessions
 from hashtable.storage import RecoveryError, StorageFailure
-from hashtable.table import KEY_TIMEOUT, ReadJob, Table, check_arguments
+from hashtable.table import KEY_TIMEOUT, ReadJob, Table
 from netkit.backoff import Backoff
 
 log = logging.getLogger("hashtable.database")
@@ -41,6 +41,12 @@ log = logging.getLogger("hashtable.database")
 REAP_INTERVAL = 0.05  # how often the loop should look at a running compaction
 _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+# The defaults of the server's options of the same names (HashTableServer.py).
+SYNC_MODES = storage.SYNC_MODES
+DEFAULT_SYNC = "always"
+DEFAULT_COMPACT_AFTER = 100
+DEFAULT_SCAN_TIMEOUT = 1.0
 
 __all__ = ["Database", "ReadJob", "RecoveryError", "StorageFailure"]
 
@@ -52,21 +58,21 @@ class Database:
         self,
         data_dir: Path | str,
         *,
-        sync: str = "always",
-        compact_after: int = 100,
-        regex_timeout: float = 1.0,
+        sync: str = DEFAULT_SYNC,
+        compact_after: int = DEFAULT_COMPACT_AFTER,
+        scan_timeout: float = DEFAULT_SCAN_TIMEOUT,
         key_timeout: float = KEY_TIMEOUT,
         lock_timeout: float = 5.0,
         session_limits: SessionLimits | None = None,
     ) -> None:
-        if sync not in storage.SYNC_MODES:
-            raise ValueError(f"sync must be one of {', '.join(storage.SYNC_MODES)}, not {sync!r}")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         if compact_after < 1:
             raise ValueError("compact_after must be at least 1")
         self.directory = Path(data_dir)
         self.sync = sync
         self.compact_after = compact_after
-        self.regex_timeout = regex_timeout
+        self.scan_timeout = scan_timeout
         self.key_timeout = key_timeout
         self._lock = storage.open_directory(self.directory, lock_timeout)
         try:
@@ -107,61 +113,64 @@ class Database:
 
     def start(self, request: Request) -> Outcome | ReadJob:
         """Like execute(), but a read that visits the whole table (scan, query)
-        comes back as a job on a snapshot, to be run a slice at a time."""
-        try:
-            handler = self._handlers[request.method]
-        except (KeyError, TypeError):
-            return Outcome.invalid(f"unknown method {str(request.method)[:40]!r}")
-        return handler(request)
+        comes back as a job on a snapshot, to be run a slice at a time.
+
+        ``request`` is checked against the protocol's rules first
+        (``hashtable.request.validate``)."""
+        mutation = type(request.method) is str and request.method in MUTATIONS
+        if request.problem is None or not mutation:
+            problem = validate(request)
+            if problem is not None:
+                if not mutation or request.client is None or numbering_problem(request):
+                    return Outcome.invalid(problem)
+                request.problem = problem  # a good number: recorded, as the parser's are
+        return self._handlers[request.method](request)
+
+    def start_parsed(self, request: Request) -> Outcome | ReadJob:
+        """``start`` for a request from ``hashtable.protocol.parse_request``, which
+        has checked it already: the server's hot path."""
+        return self._handlers[request.method](request)
 
     def _lookup(self, request: Request) -> Outcome:
-        problem = check_arguments(request)
-        return Outcome.invalid(problem) if problem else self.table.lookup(request.key)
+        return self.table.lookup(request.key)
 
     def _scan(self, request: Request) -> Outcome | ReadJob:
-        problem = check_arguments(request)
-        if problem:
-            return Outcome.invalid(problem)
-        return self.table.scan(request.regex, self.regex_timeout, self.key_timeout)
+        return self.table.scan(request.regex, self.scan_timeout, self.key_timeout)
 
     def _size(self, request: Request) -> Outcome:
         return self.table.size()
 
     def _query(self, request: Request) -> Outcome | ReadJob:
-        problem = check_arguments(request)
-        if problem:
-            return Outcome.invalid(problem)
         return self.table.query(request.subkey, request.subvalue)
 
     def _mutate(self, request: Request) -> Outcome:
-        client, seq, ack = request.client, request.seq, request.ack
-        problem = check_fields(client, seq, ack)
-        if problem:
-            return Outcome.invalid(problem)
+        client, problem = request.client, request.problem
         if client is not None:
-            earlier = self.sessions.earlier(client, seq)
+            earlier = self.sessions.earlier(client, request.seq)
             if earlier is not None:
                 return earlier
+        elif problem is not None:
+            return Outcome.invalid(problem)
         record: dict[str, Any] = {"origin": self.origin, "lsn": self._lsn + 1}
         if client is not None:
             record["client"] = client
-            record["seq"] = seq
-            if ack:
-                record["ack"] = ack
+            record["seq"] = request.seq
+            if request.ack:
+                record["ack"] = request.ack
         record["method"] = request.method
-        problem = check_arguments(request)
         if problem is None:
             record["key"] = request.key
             if request.method == "insert":
                 record["value"] = request.value
             try:
                 line = _dumps(record, option=_NEWLINE)
-            except TypeError as error:  # orjson.JSONEncodeError: too deep, huge int, bad Unicode
+            except TypeError as error:  # orjson.JSONEncodeError: huge int, bad Unicode, a set...
                 problem = f"cannot store this {request.method}: {error}"
         if problem is not None:
             if client is None:
                 return Outcome.invalid(problem)
-            # Logged too, so that its retry gets the same answer even after a crash.
+            # Logged too, so that its retry gets the same answer even after a crash,
+            # and the client's next number follows this one.
             record.pop("key", None)
             record.pop("value", None)
             record["invalid"] = problem
@@ -328,13 +337,11 @@ class Database:
         if not isinstance(request.method, str) or request.method not in MUTATIONS:
             problem = f"method {request.method!r} is not a mutation"
         elif invalid is None:
-            problem = check_fields(request.client, request.seq, request.ack) or check_arguments(
-                request
-            )
+            problem = validate(request)
         elif not isinstance(invalid, str) or request.client is None:
             problem = "'invalid' must be a message, in a record with a client"
         else:
-            problem = check_fields(request.client, request.seq, request.ack)
+            problem = numbering_problem(request)  # only its number was recorded
         if problem:
             raise RecoveryError(path, number, f"not a valid log record: {problem}")
         self._apply(request, invalid)

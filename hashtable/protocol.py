@@ -16,69 +16,60 @@ from typing import Any
 
 import orjson
 
-from hashtable.request import METHODS, MUTATIONS, OK_NONE, Outcome, Request, Status
-from hashtable.sessions import MAX_CLIENT_ID, MAX_SEQ
+from hashtable.request import (
+    ACCEPTED,
+    FIELDS,
+    MAX_CLIENT_ID,
+    MAX_QUOTE,
+    MAX_VALUE_DEPTH,
+    MUTATIONS,
+    OK_NONE,
+    REQUIRED,
+    Outcome,
+    Request,
+    Status,
+    field_problem,
+    kind_of,
+    method_problem,
+    quote,
+    session_problem,
+    too_deep,
+)
 
-# orjson refuses to encode deeper than 254 levels; a stored value is wrapped by the
-# log record and by replies (scan: object > array > array > value), so values get a margin.
-MAX_VALUE_DEPTH = 200
-_MAX_MESSAGE_QUOTE = 80
+__all__ = [
+    "MAX_CLIENT_ID",
+    "MAX_VALUE_DEPTH",
+    "ProtocolError",
+    "decode_outcome",
+    "decode_reply",
+    "encode_outcome",
+    "encode_reply",
+    "encode_request",
+    "parse_request",
+]
 
 _loads = orjson.loads
 _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 _JSONDecodeError = orjson.JSONDecodeError
+_CONTAINERS = (dict, list)
+_VALUE = FIELDS["value"]
 
 
 class ProtocolError(ValueError):
     """A reply line that does not follow the protocol (client side)."""
 
 
-# Field kinds. A request's fields are exactly its method's required fields plus,
-# for mutations, the optional exactly-once fields; anything else is refused.
-_STR = "a string"
-_ANY = "any JSON value"
-_ATOMIC = "a string, number, boolean or null"
-_CLIENT = f"a string of 1 to {MAX_CLIENT_ID} characters"
-_SEQ = "an integer from 1 to 2**63-1"
-_ACK = "an integer from 0 to 2**63-2"
-
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "insert": ("key", "value"),
-    "lookup": ("key",),
-    "remove": ("key",),
-    "scan": ("regex",),
-    "size": (),
-    "query": ("subkey", "subvalue"),
-}
-_KINDS = {
-    "key": _STR,
-    "value": _ANY,
-    "regex": _STR,
-    "subkey": _STR,
-    "subvalue": _ATOMIC,
-    "client": _CLIENT,
-    "seq": _SEQ,
-    "ack": _ACK,
-}
-_EXACTLY_ONCE = ("client", "seq", "ack")
-assert set(_REQUIRED) == METHODS
-
-# method -> {field: kind} of every field it accepts
-_FIELDS: dict[str, dict[str, str]] = {
-    method: {
-        name: _KINDS[name] for name in required + (_EXACTLY_ONCE if method in MUTATIONS else ())
-    }
-    for method, required in _REQUIRED.items()
-}
-_METHOD_LIST = ", ".join(_REQUIRED)
-
-
 # ---------------------------------------------------------------- server side
 
 
 def parse_request(line: bytes) -> Request | Outcome:
-    """A request line (without its ``\\n``) -> the ``Request``, or an INVALID ``Outcome``."""
+    """A request line (without its ``\\n``) -> the ``Request``, or an INVALID ``Outcome``.
+
+    The rules are ``hashtable.request``'s. A mutation whose exactly-once fields
+    are good but whose other fields are not comes back as a ``Request`` with its
+    ``problem`` set: the database answers it invalid and records its number.
+    """
     try:
         obj = _loads(line)
     except _JSONDecodeError as exc:
@@ -89,32 +80,48 @@ def parse_request(line: bytes) -> Request | Outcome:
         if type(key) is str:
             return Request("lookup", key)
     if type(obj) is not dict:
-        return Outcome.invalid(f"a request must be a JSON object, not {_kind(obj)}")
+        return Outcome.invalid(f"a request must be a JSON object, not {kind_of(obj)}")
     method = obj.pop("method", None)
-    fields = _FIELDS.get(method) if type(method) is str else None
-    if fields is None:
-        return Outcome.invalid(_method_problem(method))
-    session = 0  # exactly-once fields present
+    accepted = ACCEPTED.get(method) if type(method) is str else None
+    if accepted is None:
+        return Outcome.invalid(method_problem(method))
+    problem = None
     for name, value in obj.items():
-        kind = fields.get(name)
-        if kind is None:
-            return Outcome.invalid(f"{method} takes no field {_quote(name)}")
-        if kind is _STR:
-            if type(value) is not str:
-                return _wrong_type(method, name, kind, value)
-        elif kind is _ANY:
-            if type(value) in _CONTAINERS and _too_deep(line, value):
-                return Outcome.invalid(f'"value" nests deeper than {MAX_VALUE_DEPTH} levels')
-        elif kind is _ATOMIC:
-            if type(value) in _CONTAINERS:
-                return _wrong_type(method, name, kind, value)
+        if name not in accepted:
+            problem = f"{method} takes no field {quote(name)}"
+            break
+        field = FIELDS[name]
+        if not field.check(value):
+            problem = field_problem(method, name, value)
+            break
+        if field is _VALUE and type(value) in _CONTAINERS and _too_deep(line, value):
+            problem = f'"value" nests deeper than {MAX_VALUE_DEPTH} levels'
+            break
+    else:
+        for name in REQUIRED[method]:
+            if name not in obj:
+                problem = f'{method} needs the field "{name}"'
+                break
         else:
-            if not _SESSION_CHECKS[kind](value):
-                return _wrong_type(method, name, kind, value)
-            session += 1
-    if len(obj) - session != len(_REQUIRED[method]) or (session and _session_wrong(obj)):
-        return Outcome.invalid(_fields_problem(method, obj))
-    return Request(method, **obj)
+            problem = session_problem(obj.get("client"), obj.get("seq"), obj.get("ack"))
+            if problem is None:
+                return Request(method, **obj)
+    return _refused(method, obj, problem)
+
+
+def _refused(method: str, obj: dict[str, Any], problem: str) -> Request | Outcome:
+    """An invalid request: recorded under its number if it is a mutation that
+    carries good exactly-once fields (``Request.problem``), else just refused."""
+    client, seq, ack = obj.get("client"), obj.get("seq"), obj.get("ack")
+    if (
+        method in MUTATIONS
+        and FIELDS["client"].check(client)
+        and FIELDS["seq"].check(seq)
+        and (ack is None or FIELDS["ack"].check(ack))
+        and session_problem(client, seq, ack) is None
+    ):
+        return Request(method, client=client, seq=seq, ack=ack, problem=problem)
+    return Outcome.invalid(problem)
 
 
 def encode_reply(outcome: Outcome) -> bytes:
@@ -128,52 +135,35 @@ def encode_reply(outcome: Outcome) -> bytes:
             # The protocol's bounds make this unreachable; if it ever happens, the
             # client gets an answer and the server goes on.
             outcome = Outcome.failed("ServerError", f"the result cannot be encoded: {exc}")
-    return _dumps(
-        {"status": outcome.status.value, "error": outcome.error, "message": outcome.message},
-        option=_NEWLINE,
-    )
+    return _dumps(encode_outcome(outcome), option=_NEWLINE)
 
 
 _OK_NONE_LINE = b'{"status":"ok","result":null}\n'
-_CONTAINERS = (dict, list)
 
 
-def _check_client(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= MAX_CLIENT_ID
+def encode_outcome(outcome: Outcome) -> dict[str, Any]:
+    """An ``Outcome`` as the JSON object that replies (and checkpoints) carry."""
+    if outcome.status is Status.OK:
+        return {"status": "ok", "result": outcome.result}
+    return {"status": outcome.status.value, "error": outcome.error, "message": outcome.message}
 
 
-def _check_seq(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= MAX_SEQ
-
-
-def _check_ack(value: Any) -> bool:
-    return type(value) is int and 0 <= value < MAX_SEQ
-
-
-_SESSION_CHECKS = {_CLIENT: _check_client, _SEQ: _check_seq, _ACK: _check_ack}
-
-
-def _session_wrong(obj: dict[str, Any]) -> bool:
-    seq = obj.get("seq")
-    if seq is None or "client" not in obj:
-        return True
-    ack = obj.get("ack")
-    return ack is not None and ack >= seq
-
-
-def _fields_problem(method: str, obj: dict[str, Any]) -> str:
-    """Why the fields present do not make a request (missing field, half a session id)."""
-    for name in _REQUIRED[method]:
-        if name not in obj:
-            return f'{method} needs the field "{name}"'
-    if ("client" in obj) != ("seq" in obj):
-        return '"client" and "seq" go together'
-    if "ack" in obj:
-        if "seq" not in obj:
-            return '"ack" needs "client" and "seq"'
-        if obj["ack"] >= obj["seq"]:
-            return '"ack" must be less than "seq" (a client cannot hold the reply it is asking for)'
-    raise AssertionError(f"no problem found with {method} fields {sorted(obj)}")
+def decode_outcome(data: Any) -> Outcome:
+    """The inverse of ``encode_outcome``; ``ValueError`` when ``data`` is not one."""
+    if type(data) is not dict:
+        raise ValueError("an outcome must be an object")
+    status = data.get("status")
+    if status == "ok":
+        if "result" not in data:
+            raise ValueError("an ok outcome needs a result")
+        result = data["result"]
+        return OK_NONE if result is None else Outcome(Status.OK, result)
+    error, message = data.get("error"), data.get("message")
+    if status not in ("failed", "invalid") or type(error) is not str:
+        raise ValueError(f"not an outcome: status {status!r}")
+    if type(message) is not str:
+        raise ValueError("an outcome's message must be a string")
+    return Outcome(Status(status), None, error, message)
 
 
 def _too_deep(line: bytes, value: Any) -> bool:
@@ -181,62 +171,13 @@ def _too_deep(line: bytes, value: Any) -> bool:
     # only a line with that many brackets, some perhaps inside strings, is walked.
     if line.count(b"[") + line.count(b"{") <= MAX_VALUE_DEPTH:
         return False
-    level = [value]
-    for _ in range(MAX_VALUE_DEPTH):
-        level = [
-            child
-            for item in level
-            for child in (item.values() if type(item) is dict else item)
-            if type(child) in _CONTAINERS
-        ]
-        if not level:
-            return False
-    return True
+    return too_deep(value)
 
 
 def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
     if not line.strip():
         return "empty request: send one JSON object per line"
     return f"not valid JSON ({exc})"
-
-
-def _method_problem(method: Any) -> str:
-    if method is None:
-        return f'missing field "method" (one of {_METHOD_LIST})'
-    if type(method) is not str:
-        return f'field "method" must be a string, not {_kind(method)}'
-    return f"unknown method {_quote(method)} (methods: {_METHOD_LIST})"
-
-
-def _wrong_type(method: str, name: str, kind: str, value: Any) -> Outcome:
-    return Outcome.invalid(f'{method}: field "{name}" must be {kind}, not {_describe(value)}')
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {_quote(value)}"
-    return _kind(value)
-
-
-def _quote(text: str) -> str:
-    """``text`` as a JSON string for a message, shortened: messages echo client input."""
-    if len(text) > _MAX_MESSAGE_QUOTE:
-        text = text[:_MAX_MESSAGE_QUOTE] + "..."
-    return _dumps(text).decode()
 
 
 # ---------------------------------------------------------------- client side
@@ -249,9 +190,9 @@ def encode_request(request: Request) -> bytes:
     ``JSONEncodeError``) for a value JSON cannot carry. Field types are the
     server's to check, so that there is one set of rules.
     """
-    required = _REQUIRED.get(request.method)
+    required = REQUIRED.get(request.method)
     if required is None:
-        raise ValueError(_method_problem(request.method))
+        raise ValueError(method_problem(request.method))
     message: dict[str, Any] = {"method": request.method}
     for name in required:
         message[name] = getattr(request, name)
@@ -266,16 +207,8 @@ def encode_request(request: Request) -> bytes:
 def decode_reply(line: bytes) -> Outcome:
     """A reply line -> its ``Outcome``. Raises ``ProtocolError`` if it is not a reply."""
     try:
-        reply = _loads(line)
-        status = reply["status"]
-        if status == "ok":
-            result = reply["result"]
-            return OK_NONE if result is None else Outcome(Status.OK, result)
-        if status in ("failed", "invalid"):
-            error, message = reply["error"], reply["message"]
-            if type(error) is str and type(message) is str:
-                return Outcome(Status(status), None, error, message)
-    except (_JSONDecodeError, KeyError, TypeError):
+        return decode_outcome(_loads(line))
+    except (_JSONDecodeError, ValueError):
         pass
-    shown = line[:_MAX_MESSAGE_QUOTE] + (b"..." if len(line) > _MAX_MESSAGE_QUOTE else b"")
+    shown = line[:MAX_QUOTE] + (b"..." if len(line) > MAX_QUOTE else b"")
     raise ProtocolError(f"not a hash table reply: {shown!r}")

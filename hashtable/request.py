@@ -1,15 +1,23 @@
-"""The hash table's requests and outcomes, independent of any wire format.
+"""The hash table's requests and outcomes, and the one set of rules a request must follow.
 
 ``hashtable.protocol`` turns wire lines into ``Request`` objects and ``Outcome``
-objects into reply lines; ``hashtable.database`` executes requests. Neither
-knows about the other's side, and both are testable without a network.
+objects into reply lines; ``hashtable.database`` executes requests. The rules
+of a valid request (which fields each method takes, what each field may hold,
+how the exactly-once fields go together) live here, once: the wire parser
+checks them field by field as it reads a line, and ``validate`` checks a
+``Request`` built any other way (by a program using the database directly, or
+rebuilt from the log during recovery). docs/protocol.md states the same rules.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 # Methods that change the table: logged, made durable, and deduplicated when retried.
 MUTATIONS = frozenset({"insert", "remove"})
@@ -17,6 +25,13 @@ READS = frozenset({"lookup", "scan", "size", "query"})
 # Reads that visit every key: run a slice at a time over a snapshot of the table.
 WHOLE_TABLE_READS = frozenset({"scan", "query"})
 METHODS = MUTATIONS | READS
+
+MAX_CLIENT_ID = 128
+MAX_SEQ = 2**63 - 1  # the log's JSON codec (orjson) holds 64-bit integers
+# orjson refuses to encode deeper than 254 levels; a stored value is wrapped by the
+# log record and by replies (scan: object > array > array > value), so values get a margin.
+MAX_VALUE_DEPTH = 200
+MAX_QUOTE = 80  # characters of client input echoed in a message
 
 
 class Status(StrEnum):
@@ -33,6 +48,11 @@ class Request:
     ``client`` is an opaque id chosen by the client (e.g. a UUID), ``seq`` grows
     by one per mutation of that client. ``ack`` tells the server that the client
     has the replies of all its mutations numbered ``<= ack``, so it may forget them.
+
+    ``problem``: set by the wire parser on a mutation whose exactly-once fields
+    are good but whose other fields are not. Such a request is answered invalid
+    and still recorded under its number, so that the client's later mutations
+    (numbered after it) are not refused as coming from an unknown session.
     """
 
     method: str
@@ -44,6 +64,7 @@ class Request:
     client: str | None = None
     seq: int | None = None
     ack: int | None = None
+    problem: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 3x to build, on the hot path
@@ -69,3 +90,188 @@ class Outcome:
 
 
 OK_NONE = Outcome.ok(None)
+
+
+# ---------------------------------------------------------------- the rules
+
+
+class Field(NamedTuple):
+    kind: str  # what it must be, for messages: "a string", ...
+    check: Callable[[Any], bool]
+
+
+def _is_string(value: Any) -> bool:
+    return type(value) is str
+
+
+def _is_anything(value: Any) -> bool:
+    return True  # any JSON value; its depth is checked apart (``too_deep``)
+
+
+def _is_atomic(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    return kind is str or kind is int or kind is bool or value is None
+
+
+def _is_client(value: Any) -> bool:
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_CLIENT_ID
+        and value.isascii()
+        and value.isprintable()
+    )
+
+
+def _is_seq(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= MAX_SEQ
+
+
+def _is_ack(value: Any) -> bool:
+    return type(value) is int and 0 <= value < MAX_SEQ
+
+
+FIELDS: dict[str, Field] = {
+    "key": Field("a string", _is_string),
+    "value": Field("any JSON value", _is_anything),
+    "regex": Field("a string", _is_string),
+    "subkey": Field("a string", _is_string),
+    "subvalue": Field("a string, number, boolean or null", _is_atomic),
+    "client": Field(f"1 to {MAX_CLIENT_ID} printable ASCII characters", _is_client),
+    "seq": Field("an integer from 1 to 2**63-1", _is_seq),
+    "ack": Field("an integer from 0 to 2**63-2", _is_ack),
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "insert": ("key", "value"),
+    "lookup": ("key",),
+    "remove": ("key",),
+    "scan": ("regex",),
+    "size": (),
+    "query": ("subkey", "subvalue"),
+}
+SESSION_FIELDS = ("client", "seq", "ack")
+assert set(REQUIRED) == METHODS
+# method -> the names of every field it accepts
+ACCEPTED: dict[str, frozenset[str]] = {
+    method: frozenset(required + (SESSION_FIELDS if method in MUTATIONS else ()))
+    for method, required in REQUIRED.items()
+}
+METHOD_LIST = ", ".join(REQUIRED)
+
+
+def method_problem(method: Any) -> str:
+    """Why ``method`` names no method (call only when it does not)."""
+    if method is None:
+        return f'missing field "method" (one of {METHOD_LIST})'
+    if type(method) is not str:
+        return f'field "method" must be a string, not {kind_of(method)}'
+    return f"unknown method {quote(method)} (methods: {METHOD_LIST})"
+
+
+def field_problem(method: str, name: str, value: Any) -> str:
+    """The message for a field whose value breaks its rule."""
+    return f'{method}: field "{name}" must be {FIELDS[name].kind}, not {describe(value)}'
+
+
+def session_problem(client: Any, seq: Any, ack: Any) -> str | None:
+    """Why the exactly-once fields (each already of a valid kind, or None for
+    absent) do not go together, or None when they do."""
+    if (client is None) != (seq is None):
+        return '"client" and "seq" go together'
+    if ack is not None:
+        if seq is None:
+            return '"ack" needs "client" and "seq"'
+        if ack >= seq:
+            return '"ack" must be less than "seq" (a client cannot hold the reply it is asking for)'
+    return None
+
+
+def too_deep(value: Any) -> bool:
+    """True when a value nests containers deeper than ``MAX_VALUE_DEPTH``."""
+    level = [value]
+    for _ in range(MAX_VALUE_DEPTH):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) in (dict, list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def validate(request: Request) -> str | None:
+    """Why ``request`` breaks the rules, or None when it follows them.
+
+    For requests not read from the wire: the same rules, the same messages, as
+    ``hashtable.protocol.parse_request``.
+    """
+    return argument_problem(request) or numbering_problem(request)
+
+
+def argument_problem(request: Request) -> str | None:
+    """What is wrong with the method and its fields (all but the numbering), or None."""
+    method = request.method
+    accepted = ACCEPTED.get(method) if type(method) is str else None
+    if accepted is None:
+        return method_problem(method)
+    for name in REQUIRED[method]:
+        value = getattr(request, name)
+        if not FIELDS[name].check(value):
+            return field_problem(method, name, value)
+    if method == "insert" and type(request.value) in (dict, list) and too_deep(request.value):
+        return f'"value" nests deeper than {MAX_VALUE_DEPTH} levels'
+    for name in FIELDS:
+        if name not in accepted and getattr(request, name) is not None:
+            return f"{method} takes no field {quote(name)}"
+    return None
+
+
+def numbering_problem(request: Request) -> str | None:
+    """What is wrong with a mutation's exactly-once fields, or None (also for reads,
+    which ``argument_problem`` refuses such fields)."""
+    if type(request.method) is not str or request.method not in MUTATIONS:
+        return None
+    for name in SESSION_FIELDS:
+        value = getattr(request, name)
+        if value is not None and not FIELDS[name].check(value):
+            return field_problem(request.method, name, value)
+    return session_problem(request.client, request.seq, request.ack)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {quote(value)}"
+    return kind_of(value)
+
+
+def quote(text: str) -> str:
+    """``text`` as a JSON-style quoted string for a message, shortened: messages
+    echo client input."""
+    if len(text) > MAX_QUOTE:
+        text = text[:MAX_QUOTE] + "..."
+    try:
+        return orjson.dumps(text).decode()
+    except TypeError:  # a lone surrogate: not Unicode text, shown escaped
+        return repr(text)

@@ -28,10 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from hashtable.request import OK_NONE, Outcome, Status
-
-MAX_CLIENT_ID = 128
-MAX_SEQ = 2**63 - 1  # the log's JSON codec (orjson) holds 64-bit integers
+from hashtable.protocol import decode_outcome, encode_outcome
+from hashtable.request import Outcome
 
 
 @dataclass(frozen=True)
@@ -43,48 +41,6 @@ class SessionLimits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_outcomes_per_client <= self.max_outcomes or self.max_clients < 1:
             raise ValueError("session limits need 1 <= per client <= total, and clients >= 1")
-
-
-def check_fields(client: Any, seq: Any, ack: Any) -> str | None:
-    """Why these session fields are wrong, or None when they are fine (or all absent)."""
-    if client is None:
-        if seq is not None or ack is not None:
-            return "'seq' and 'ack' need a 'client'"
-        return None
-    if not (
-        isinstance(client, str)
-        and 1 <= len(client) <= MAX_CLIENT_ID
-        and client.isascii()
-        and client.isprintable()
-    ):
-        return f"'client' must be 1 to {MAX_CLIENT_ID} printable ASCII characters"
-    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
-        return "a mutation with a 'client' needs 'seq', an integer >= 1"
-    if ack is not None and (type(ack) is not int or not 0 <= ack < seq):
-        return "'ack' must be an integer >= 0 and below 'seq'"
-    return None
-
-
-def encode_outcome(outcome: Outcome) -> dict[str, Any]:
-    if outcome.status is Status.OK:
-        return {"status": "ok", "result": outcome.result}
-    return {"status": outcome.status.value, "error": outcome.error, "message": outcome.message}
-
-
-def decode_outcome(data: Any) -> Outcome:
-    """The inverse of ``encode_outcome``; ValueError when ``data`` is not one."""
-    if not isinstance(data, dict):
-        raise ValueError("an outcome must be an object")
-    status = data.get("status")
-    if status == "ok":
-        result = data.get("result")
-        return OK_NONE if result is None else Outcome.ok(result)
-    error, message = data.get("error"), data.get("message")
-    if status not in ("failed", "invalid") or not isinstance(error, str):
-        raise ValueError(f"not an outcome: status {status!r}")
-    if not isinstance(message, str):
-        raise ValueError("an outcome's message must be a string")
-    return Outcome(Status(status), None, error, message)
 
 
 class _Session:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -33,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from netkit import files
+
 log = logging.getLogger("hashtable.storage")
 
 LOG = "table.txn"
@@ -40,7 +41,6 @@ OLD_LOG = "table.txn.old"
 CHECKPOINT = "table.ckpt"
 ORIGIN = "table.origin"
 LOCK = "table.lock"
-TEMPORARY = ".tmp"
 CHECKPOINT_FORMAT = "hashtable-checkpoint"
 CHECKPOINT_VERSION = 1
 SYNC_MODES = ("always", "everysec", "no")
@@ -70,22 +70,6 @@ class DataDirBusy(RecoveryError):
     """Another process (a running server, or its compaction) holds the data directory."""
 
 
-def fsync_dir(directory: Path) -> None:
-    """Makes the directory's entries (created, renamed, removed files) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def open_directory(directory: Path, lock_timeout: float) -> int:
     """Creates ``directory`` if needed and locks it; returns the lock's descriptor.
 
@@ -94,30 +78,15 @@ def open_directory(directory: Path, lock_timeout: float) -> int:
     parent), and it must be gone before anyone touches the files.
     """
     try:
-        if not directory.is_dir():
-            directory.mkdir(parents=True)
-            fsync_dir(directory.parent)
-        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return files.lock_directory(directory, LOCK, wait=lock_timeout)
+    except files.DirectoryLocked as busy:
+        raise DataDirBusy(
+            directory, None, f"in use by another process (pid {busy.holder})"
+        ) from None
     except OSError as error:
         file = directory.exists() and not directory.is_dir()
         reason = "it is a file, not a directory" if file else error.strerror or error
         raise RecoveryError(directory, None, f"cannot use as data directory: {reason}") from None
-    deadline = time.monotonic() + lock_timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise DataDirBusy(
-                    directory, None, f"in use by another process (pid {holder})"
-                ) from None
-            time.sleep(0.05)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def read_origin(directory: Path) -> str:
@@ -127,7 +96,7 @@ def read_origin(directory: Path) -> str:
         origin = path.read_bytes().decode().strip()
     except FileNotFoundError:
         origin = secrets.token_hex(8)
-        replace_atomically(path, f"{origin}\n".encode())
+        files.replace_atomically(path, f"{origin}\n".encode())
     except (OSError, UnicodeDecodeError) as error:
         raise RecoveryError(path, None, f"cannot read the server id: {error}") from None
     if not _ORIGIN_SHAPE.fullmatch(origin):
@@ -135,21 +104,17 @@ def read_origin(directory: Path) -> str:
     return origin
 
 
-def replace_atomically(path: Path, data: bytes) -> None:
-    """Writes a small file so that a crash leaves either the old or the new content."""
-    temporary = path.with_name(path.name + TEMPORARY)
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def remove_temporaries(directory: Path) -> None:
     """Drops what a crash left half-written: never renamed, so never part of the state."""
     for name in (CHECKPOINT, ORIGIN):
-        (directory / (name + TEMPORARY)).unlink(missing_ok=True)
+        files.remove_temporary(directory / name)
 
 
 # ---- checkpoint ---------------------------------------------------------------
@@ -173,7 +138,7 @@ def write_checkpoint(
 ) -> None:
     """Writes ``table.ckpt`` atomically: temporary file, fsync, rename, fsync directory."""
     path = directory / CHECKPOINT
-    temporary = path.with_name(path.name + TEMPORARY)
+    temporary = files.temporary_path(path)
     header = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -193,7 +158,7 @@ def write_checkpoint(
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-    fsync_dir(directory)
+    files.fsync_dir(directory)
 
 
 def read_checkpoint(directory: Path) -> Checkpoint | None:
@@ -373,7 +338,7 @@ class Log:
             existed = self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             if not existed:
-                fsync_dir(self.directory)
+                files.fsync_dir(self.directory)
             return fd, os.fstat(fd).st_size
         except OSError as error:
             raise StorageFailure(f"cannot open {self.path}: {error}") from error

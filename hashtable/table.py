@@ -1,7 +1,8 @@
-"""The table's operations on an in-memory dict, with argument checks.
+"""The table's operations on an in-memory dict.
 
-Pure functions of the dict: no logging, no persistence, no sessions. The same
-code serves live requests and log replay, which is what makes replay
+Pure functions of the dict: no logging, no persistence, no sessions, no
+argument checks (requests arrive checked: ``hashtable.request.validate``). The
+same code serves live requests and log replay, which is what makes replay
 deterministic.
 """
 
@@ -15,9 +16,8 @@ from typing import Any
 
 import regex
 
-from hashtable.request import OK_NONE, Outcome, Request, Status
+from hashtable.request import OK_NONE, Outcome, Status
 
-ATOMIC_TYPES = (str, int, float, bool, type(None))
 _SHOWN_KEY_CHARS = 80  # keys may be megabytes long; messages show a prefix
 # The longest one key's regex search may take: no search holds the loop longer.
 KEY_TIMEOUT = 0.05
@@ -29,27 +29,6 @@ def describe_key(key: str) -> str:
     if len(key) <= _SHOWN_KEY_CHARS:
         return repr(key)
     return f"{key[:_SHOWN_KEY_CHARS]!r}... ({len(key)} characters)"
-
-
-def check_arguments(request: Request) -> str | None:
-    """Why the request's arguments are wrong for its method, or None when they are fine."""
-    method = request.method
-    if method in ("insert", "lookup", "remove"):
-        if not isinstance(request.key, str):
-            return f"{method} needs a string 'key', not {_kind(request.key)}"
-    elif method == "scan":
-        if not isinstance(request.regex, str):
-            return f"scan needs a string 'regex', not {_kind(request.regex)}"
-    elif method == "query":
-        if not isinstance(request.subkey, str):
-            return f"query needs a string 'subkey', not {_kind(request.subkey)}"
-        if not isinstance(request.subvalue, ATOMIC_TYPES):
-            return "query needs an atomic 'subvalue' (a string, number, true, false or null)"
-    return None
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
 
 
 def _missing(key: str) -> Outcome:
@@ -110,14 +89,15 @@ class Table:
         return Outcome.ok(len(self.data))
 
     def scan(
-        self, pattern: str, budget: float, key_limit: float = KEY_TIMEOUT
+        self, pattern: str, scan_timeout: float, key_timeout: float = KEY_TIMEOUT
     ) -> Outcome | ReadJob:
         """A job giving ``[key, value]`` pairs whose key the pattern matches anywhere
         (``search``), or the invalid outcome of a bad pattern.
 
-        The whole scan gets ``budget`` seconds of searching and one key at most
-        ``key_limit``, so a pattern that backtracks forever costs the server that
-        long once, and holds the loop no longer than ``key_limit`` at a time.
+        The whole scan gets ``scan_timeout`` seconds of searching and one key at
+        most ``key_timeout``, so a pattern that backtracks forever costs the
+        server that long once, and holds the loop no longer than ``key_timeout``
+        at a time.
         """
         try:
             compiled = regex.compile(pattern)
@@ -135,8 +115,8 @@ class Table:
             self.snapshot(),
             matches,
             slow="scan stopped: the regex",
-            budget=budget,
-            key_limit=key_limit,
+            scan_timeout=scan_timeout,
+            key_timeout=key_timeout,
         )
 
     def query(self, subkey: str, subvalue: Any) -> ReadJob:
@@ -174,17 +154,17 @@ class ReadJob:
     It works on a snapshot taken when it starts, so its result is the table as of
     that moment whatever is written while it runs, and ``step`` returns by its
     deadline so that the server can serve other clients between slices.
-    ``budget`` bounds the job's running time in total, ``key_limit`` one item's
-    test (which raises ``TimeoutError`` past the time it is given); running out
-    of either ends the job with an invalid outcome saying that ``slow`` took
-    too long.
+    ``scan_timeout`` bounds the job's running time in total, ``key_timeout`` one
+    item's test (which raises ``TimeoutError`` past the time it is given);
+    running out of either ends the job with an invalid outcome saying that
+    ``slow`` took too long.
     """
 
     __slots__ = (
-        "_budget",
         "_found",
         "_items",
-        "_key_limit",
+        "_key_timeout",
+        "_scan_timeout",
         "_slow",
         "_spent",
         "_test",
@@ -197,15 +177,15 @@ class ReadJob:
         test: Callable[[str, Any, float], bool],
         *,
         slow: str,
-        budget: float = math.inf,
-        key_limit: float = math.inf,
+        scan_timeout: float = math.inf,
+        key_timeout: float = math.inf,
     ) -> None:
         self.snapshot = snapshot  # held while the job runs: jobs started meanwhile share it
         self._items = zip(snapshot.keys, snapshot.values, strict=True)
         self._test = test
         self._slow = slow
-        self._budget = budget
-        self._key_limit = key_limit
+        self._scan_timeout = scan_timeout
+        self._key_timeout = key_timeout
         self._spent = 0.0
         self._found: list[list[Any]] = []
 
@@ -213,24 +193,24 @@ class ReadJob:
         """Advances until ``deadline`` (``time.monotonic``), at least one item;
         returns the outcome when done, else None (call again)."""
         clock = time.monotonic
-        test, found, key_limit = self._test, self._found, self._key_limit
+        test, found, key_timeout = self._test, self._found, self._key_timeout
         started = now = clock()
-        left = self._budget - self._spent
+        left = self._scan_timeout - self._spent
         for key, value in self._items:
             remaining = left - (now - started)
-            limit = key_limit if key_limit < remaining else remaining
+            limit = key_timeout if key_timeout < remaining else remaining
             try:
                 if limit <= 0:
                     raise TimeoutError
                 if test(key, value, limit):
                     found.append([key, value])
             except TimeoutError:
-                if limit < key_limit:
+                if limit < key_timeout:
                     return Outcome.invalid(
-                        f"{self._slow} took longer than {self._budget:g} s over the table"
+                        f"{self._slow} took longer than {self._scan_timeout:g} s over the table"
                     )
                 return Outcome.invalid(
-                    f"{self._slow} took longer than {key_limit:g} s on one key "
+                    f"{self._slow} took longer than {key_timeout:g} s on one key "
                     f"({describe_key(key)})"
                 )
             now = clock()

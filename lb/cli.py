@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from pathlib import Path
 
 from netkit.logs import setup_logging
+from netkit.signals import StopSignals
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -19,11 +19,11 @@ def add_logging_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
-def start_program(args: argparse.Namespace) -> None:
-    """Logging as asked, and SIGTERM handled like Ctrl-C, so that ``kill`` also
-    stops a server through its clean-up path."""
+def start_program(args: argparse.Namespace) -> StopSignals:
+    """Logging as asked, and SIGINT/SIGTERM handled (``netkit.signals``): the
+    server attaches its stop to the result once its loop exists."""
     setup_logging(args.verbose, args.quiet)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return StopSignals()
 
 
 def assignment_file(name: str) -> Path:

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import selectors
 import socket
 import sys
-import time
+from functools import partial
 
 from catalog.client import catalog_addresses
 from lb.balancer import Balancer
 from lb.cli import add_logging_options, start_program
 from lb.discovery import CatalogWatcher, Endpoint
-from lb.netio import forget, open_listener, peer_name, set_interest
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
 from lb.tslink import CONNECTING, DOWN, RESOLVING, UP, TsLink
 from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
-from netkit.connection import Closed, Connection
+from netkit.connection import Closed, Connection, EndOfInput
 from netkit.framing import LineTooLong
+from netkit.listeners import format_address, open_listener
+from netkit.loop import READ, WRITE, EventLoop, Watch
 
 log = logging.getLogger("lb.ls")
 
@@ -39,25 +39,26 @@ DEFAULT_REFRESH = 5.0
 # answered: its queries wait in its socket, not in our memory.
 MAX_UNANSWERED = 10_000
 
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-LISTENER, WATCHER = "listener", "watcher"
-
 
 class Client:
     """A client of the LS. ``reading`` turns false at its EOF; the LS then
     sends the answers still due and closes."""
 
-    __slots__ = ("conn", "reading")
+    __slots__ = ("conn", "reading", "watch")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, watch: Watch) -> None:
         self.conn = conn
         self.reading = True
+        self.watch = watch
 
     def __str__(self) -> str:
         return self.conn.name
 
 
 class LoadBalancer:
+    """The LS's event-loop policy around the sans-IO ``Balancer``: feed it what
+    arrives, wake it at its deadlines, send what it queues, keep the TS links up."""
+
     def __init__(
         self,
         listener: socket.socket,
@@ -65,7 +66,9 @@ class LoadBalancer:
         servers: list[Endpoint] | None = None,
         watcher: CatalogWatcher | None = None,
         max_unanswered: int = MAX_UNANSWERED,
+        loop: EventLoop | None = None,
     ) -> None:
+        self.loop = loop or EventLoop()
         self.listener = listener
         self.timeout = timeout
         self.balancer = Balancer(timeout)
@@ -73,35 +76,29 @@ class LoadBalancer:
         self.wanted = set(self.static)  # the static TSs and those the catalog lists
         self.watcher = watcher
         self.max_unanswered = max_unanswered
-        self.selector = selectors.DefaultSelector()
-        self.acceptor = Acceptor(self.selector, listener, LISTENER)
+        self.acceptor = Acceptor(self.loop, listener, self._accept)
         self.links: dict[Endpoint, TsLink] = {}
+        self._link_watches: dict[TsLink, Watch] = {}
         self.clients: set[Client] = set()
         self._dirty: set[Client] = set()
+        # Wakes the loop at the next query deadline or TS (re)connection attempt.
+        self._alarm = self.loop.alarm(lambda: None)
+        self.loop.add_turn_hook(self._after_turn)
 
     def serve_forever(self) -> None:
+        """Serves until ``stop()``."""
         for endpoint in sorted(self.static):
             self._add_link(endpoint)
         if self.watcher is not None:
-            self.selector.register(self.watcher.wakeup, READ, WATCHER)
+            self._watcher_watch = self.loop.watch(
+                self.watcher.wakeup, lambda _: self._refresh(self.loop.time()), READ
+            )
             self.watcher.start()
-        while True:
-            self.acceptor.poll()
-            events = self.selector.select(self._wait(time.monotonic()))
-            now = time.monotonic()
-            for key, mask in events:
-                peer = key.data
-                if peer is LISTENER:
-                    self._accept()
-                elif peer is WATCHER:
-                    self._refresh(now)
-                elif isinstance(peer, Client):
-                    self._client_ready(peer, mask, now)
-                else:
-                    self._link_ready(peer, mask, now)
-            self.balancer.expire(now)
-            self._tend_links(now)
-            self._deliver(now)
+        self.loop.run()
+
+    def stop(self) -> None:
+        """Ends ``serve_forever``; safe to call from a signal handler."""
+        self.loop.stop()
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -110,8 +107,9 @@ class LoadBalancer:
             self._drop_client(client)
         for endpoint in list(self.links):
             self._remove_link(endpoint)
+        self.acceptor.close()
         self.listener.close()
-        self.selector.close()
+        self.loop.close()
         stats = self.balancer.stats
         log.info(
             "LS stopped: %d answered, %d timed out, %d invalid; %d late or extra answers ignored",
@@ -121,29 +119,38 @@ class LoadBalancer:
             stats.ignored,
         )
 
-    def _wait(self, now: float) -> float | None:
-        """How long the loop may sleep: until the next deadline of any kind."""
+    def _after_turn(self) -> None:
+        """After each turn's input: time-outs, due connection attempts, output."""
+        now = self.loop.time()
+        self.balancer.expire(now)
+        self._tend_links(now)
+        self._deliver(now)
+        self._alarm.set(self._next_deadline())
+
+    def _next_deadline(self) -> float | None:
         deadlines = [link.due for link in self.links.values() if link.state != UP]
-        resume = self.acceptor.seconds_until_resume()
-        if resume is not None:
-            deadlines.append(now + resume)
         query_deadline = self.balancer.next_deadline()
         if query_deadline is not None:
             deadlines.append(query_deadline)
-        return max(0.0, min(deadlines) - now) if deadlines else None
+        return min(deadlines, default=None)
 
     # Clients
 
-    def _accept(self) -> None:
-        for sock, address in self.acceptor.accept():
-            name = peer_name(address)
-            client = Client(Connection(sock, name, max_line=MAX_QUERY_LINE))
-            self.clients.add(client)
-            self.balancer.open_client(client)
-            log.info("client %s connected", name)
-            self._dirty.add(client)
+    def _accept(self, sock: socket.socket, address: object) -> None:
+        name = format_address(address)
+        try:
+            conn = Connection(sock, name, max_line=MAX_QUERY_LINE)
+        except OSError:  # reset before we got to it
+            sock.close()
+            return
+        client = Client(conn, self.loop.watch(sock, lambda _: None, 0))
+        client.watch.handler = partial(self._client_ready, client)
+        self.clients.add(client)
+        self.balancer.open_client(client)
+        log.info("client %s connected", name)
+        self._dirty.add(client)
 
-    def _client_ready(self, client: Client, mask: int, now: float) -> None:
+    def _client_ready(self, client: Client, mask: int) -> None:
         self._dirty.add(client)
         if mask & WRITE:
             try:
@@ -153,7 +160,7 @@ class LoadBalancer:
                 self._drop_client(client)
                 return
         if mask & READ:
-            self._read_client(client, now)
+            self._read_client(client, self.loop.time())
 
     def _read_client(self, client: Client, now: float) -> None:
         try:
@@ -163,9 +170,15 @@ class LoadBalancer:
             client.reading = False
             self.balancer.client_lines(client, exc.lines, now)
             self.balancer.client_error(client, line_too_long_answer())
+        except EndOfInput as eof:
+            # No more queries (a last one without its newline still counts), but
+            # the answers still due go out.
+            log.debug("client %s: %s", client, eof)
+            client.reading = False
+            if eof.rest:
+                self.balancer.client_lines(client, [eof.rest], now)
         except Closed as exc:
-            # EOF (or a failed receive): no more queries, but the answers still
-            # due go out; if the client is gone, sending them fails and drops it.
+            # A failed receive: if the client is gone, sending the answers due fails and drops it.
             log.debug("client %s: %s", client, exc)
             client.reading = False
         else:
@@ -181,10 +194,10 @@ class LoadBalancer:
         events = WRITE if conn.wants_write else 0
         if client.reading and not conn.backlogged and unanswered < self.max_unanswered:
             events |= READ
-        set_interest(self.selector, conn.sock, events, client)
+        client.watch.set(events)
 
     def _drop_client(self, client: Client) -> None:
-        forget(self.selector, client.conn.sock)
+        client.watch.close()
         client.conn.close()
         self.clients.discard(client)
         self.balancer.close_client(client)
@@ -193,14 +206,19 @@ class LoadBalancer:
 
     def _add_link(self, endpoint: Endpoint) -> None:
         self.links[endpoint] = TsLink(*endpoint, connect_timeout=self.timeout)
-        self._tend_links(time.monotonic())
+        self._tend_links(self.loop.time())
+        self._alarm.set(self._next_deadline())
 
     def _remove_link(self, endpoint: Endpoint) -> None:
         link = self.links.pop(endpoint)
-        if link.sock is not None:
-            forget(self.selector, link.sock)
+        self._forget_socket(link)
         self.balancer.close_server(link)
         link.close()
+
+    def _forget_socket(self, link: TsLink) -> None:
+        watch = self._link_watches.pop(link, None)
+        if watch is not None:
+            watch.close()
 
     def _refresh(self, now: float) -> None:
         assert self.watcher is not None
@@ -220,7 +238,8 @@ class LoadBalancer:
             log.info("TS %s:%d is no longer listed in the catalog; dropping it", *endpoint)
             self._remove_link(endpoint)
 
-    def _link_ready(self, link: TsLink, mask: int, now: float) -> None:
+    def _link_ready(self, link: TsLink, mask: int) -> None:
+        now = self.loop.time()
         if link.state == DOWN:
             return  # dropped earlier in this turn (the catalog no longer lists it)
         if link.state == CONNECTING:
@@ -253,8 +272,7 @@ class LoadBalancer:
             )
             self._remove_link(endpoint)
             return
-        if link.sock is not None:
-            forget(self.selector, link.sock)
+        self._forget_socket(link)
         self.balancer.close_server(link)
         link.fail(now, reason)
 
@@ -277,7 +295,14 @@ class LoadBalancer:
         else:
             assert link.conn is not None
             events = READ | (WRITE if link.conn.wants_write else 0)
-        set_interest(self.selector, link.sock, events, link)
+        watch = self._link_watches.get(link)
+        if watch is None or watch.fileobj is not link.sock:
+            if watch is not None:
+                watch.close()
+            watch = self._link_watches[link] = self.loop.watch(
+                link.sock, partial(self._link_ready, link), 0
+            )
+        watch.set(events)
 
     # Output
 
@@ -370,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = server_pairs(parser, args.servers)
     if not servers and not args.project:
         parser.error("give at least one TS_HOST TS_PORT pair, or --project")
-    start_program(args)
+    signals = start_program(args)
     watcher = None
     if args.project:
         try:
@@ -380,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         listener = open_listener(args.host, args.port)
     except OSError as exc:
-        parser.exit(1, f"{parser.prog}: cannot listen on port {args.port}: {exc.strerror or exc}\n")
+        parser.exit(1, f"{parser.prog}: {exc.strerror or exc}\n")
     server = LoadBalancer(listener, args.timeout, servers, watcher)
     log.info(
         "LS listening on port %d; TSs: %s; time-out %g s",
@@ -390,10 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.project:
         log.info("taking TSs of project %r from the catalog every %g s", args.project, args.refresh)
+    signals.attach(server.stop)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.close()
     return 0

@@ -123,3 +123,12 @@ def decode_ts_answer(line: bytes) -> tuple[int, bytes] | None:
 def answer_name(answer: bytes) -> bytes:
     """The name an answer is about: its first field."""
     return answer.split(None, 1)[0]
+
+
+def answers_query(answer: bytes, name: bytes) -> bool:
+    """Whether an LS's answer line is about ``name`` (letters in any case): a TS's
+    entry or a time-out names it, an invalid-name error echoes it as ``shown``."""
+    fields = answer.split(None, 1)
+    if fields and fold(fields[0]) == fold(name):
+        return True
+    return answer.startswith(shown(name) + INVALID)

@@ -20,15 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lb.cli import (
-    add_logging_options,
-    assignment_file,
-    start_program,
-)
-from lb.protocol import INVALID, MAX_ANSWER_LINE, TIMED_OUT, query_name
+from lb.cli import add_logging_options, assignment_file
+from lb.protocol import INVALID, MAX_ANSWER_LINE, TIMED_OUT, answers_query, query_name, shown
 from netkit.cliargs import port_number, positive_seconds
-from netkit.connection import Closed, Connection
+from netkit.connection import Closed, Connection, EndOfInput
 from netkit.framing import LineTooLong
+from netkit.logs import setup_logging
 
 log = logging.getLogger("lb.client")
 
@@ -39,6 +36,8 @@ CONNECT_TIMEOUT = 5.0
 # The LS answers every query within its time-out (5 s by default); this much
 # silence means it is stuck or gone.
 DEFAULT_WAIT = 60.0
+# After the last answer, how long to wait for the LS to close (and show any extra line).
+EXTRA_WAIT = 1.0
 
 
 class ResolveError(Exception):
@@ -53,8 +52,9 @@ def read_names(data: bytes) -> list[bytes]:
 def resolve(host: str, port: int, names: list[bytes], wait: float = DEFAULT_WAIT) -> list[bytes]:
     """Asks the LS at ``host:port`` for every name; returns the answers in order.
 
-    Raises ``ResolveError`` if the LS cannot be reached, closes early, or is
-    silent for ``wait`` seconds.
+    Raises ``ResolveError`` if the LS cannot be reached, closes early, is silent
+    for ``wait`` seconds, or answers something else than was asked: answer ``i``
+    must be about name ``i``, and there must be one answer per name.
     """
     if not names:
         return []
@@ -65,37 +65,62 @@ def resolve(host: str, port: int, names: list[bytes], wait: float = DEFAULT_WAIT
             f"cannot connect to the LS at {host}:{port}: {exc.strerror or exc}"
         ) from None
     conn = Connection(sock, f"{host}:{port}", max_line=MAX_ANSWER_LINE)
+    with sock:
+        answers = _exchange(sock, conn, names, wait)
+    for number, (name, answer) in enumerate(zip(names, answers, strict=True), 1):
+        if not answers_query(answer, name):
+            raise ResolveError(
+                f"answer {number} is not about the name asked: asked for "
+                f"{shown(name).decode()}, the LS answered {shown(answer).decode()}"
+            )
+    return answers
+
+
+def _exchange(
+    sock: socket.socket, conn: Connection, names: list[bytes], wait: float
+) -> list[bytes]:
+    """Sends the names, half-closes, and reads answers until the LS closes; after
+    the last expected answer it waits at most ``EXTRA_WAIT`` for the close, so an
+    LS that keeps the connection open costs little and extra lines are seen."""
     answers: list[bytes] = []
-    with selectors.DefaultSelector() as selector, sock:
+    expected = len(names)
+    with selectors.DefaultSelector() as selector:
         try:
             conn.send(b"".join(name + b"\n" for name in names))
             selector.register(sock, selectors.EVENT_READ)
             finished_sending = False
-            while len(answers) < len(names):
+            while True:
                 if not finished_sending and not conn.wants_write:
                     # Half-close: the LS sees EOF, answers what it has, and closes.
                     sock.shutdown(socket.SHUT_WR)
                     finished_sending = True
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wants_write else 0)
                 selector.modify(sock, events)
-                ready = selector.select(wait)
+                ready = selector.select(EXTRA_WAIT if len(answers) >= expected else wait)
                 if not ready:
+                    if len(answers) >= expected:
+                        break
                     raise ResolveError(
                         f"the LS sent nothing for {wait:g} s "
-                        f"({len(answers)} of {len(names)} answers received)"
+                        f"({len(answers)} of {expected} answers received)"
                     )
                 for _, mask in ready:
                     if mask & selectors.EVENT_WRITE:
                         conn.flush()
                     if mask & selectors.EVENT_READ:
                         answers.extend(conn.read_lines())
+        except EndOfInput as eof:
+            if eof.rest:
+                answers.append(eof.rest)
         except (Closed, OSError) as exc:
             raise ResolveError(
-                f"connection to the LS lost after {len(answers)} of {len(names)} answers: {exc}"
+                f"connection to the LS lost after {len(answers)} of {expected} answers: {exc}"
             ) from None
         except LineTooLong as exc:
             raise ResolveError(f"the LS sent an answer line too long ({exc})") from None
-    return answers[: len(names)]
+    if len(answers) != expected:
+        raise ResolveError(f"the LS sent {len(answers)} answers for {expected} names")
+    return answers
 
 
 def write_lines(path: str, lines: list[bytes]) -> None:
@@ -148,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.port:
         parser.error("port 0 cannot be connected to")
-    start_program(args)
+    setup_logging(args.verbose, args.quiet)
     source = args.input or str(assignment_file(NAMES_FILE))
     try:
         data = sys.stdin.buffer.read() if source == STDIO else Path(source).read_bytes()

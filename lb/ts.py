@@ -2,8 +2,8 @@
 
 ``python -m lb.ts PORT TABLE_FILE [--project NAME]``
 
-One selectors loop over the listening socket and the connected LSs (or ``nc``
-users). With ``--project`` it announces itself to the catalog (type
+Runs on the event-loop core (``netkit.loop``): the listening socket and the
+connected LSs (or ``nc`` users). With ``--project`` it announces itself to the catalog (type
 ``dns-ts``) at start and every ``--announce-interval`` seconds.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import selectors
 import socket
 import sys
+from functools import partial
 
 from catalog.client import Announcer, catalog_addresses
 from lb.cli import (
@@ -22,18 +22,18 @@ from lb.cli import (
     start_program,
 )
 from lb.discovery import ts_record
-from lb.netio import forget, open_listener, peer_name, set_interest
 from lb.protocol import MAX_QUERY_LINE, decode_ts_query, encode_ts_answer
 from lb.table import DnsTable, TableError, load_table
 from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
-from netkit.connection import Closed, Connection
+from netkit.connection import Closed, Connection, EndOfInput
 from netkit.framing import LineTooLong
+from netkit.listeners import format_address, open_listener
+from netkit.loop import READ, WRITE, EventLoop, Watch
 
 log = logging.getLogger("lb.ts")
 
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
 
 
@@ -54,59 +54,70 @@ class Peer:
     """A connection to the TS; ``reading`` turns false at its EOF, and the
     connection closes once the replies already due are sent."""
 
-    __slots__ = ("conn", "reading")
+    __slots__ = ("conn", "reading", "watch")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.reading = True
+        self.watch: Watch | None = None
 
 
 class TopLevelServer:
+    """The TS's event-loop policy: answer what the table holds, read only while
+    the replies keep flowing out."""
+
     def __init__(
-        self, listener: socket.socket, table: DnsTable, announcer: Announcer | None = None
+        self,
+        listener: socket.socket,
+        table: DnsTable,
+        announcer: Announcer | None = None,
+        loop: EventLoop | None = None,
     ) -> None:
+        self.loop = loop or EventLoop()
         self.listener = listener
         self.table = table
         self.announcer = announcer
-        self.selector = selectors.DefaultSelector()
-        self.acceptor = Acceptor(self.selector, listener, None)
+        self.acceptor = Acceptor(self.loop, listener, self._accept)
         self.peers: set[Peer] = set()
 
     def serve_forever(self) -> None:
-        acceptor = self.acceptor
-        while True:
-            acceptor.poll()
-            timeouts = [acceptor.seconds_until_resume()]
-            if self.announcer is not None:
-                self.announcer.poll()
-                timeouts.append(self.announcer.seconds_until_due())
-            timeout = min((t for t in timeouts if t is not None), default=None)
-            for key, mask in self.selector.select(timeout):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._serve(key.data, mask)
+        """Serves until ``stop()``."""
+        if self.announcer is not None:
+            self.announcer.start(self.loop)
+        self.loop.run()
+
+    def stop(self) -> None:
+        """Ends ``serve_forever``; safe to call from a signal handler."""
+        self.loop.stop()
 
     def close(self) -> None:
+        if self.announcer is not None:
+            self.announcer.close()
         for peer in list(self.peers):
             self._drop(peer)
+        self.acceptor.close()
         self.listener.close()
-        self.selector.close()
+        self.loop.close()
 
-    def _accept(self) -> None:
-        for sock, address in self.acceptor.accept():
-            name = peer_name(address)
-            peer = Peer(Connection(sock, name, max_line=MAX_QUERY_LINE))
-            self.peers.add(peer)
-            log.info("%s connected", name)
-            self._sync(peer)
+    def _accept(self, sock: socket.socket, address: object) -> None:
+        name = format_address(address)
+        try:
+            conn = Connection(sock, name, max_line=MAX_QUERY_LINE)
+        except OSError:  # reset before we got to it
+            sock.close()
+            return
+        peer = Peer(conn)
+        peer.watch = self.loop.watch(sock, partial(self._ready, peer), 0)
+        self.peers.add(peer)
+        log.info("%s connected", name)
+        self._sync(peer)
 
-    def _serve(self, peer: Peer, mask: int) -> None:
+    def _ready(self, peer: Peer, events: int) -> None:
         conn = peer.conn
         try:
-            if mask & WRITE:
+            if events & WRITE:
                 conn.flush()
-            if mask & READ:
+            if events & READ:
                 self._answer(peer)
         except (Closed, LineTooLong) as exc:
             log.info("%s: %s; closing", conn.name, exc)
@@ -118,11 +129,12 @@ class TopLevelServer:
         conn = peer.conn
         try:
             lines = conn.read_lines()
-        except Closed:
-            # EOF: no more requests, but the replies already due still go out.
+        except EndOfInput as eof:
+            # No more requests; a last line without its newline is still one,
+            # and the replies already due still go out.
             log.info("%s disconnected", conn.name)
             peer.reading = False
-            return
+            lines = [eof.rest] if eof.rest else []
         replies = []
         for line in lines:
             answer = reply(self.table, line)
@@ -140,10 +152,12 @@ class TopLevelServer:
         events = WRITE if conn.wants_write else 0
         if peer.reading and not conn.backlogged:
             events |= READ
-        set_interest(self.selector, conn.sock, events, peer)
+        assert peer.watch is not None
+        peer.watch.set(events)
 
     def _drop(self, peer: Peer) -> None:
-        forget(self.selector, peer.conn.sock)
+        if peer.watch is not None:
+            peer.watch.close()
         peer.conn.close()
         self.peers.discard(peer)
 
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
     """The TS program; ``default_table`` is the assignment's file name for ts1/ts2."""
     parser = build_parser(default_table)
     args = parser.parse_args(argv)
-    start_program(args)
+    signals = start_program(args)
     path = args.table
     if path is None:  # ts1.py or ts2.py without a table argument
         assert default_table is not None
@@ -193,7 +207,7 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
     try:
         listener = open_listener(args.host, args.port)
     except OSError as exc:
-        parser.exit(1, f"{parser.prog}: cannot listen on port {args.port}: {exc.strerror or exc}\n")
+        parser.exit(1, f"{parser.prog}: {exc.strerror or exc}\n")
     port = listener.getsockname()[1]
     announcer = None
     if args.project:
@@ -210,10 +224,9 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
     if announcer is not None:
         log.info("announcing project %r to %s", args.project, catalog_hosts(announcer.catalogs))
     server = TopLevelServer(listener, table, announcer)
+    signals.attach(server.stop)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.close()
     return 0

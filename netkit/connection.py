@@ -23,7 +23,17 @@ DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 
 
 class Closed(Exception):
-    """The peer closed the connection or it failed; the reason is the message."""
+    """The connection failed (reset, ...) or the peer closed it; the reason is the message."""
+
+
+class EndOfInput(Closed):
+    """The peer closed its sending side cleanly: it will send nothing more, but
+    may still read. ``rest`` holds the bytes of a last line it never ended with a
+    newline (empty if none): some protocols answer it, some do not."""
+
+    def __init__(self, rest: bytes = b"") -> None:
+        super().__init__("peer closed the connection")
+        self.rest = rest
 
 
 class Connection:
@@ -52,8 +62,8 @@ class Connection:
     def read_lines(self) -> list[bytes]:
         """Reads what the socket has and returns the complete lines.
 
-        Raises ``Closed`` on EOF or error, and ``LineTooLong`` (from the framer)
-        when the peer exceeds the line bound.
+        Raises ``EndOfInput`` at a clean EOF, ``Closed`` on error, and
+        ``LineTooLong`` (from the framer) when the peer exceeds the line bound.
         """
         try:
             data = self.sock.recv(RECV_SIZE)
@@ -62,7 +72,7 @@ class Connection:
         except OSError as exc:
             raise Closed(f"receive failed: {exc.strerror or exc}") from exc
         if not data:
-            raise Closed("peer closed the connection")
+            raise EndOfInput(self.framer.take_rest())
         self.last_active = time.monotonic()
         return self.framer.feed(data)
 

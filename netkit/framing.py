@@ -71,6 +71,14 @@ class LineFramer:
             raise LineTooLong(self.max_line, lines)
         return lines
 
+    def take_rest(self) -> bytes:
+        """The bytes of an unfinished line, removed from the framer (at EOF, the
+        peer's last line if it did not end it with a newline)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        return rest
+
     @property
     def pending(self) -> int:
         """Bytes held of a line not yet complete."""

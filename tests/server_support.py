@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,21 @@ class Wire(LineConn):
         self.send(message)
         return self.reply()
 
-    def closed_by_server(self) -> bool:
-        """True once the server has closed this connection (reads until EOF)."""
+    def closed_by_server(self, within: float = 5.0) -> bool:
+        """True if the server closes this connection within ``within`` seconds
+        (whatever it sends first is read and dropped); False if it is still open."""
+        deadline = time.monotonic() + within
+        timeout = self.sock.gettimeout()
         try:
-            while self.sock.recv(1 << 20):
-                pass
-        except ConnectionResetError:
-            pass
-        return True
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                try:
+                    if not self.sock.recv(1 << 20):
+                        return True
+                except TimeoutError:
+                    return False
+                except ConnectionResetError:
+                    return True
+            return False
+        finally:
+            self.sock.settimeout(timeout)

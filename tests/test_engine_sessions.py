@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from harness.processes import wait_until
 from hashtable.database import Database
-from hashtable.request import OK_NONE, Outcome, Request, Status
-from hashtable.sessions import SessionLimits, Sessions, check_fields, decode_outcome
+from hashtable.protocol import decode_outcome
+from hashtable.request import OK_NONE, Outcome, Request, Status, numbering_problem
+from hashtable.sessions import SessionLimits, Sessions
 
 
 def mutation(method, key, seq, client="c1", ack=None, value=None) -> Request:
@@ -89,16 +91,16 @@ def test_an_invalid_mutation_consumes_its_seq_and_keeps_its_answer_after_restart
 @pytest.mark.parametrize(
     ("client", "seq", "ack", "problem"),
     [
-        (None, 1, None, "need a 'client'"),
-        (None, None, 0, "need a 'client'"),
-        ("c", None, None, "needs 'seq'"),
-        ("c", 0, None, "needs 'seq'"),
-        ("c", True, None, "needs 'seq'"),
-        ("c", 2**63, None, "needs 'seq'"),
-        ("c", 1.0, None, "needs 'seq'"),
-        ("c", 3, 3, "below 'seq'"),
-        ("c", 3, -1, "below 'seq'"),
-        ("c", 3, "2", "below 'seq'"),
+        (None, 1, None, '"client" and "seq" go together'),
+        (None, None, 0, '"ack" needs "client" and "seq"'),
+        ("c", None, None, '"client" and "seq" go together'),
+        ("c", 0, None, 'field "seq" must be an integer from 1'),
+        ("c", True, None, 'field "seq" must be an integer from 1 to 2**63-1, not a boolean'),
+        ("c", 2**63, None, 'field "seq" must be'),
+        ("c", 1.0, None, 'field "seq" must be'),
+        ("c", 3, 3, '"ack" must be less than "seq"'),
+        ("c", 3, -1, 'field "ack" must be an integer from 0'),
+        ("c", 3, "2", 'field "ack" must be'),
         ("", 1, None, "printable ASCII"),
         ("x" * 129, 1, None, "printable ASCII"),
         ("caf\u00e9", 1, None, "printable ASCII"),
@@ -107,17 +109,29 @@ def test_an_invalid_mutation_consumes_its_seq_and_keeps_its_answer_after_restart
     ],
 )
 def test_bad_session_fields_are_invalid_and_logged_nowhere(data, client, seq, ack, problem):
-    assert problem in check_fields(client, seq, ack)
+    request = Request("insert", key="k", value=1, client=client, seq=seq, ack=ack)
+    assert problem in numbering_problem(request)
     with Database(data) as db:
-        outcome = db.execute(Request("insert", key="k", value=1, client=client, seq=seq, ack=ack))
+        outcome = db.execute(request)
         assert outcome.status is Status.INVALID and problem in outcome.message
         assert not db.needs_commit
 
 
 def test_good_session_fields():
-    assert check_fields(None, None, None) is None
-    assert check_fields("c" * 128, 2**63 - 1, 0) is None
-    assert check_fields("6f1e-uuid", 7, 6) is None
+    assert numbering_problem(Request("insert", key="k", value=1)) is None
+    assert numbering_problem(Request("remove", key="k", client="c" * 128, seq=2**63 - 1)) is None
+    assert numbering_problem(Request("remove", key="k", client="6f1e-uuid", seq=7, ack=6)) is None
+
+
+def test_the_same_rules_on_the_wire_and_in_the_engine():
+    # A client id the wire parser takes is one the engine takes, and the other way round.
+    from hashtable.protocol import parse_request
+
+    for client in ("é\n", "ok-id", "x" * 128, "x" * 129, "tab\there"):
+        line = f'{{"method": "remove", "key": "k", "client": {orjson.dumps(client).decode()}, "seq": 1}}'
+        parsed = parse_request(line.encode())
+        direct = numbering_problem(Request("remove", key="k", client=client, seq=1))
+        assert isinstance(parsed, Request) == (direct is None), client
 
 
 def test_per_client_bound_evicts_the_oldest_and_refuses_their_retry(data):

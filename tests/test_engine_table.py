@@ -16,7 +16,7 @@ from hashtable.table import Table
 
 @pytest.fixture
 def db(tmp_path: Path):
-    with Database(tmp_path / "data", regex_timeout=0.3) as database:
+    with Database(tmp_path / "data", scan_timeout=0.3) as database:
         yield database
 
 
@@ -76,13 +76,13 @@ def test_catastrophic_regex_is_stopped_by_the_budget(db):
 def test_scan_budget_covers_the_whole_table():
     # Each key alone is fast, but the budget is for the scan, not for one key.
     table = Table({f"{'a' * 22}b{i}": i for i in range(200)})
-    outcome = table.scan(r"(a|aa)+$", budget=0.2).run()
+    outcome = table.scan(r"(a|aa)+$", scan_timeout=0.2).run()
     assert outcome.status is Status.INVALID and "over the table" in outcome.message
 
 
 def test_scan_budget_adds_up_over_the_steps():
     table = Table({f"{'a' * 22}b{i}": i for i in range(200)})
-    job = table.scan(r"(a|aa)+$", budget=0.2)
+    job = table.scan(r"(a|aa)+$", scan_timeout=0.2)
     steps = 0
     while (outcome := job.step(time.monotonic() + 0.001)) is None:
         steps += 1
@@ -92,14 +92,14 @@ def test_scan_budget_adds_up_over_the_steps():
 
 def test_one_key_gets_at_most_the_key_limit():
     table = Table({"plain": 1, "a" * 60 + "b": 2})
-    outcome = table.scan(r"(a|aa)+$", budget=60, key_limit=0.05).run()
+    outcome = table.scan(r"(a|aa)+$", scan_timeout=60, key_timeout=0.05).run()
     assert outcome.status is Status.INVALID
     assert "longer than 0.05 s on one key ('aaaaa" in outcome.message
 
 
 def test_a_step_returns_at_its_deadline_after_one_key_at_least():
     table = Table({f"k{n}": n for n in range(5)})
-    for job in (table.scan("k", budget=1.0), table.query("n", 1)):
+    for job in (table.scan("k", scan_timeout=1.0), table.query("n", 1)):
         paused = 0
         while (outcome := job.step(0.0)) is None:  # a deadline long past
             paused += 1
@@ -109,7 +109,7 @@ def test_a_step_returns_at_its_deadline_after_one_key_at_least():
 
 def test_a_read_job_answers_from_its_snapshot_whatever_is_written_meanwhile():
     table = Table({f"k{n}": {"n": n} for n in range(4)})
-    scan, query = table.scan("^k", budget=1.0), table.query("n", 3)
+    scan, query = table.scan("^k", scan_timeout=1.0), table.query("n", 3)
     assert scan.step(0.0) is None and query.step(0.0) is None
     table.insert("k9", {"n": 3})
     table.remove("k3")
@@ -117,7 +117,7 @@ def test_a_read_job_answers_from_its_snapshot_whatever_is_written_meanwhile():
     snapshot = [[f"k{n}", {"n": n}] for n in range(4)]
     assert scan.run() == Outcome.ok(snapshot)
     assert query.run() == Outcome.ok([["k3", {"n": 3}]])
-    assert table.scan("^k", budget=1.0).run().result == [
+    assert table.scan("^k", scan_timeout=1.0).run().result == [
         ["k0", {"n": 0}],
         ["k1", {"n": 1}],
         ["k2", {"n": 3}],
@@ -190,17 +190,17 @@ def nested(depth: int) -> list:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("key", "value", "reason"),
     [
-        ("deep", nested(300)),
-        ("huge-int", 2**80),
-        ("\ud800", 1),  # a lone surrogate is not Unicode and cannot be logged
-        ("set", {1, 2}),
+        ("deep", nested(300), "nests deeper than 200 levels"),  # the protocol's own bound
+        ("huge-int", 2**80, "cannot store"),
+        ("\ud800", 1, "cannot store"),  # a lone surrogate is not Unicode and cannot be logged
+        ("set", {1, 2}, "cannot store"),
     ],
 )
-def test_values_that_cannot_be_stored_are_invalid(db, key, value):
+def test_values_that_cannot_be_stored_are_invalid(db, key, value, reason):
     outcome = run(db, "insert", key=key, value=value)
-    assert outcome.status is Status.INVALID and "cannot store" in outcome.message
+    assert outcome.status is Status.INVALID and reason in outcome.message
     assert not db.needs_commit and run(db, "size").result == 0
 
 
@@ -248,16 +248,16 @@ def test_the_course_module_works_as_its_docstring_says(tmp_path):
 
 def test_read_jobs_share_a_snapshot_until_the_table_changes():
     table = Table({f"k{n}": n for n in range(10)})
-    first, second = table.scan("k", budget=1.0), table.query("n", 1)
+    first, second = table.scan("k", scan_timeout=1.0), table.query("n", 1)
     assert first.snapshot is second.snapshot  # one copy of the table for both
     table.remove("missing")  # no change
-    assert table.scan("k", budget=1.0).snapshot is first.snapshot
+    assert table.scan("k", scan_timeout=1.0).snapshot is first.snapshot
     table.insert("k99", 99)
-    third = table.scan("k", budget=1.0)
+    third = table.scan("k", scan_timeout=1.0)
     assert third.snapshot is not first.snapshot and len(third.snapshot) == 11
     assert len(first.run().result) == 10 and len(third.run().result) == 11
     del first, second, third
-    fresh = table.scan("k", budget=1.0)  # nobody held the last one: taken anew
+    fresh = table.scan("k", scan_timeout=1.0)  # nobody held the last one: taken anew
     assert len(fresh.snapshot) == 11
     table.remove("k99")
-    assert len(table.scan("k", budget=1.0).snapshot) == 10
+    assert len(table.scan("k", scan_timeout=1.0).snapshot) == 10

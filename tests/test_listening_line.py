@@ -12,8 +12,8 @@ import pytest
 
 from harness.processes import ROOT, free_port, python_script, wait_until
 from harness.services import listening_port
-from hashtable.server import open_listener
 from netkit.interfaces import reachable_addresses
+from netkit.listeners import open_listener
 
 DOCUMENTED_AWK = """/^listening on/ {sub(/.*:/, "", $3); print $3}"""
 

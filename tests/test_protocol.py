@@ -146,7 +146,8 @@ class TestInvalidRequests:
     @pytest.mark.parametrize(
         ("fields", "expected"),
         [
-            ({"client": "", "seq": 1}, '"client" must be a string of 1 to'),
+            ({"client": "", "seq": 1}, '"client" must be 1 to 128 printable ASCII characters'),
+            ({"client": "é\n", "seq": 1}, '"client" must be 1 to 128 printable ASCII characters'),
             ({"client": "c" * (MAX_CLIENT_ID + 1), "seq": 1}, '"client" must be'),
             ({"client": 5, "seq": 1}, '"client" must be'),
             ({"client": "c", "seq": 0}, '"seq" must be an integer from 1'),
@@ -168,8 +169,17 @@ class TestInvalidRequests:
         assert expected in invalid_message(line)
 
     def test_missing_value_is_not_hidden_by_session_fields(self):
+        # Good numbering, bad request: refused, but recorded under its number (so the
+        # client's next mutation is not refused as coming from an unknown session).
         line = orjson.dumps({"method": "insert", "key": "k", "client": "c", "seq": 1})
-        assert 'needs the field "value"' in invalid_message(line)
+        parsed = parse_request(line)
+        assert parsed == Request(
+            "insert", client="c", seq=1, problem='insert needs the field "value"'
+        )
+
+    def test_a_bad_request_with_bad_numbering_is_simply_refused(self):
+        line = orjson.dumps({"method": "insert", "key": 5, "value": 1, "client": "c"})
+        assert 'field "key" must be a string' in invalid_message(line)
 
 
 class TestReplies:
@@ -303,7 +313,8 @@ def requests(draw) -> Request:
         request.subkey = draw(keys)
         request.subvalue = draw(atoms.filter(lambda v: not isinstance(v, str) or _encodable(v)))
     if method in ("insert", "remove") and draw(st.booleans()):
-        request.client = draw(st.text(min_size=1, max_size=MAX_CLIENT_ID).filter(_encodable))
+        printable_ascii = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+        request.client = draw(st.text(printable_ascii, min_size=1, max_size=MAX_CLIENT_ID))
         request.seq = draw(st.integers(1, 2**63 - 1))
         if draw(st.booleans()):
             request.ack = draw(st.integers(0, request.seq - 1))

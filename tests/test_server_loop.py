@@ -1,11 +1,14 @@
-"""The event loop in-process, turn by turn, over real sockets and the real database.
+"""The server in-process, turn by turn, over real sockets and the real database.
 
-Driving ``Server.turn()`` by hand makes the scheduling rules observable without
-timing: what one turn reads, executes, commits and sends.
+Driving the loop one turn at a time (``server.loop.run_once``) makes the
+scheduling rules observable without timing: what one turn reads, executes,
+commits and sends. The rules themselves are tested without sockets in
+tests/test_scheduler.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import time
@@ -14,9 +17,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.processes import wait_until
 from hashtable.database import Database
 from hashtable.request import Request
-from hashtable.server import Limits, Server, open_listener
+from hashtable.server import Limits, Server
+from netkit.listeners import open_listener
 from tests.server_support import Wire
 
 
@@ -30,12 +35,12 @@ class SpyDatabase(Database):
         self.before_commit = lambda: None
         self.fail_on: str | None = None
 
-    def start(self, request):
+    def start_parsed(self, request):
         if request.method == self.fail_on:
             raise RuntimeError("engine bug")
         if request.method == "scan" and request.regex == "slow":
             time.sleep(0.005)
-        outcome = super().start(request)
+        outcome = super().start_parsed(request)
         if request.method in ("insert", "remove"):
             self._since_commit += 1
         return outcome
@@ -65,12 +70,25 @@ def server(db):
     server.close()
 
 
+def turn(server: Server, timeout: float | None = 0.05) -> None:
+    server.loop.run_once(timeout)  # with work left, the loop itself does not wait
+
+
 def turns_until(server: Server, condition, limit: int = 200) -> int:
     for n in range(1, limit + 1):
-        server.turn(0.0 if server._busy else 0.05)  # as serve() would: no wait with work to do
+        turn(server)
         if condition():
             return n
     raise AssertionError("condition not reached")
+
+
+def input_waiting(server: Server, count: int) -> bool:
+    """True once ``count`` connections have unread input on the server's side."""
+    waiting = 0
+    for peer in server._peers:
+        with contextlib.suppress(BlockingIOError):
+            waiting += bool(peer.conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    return waiting >= count
 
 
 def readable(sock: socket.socket) -> bool:
@@ -106,13 +124,13 @@ def test_one_turn_commits_once_then_answers_everyone(server, db):
     accept_all(server, clients)
     for n, client in enumerate(clients):
         client.send({"method": "insert", "key": f"k{n}", "value": n})
-    time.sleep(0.2)  # let all four requests reach the server's socket buffers
+    wait_until(lambda: input_waiting(server, 4), what="all four requests at the server")
 
     def nobody_answered_yet() -> None:
         assert not any(readable(c.sock) for c in clients), "a reply left before the commit"
 
     db.before_commit = nobody_answered_yet
-    server.turn(0)
+    turn(server, 0)
     assert db.commits == [4]  # one commit for the whole turn: group commit
     assert all(c.reply() == {"status": "ok", "result": None} for c in clients)
 
@@ -160,7 +178,7 @@ def test_a_client_that_does_not_read_is_not_read_from(db):
         hog.sendall(b'{"method": "lookup", "key": "big"}\n' * 2000)
         other = Wire(server.port)
         for _ in range(100):
-            server.turn(0.01)
+            turn(server, 0.01)
         [peer] = [p for p in server._peers if p.conn.sock.getpeername() == hog.getsockname()]
         # Output stays bounded by the high-water mark plus one reply; the rest of
         # the requests wait unread.
@@ -176,7 +194,7 @@ def test_a_client_that_does_not_read_is_not_read_from(db):
         received = 0
         deadline = time.monotonic() + 60
         while received < 2000 * expected and time.monotonic() < deadline:
-            server.turn(0)
+            turn(server, 0)
             try:
                 hog.setblocking(False)
                 received += len(hog.recv(1 << 20))
@@ -193,8 +211,7 @@ def test_slow_requests_of_one_client_do_not_hold_up_another(server):
     with Wire(server.port) as slow, Wire(server.port) as quick:
         accept_all(server, [slow, quick])
         slow.send(*[{"method": "scan", "regex": "slow"}] * 40)
-        time.sleep(0.1)
-        turns_until(server, lambda: server._busy)
+        turns_until(server, lambda: server.scheduler.busy)
         quick.send({"method": "size"})
         turns_until(server, lambda: readable(quick.sock))
         assert quick.reply() == {"status": "ok", "result": 0}
@@ -207,7 +224,7 @@ def test_slow_requests_of_one_client_do_not_hold_up_another(server):
 
 
 def test_an_over_long_line_is_answered_then_the_connection_closed(db):
-    server = make_server(db, max_line=1024)
+    server = make_server(db, max_request_bytes=1024)
     try:
         with Wire(server.port) as client:
             client.sock.sendall(b'{"method": "lookup", "key": "' + b"k" * 5000)
@@ -230,7 +247,7 @@ def test_half_a_request_is_dropped_after_the_request_timeout(db):
             whole.send({"method": "size"})
             deadline = time.monotonic() + 10
             while len(server._peers) != 1 and time.monotonic() < deadline:
-                server.turn(0.1)
+                turn(server, 0.1)
             [left] = server._peers
             assert left.conn.sock.getpeername() == whole.sock.getsockname()
             assert whole.reply() == {"status": "ok", "result": 0}
@@ -275,11 +292,11 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(db
     server = Server(db, listener)
     try:
         client = Wire(server.port)
-        server.turn(1.0)
-        assert server._acceptor.paused_until is not None
+        turn(server, 1.0)
+        assert server.acceptor.paused
         assert not server._peers
         # While paused the listener is not watched, so a turn sleeps instead of spinning.
-        events = server.selector.select(0)
+        events = server.loop._selector.select(0)
         assert all(key.fileobj is not listener for key, _ in events)
         turns_until(server, lambda: server._peers)
         client.send({"method": "size"})
@@ -311,7 +328,7 @@ def test_a_failing_mutation_stops_the_server(server, db):
 def test_stop_wakes_a_sleeping_loop(server):
     server.stop()
     started = time.monotonic()
-    server.turn(30)  # would sleep 30 s without the wake-up
+    turn(server, 30)  # would sleep 30 s without the wake-up
     assert time.monotonic() - started < 25
 
 
@@ -371,13 +388,13 @@ def test_catastrophic_scans_end_at_the_key_limit_and_others_are_served_meanwhile
 
 
 def test_scans_past_the_limit_wait_for_a_free_slot_while_others_are_served(db, monkeypatch):
-    import hashtable.server
+    import hashtable.scheduler
 
-    monkeypatch.setattr(hashtable.server, "TURN_SLICE", 0.0)  # one key per turn: long scans
+    monkeypatch.setattr(hashtable.scheduler, "TURN_SLICE", 0.0)  # one key per turn: long scans
     for n in range(40):
         db.execute(Request("insert", key=f"k{n}", value=n))
     db.commit()
-    server = make_server(db, max_read_jobs=1)
+    server = make_server(db, max_scans=1)
     try:
         with Wire(server.port) as first, Wire(server.port) as second, Wire(server.port) as other:
             accept_all(server, [first, second, other])
@@ -385,7 +402,7 @@ def test_scans_past_the_limit_wait_for_a_free_slot_while_others_are_served(db, m
             turns_until(server, lambda: peer_of(server, first).job is not None)
             second.send({"method": "query", "subkey": "n", "subvalue": 1}, {"method": "size"})
             turns_until(server, lambda: peer_of(server, second).parked)
-            assert peer_of(server, second).job is None and server._jobs == 1
+            assert peer_of(server, second).job is None and server.scheduler.jobs == 1
             # A parked client's requests wait; everyone else is served.
             other.send({"method": "lookup", "key": "k3"})
             turns_until(server, lambda: readable(other.sock))
@@ -393,8 +410,8 @@ def test_scans_past_the_limit_wait_for_a_free_slot_while_others_are_served(db, m
             assert not readable(first.sock) and not readable(second.sock)
             most = 0
             for _ in range(400):
-                server.turn(0.0 if server._busy else 0.05)
-                most = max(most, server._jobs)
+                turn(server)
+                most = max(most, server.scheduler.jobs)
                 if readable(second.sock):
                     break
             assert most == 1  # never two at once
@@ -402,19 +419,19 @@ def test_scans_past_the_limit_wait_for_a_free_slot_while_others_are_served(db, m
             assert second.reply() == {"status": "ok", "result": []}  # values are not objects
             turns_until(server, lambda: readable(second.sock))
             assert second.reply() == {"status": "ok", "result": 40}
-            assert server._jobs == 0 and not server._parked
+            assert server.scheduler.jobs == 0 and not server.scheduler.parked
     finally:
         server.close()
 
 
 def test_a_client_that_leaves_while_parked_holds_nobody_up(db, monkeypatch):
-    import hashtable.server
+    import hashtable.scheduler
 
-    monkeypatch.setattr(hashtable.server, "TURN_SLICE", 0.0)
+    monkeypatch.setattr(hashtable.scheduler, "TURN_SLICE", 0.0)
     for n in range(20):
         db.execute(Request("insert", key=f"k{n}", value=n))
     db.commit()
-    server = make_server(db, max_read_jobs=1)
+    server = make_server(db, max_scans=1)
     try:
         with Wire(server.port) as first, Wire(server.port) as third:
             second = Wire(server.port)
@@ -430,6 +447,6 @@ def test_a_client_that_leaves_while_parked_holds_nobody_up(db, monkeypatch):
             assert len(first.reply()["result"]) == 20
             assert len(third.reply()["result"]) == 11  # k1, k10..k19
             turns_until(server, lambda: len(server._peers) == 2)
-            assert server._jobs == 0 and not server._parked
+            assert server.scheduler.jobs == 0 and not server.scheduler.parked
     finally:
         server.close()
