@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hashtable.server import TURN_SLICE
+from hashtable.scheduler import TURN_SLICE
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
 from netkit.cliargs import positive_int
 

@@ -158,3 +158,16 @@ def test_testperf_out_of_file_descriptors_says_so(spawn, tmp_path: Path):
 )
 def test_the_battery_benchmarks_and_scripts_refuse_bad_options(tmp_path: Path, args, message):
     assert_one_message(run(with_a_file(args, tmp_path)), message)
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(
+        str(p.relative_to(ROOT)) for p in [*ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py")]
+    ),
+)
+def test_every_benchmark_and_script_starts(script: str):
+    """Their imports still resolve (a moved name breaks a benchmark nobody runs daily)."""
+    done = run([script, "--help"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
