@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def default_data_dir(project: str) -> Path | None:
     None when there is no home folder to put it in."""
     state = os.environ.get("XDG_STATE_HOME", "")
     if not os.path.isabs(state):  # the XDG rule: a relative XDG_STATE_HOME is ignored
-        home = os.path.expanduser("~")  # "~" itself when there is no home to be found
+        # "~" itself when there is no home to be found; an empty HOME would give "/".
+        home = os.path.expanduser("~") if os.environ.get("HOME") != "" else ""
         if not os.path.isabs(home):
             return None
         state = os.path.join(home, ".local", "state")
@@ -182,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def say_where_it_listens(listener) -> None:
+def say_where_it_listens(listener: socket.socket) -> None:
     """The listening line, in one write so that no log line from another thread can
     land inside it. Standard output closed or full is not a reason to stop serving."""
     try:

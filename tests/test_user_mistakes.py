@@ -70,10 +70,11 @@ def test_the_server_refuses_bad_places_to_keep_and_serve_from(tmp_path: Path, ar
 def test_the_server_without_a_home_folder_asks_for_a_data_dir(tmp_path: Path):
     """A relative HOME (or none that can be found) and a relative XDG_STATE_HOME (which
     the XDG rules say to ignore) would put the table wherever the server was started."""
-    env = {**os.environ, "HOME": "not/absolute", "XDG_STATE_HOME": "also/relative"}
-    done = run(["HashTableServer.py", "p", "--catalog", "127.0.0.1:9"], env=env, cwd=tmp_path)
-    assert_one_message(done, "no home folder to keep the table in: give --data-dir")
-    assert list(tmp_path.iterdir()) == []  # nothing made where it was started
+    for home in ("not/absolute", ""):  # "" would have put it in /.local/state
+        env = {**os.environ, "HOME": home, "XDG_STATE_HOME": "also/relative"}
+        done = run(["HashTableServer.py", "p", "--catalog", "127.0.0.1:9"], env=env, cwd=tmp_path)
+        assert_one_message(done, "no home folder to keep the table in: give --data-dir")
+        assert list(tmp_path.iterdir()) == []  # nothing made where it was started
 
 
 def test_the_server_keeps_serving_when_its_output_cannot_be_written(tmp_path: Path):
