@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 # Real cctools programs (compatibility tests) and Redis (bench/vs_redis.py).
 SYSTEM_PROGRAMS := catalog_server catalog_query catalog_update chirp_server redis-server
 
-.PHONY: setup venv system demo test lint chaos bench clean
+.PHONY: setup venv system demo test lint chaos bench herd herd-stop clean
 
 setup: venv system
 
@@ -39,6 +39,12 @@ chaos: setup
 
 bench: setup
 	$(PY) bench/vs_redis.py
+
+herd: setup
+	$(PY) -m herd.local start
+
+herd-stop: venv
+	$(PY) -m herd.local stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -53,7 +53,12 @@ _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 _JSONDecodeError = orjson.JSONDecodeError
 _CONTAINERS = (dict, list)
-_VALUE = FIELDS["value"]
+# method -> {field name: its check}, for the fields the method accepts: one
+# lookup tells both whether the field belongs and how to check it.
+_CHECKS = {
+    method: {name: FIELDS[name].check for name in names} for method, names in ACCEPTED.items()
+}
+_ANY_VALUE = FIELDS["value"].check  # any JSON value: only its depth is checked, apart
 
 
 class ProtocolError(ValueError):
@@ -82,20 +87,21 @@ def parse_request(line: bytes) -> Request | Outcome:
     if type(obj) is not dict:
         return Outcome.invalid(f"a request must be a JSON object, not {kind_of(obj)}")
     method = obj.pop("method", None)
-    accepted = ACCEPTED.get(method) if type(method) is str else None
-    if accepted is None:
+    checks = _CHECKS.get(method) if type(method) is str else None
+    if checks is None:
         return Outcome.invalid(method_problem(method))
     problem = None
     for name, value in obj.items():
-        if name not in accepted:
+        check = checks.get(name)
+        if check is None:
             problem = f"{method} takes no field {quote(name)}"
             break
-        field = FIELDS[name]
-        if not field.check(value):
+        if check is _ANY_VALUE:
+            if type(value) in _CONTAINERS and _too_deep(line, value):
+                problem = f'"value" nests deeper than {MAX_VALUE_DEPTH} levels'
+                break
+        elif not check(value):
             problem = field_problem(method, name, value)
-            break
-        if field is _VALUE and type(value) in _CONTAINERS and _too_deep(line, value):
-            problem = f'"value" nests deeper than {MAX_VALUE_DEPTH} levels'
             break
     else:
         for name in REQUIRED[method]:

@@ -126,8 +126,19 @@ def test_a_pipeline_that_has_not_run_has_no_results(table):
     reply = p.size()
     with pytest.raises(RuntimeError, match="not run"):
         reply.result()
-    p.execute()
+    assert p.execute() == [reply.result()]
     assert isinstance(reply.result(), int)
+
+
+def test_execute_returns_the_results_as_redis_py_does(table):
+    p = table.pipeline()
+    p.insert("api:e", 1)
+    p.lookup("api:e")
+    p.remove("api:e")
+    p.lookup("api:e")
+    results = p.execute()
+    assert results[:3] == [None, 1, 1] and isinstance(results[3], KeyError)
+    assert p.results()[:3] == results[:3]  # and results() gives them again
 
 
 def test_pipeline_and_single_calls_share_the_exactly_once_numbering(table, port):

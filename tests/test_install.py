@@ -29,7 +29,8 @@ CONSOLE_SCRIPTS = [
     "lb-ts",
     "lb-ls",
     "lb-client",
-    # herd, cluster: add them here as they arrive.
+    "herd",
+    # cluster: add it here when it arrives.
 ]
 TOP_LEVEL_MODULES = ["HashTableClient", "HashTableServer", "HashTable", "TestPerf"]
 NOT_COPIED = shutil.ignore_patterns(
@@ -82,13 +83,16 @@ def test_every_console_script_answers_help_from_elsewhere(installed: Path, tmp_p
 
 
 def test_the_modules_import_from_the_installed_copy(installed: Path, tmp_path: Path):
-    modules = [*TOP_LEVEL_MODULES, "catalog", "harness", "hashtable", "netkit", "perftest", "lb"]
+    modules = [*TOP_LEVEL_MODULES, "catalog", "harness", "hashtable", "herd", "netkit", "perftest"]
+    modules.append("lb")
     code = (
         "from HashTableClient import HashTableClient\n"
         "import importlib, lb.cli\n"
         f"for name in {modules!r}:\n"
         "    print(importlib.import_module(name).__file__)\n"
         "print(lb.cli.SAMPLES / 'PROJ2-HNS.txt')\n"
+        "import herd.config\n"
+        "print(herd.config.DEFAULT_CONFIG)\n"
     )
     done = run([installed / "python", "-c", code], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -96,7 +100,8 @@ def test_the_modules_import_from_the_installed_copy(installed: Path, tmp_path: P
     prefix = installed.parent.resolve()
     for file in files:
         assert file.resolve().is_relative_to(prefix), f"{file} is not the installed copy"
-    assert files[-1].is_file(), "lb's sample tables are not installed"
+    assert files[-2].is_file(), "lb's sample tables are not installed"
+    assert files[-1].is_file(), "herd's default configuration is not installed"
 
 
 def test_installed_testperf_measures_an_installed_server(installed: Path, tmp_path: Path):

@@ -1,0 +1,171 @@
+"""The client port's asyncio protocol: bytes in, lines to the server, replies out in order.
+
+Several commands per connection are answered in the order they came; an IAMAT
+whose reply waits (for the commit, for the neighbours' acknowledgements) holds
+back the replies behind it, never the other connections. Each reply is written
+in one piece. At EOF the connection closes once the last reply is out.
+
+Bounds: a line longer than ``max_line`` is answered with ``?`` and ends the
+connection; a client that does not read its replies stops being read once
+``high_water`` bytes wait for it; an idle connection is closed after
+``idle_timeout`` seconds; past ``max_clients`` connections new ones are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from netkit.framing import LineFramer, LineTooLong
+
+if TYPE_CHECKING:
+    from herd.server import HerdServer
+
+HIGH_WATER = 256 * 1024
+LINGER = 5.0
+
+
+def prepare(transport: asyncio.Transport, high_water: int) -> str:
+    """Sets up a new TCP connection (no Nagle delay: replies are small and latency
+    counts; a bound on buffered output) and returns its peer as ``host:port``."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.set_write_buffer_limits(high=high_water)
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, server: HerdServer) -> None:
+        self.server = server
+        self.framer = LineFramer(server.options.max_line)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self._lines: deque[bytes] = deque()
+        self._waiting: asyncio.Future[bytes] | None = None
+        self._closing = False  # EOF or a fatal line: close once the replies are out
+        self._paused = False
+        self._last_active = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # after an over-long line: read and drop until EOF
+        self._overlong = self._eof = False
+
+    # ---- asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = prepare(transport, HIGH_WATER)
+        if not self.server.client_opened(self):
+            transport.abort()
+            return
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = time.monotonic()
+        if self._discarding:
+            return
+        try:
+            lines = self.framer.feed(data)
+        except LineTooLong as error:
+            self._lines.extend(error.lines)
+            self._lines.append(None)  # type: ignore[arg-type]  # marks the over-long line
+            self._overlong = True
+            self._closing = True
+        else:
+            self._lines.extend(lines)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._discarding:
+            self.transport.close()
+            return True
+        # A last line without its newline still counts.
+        if self.framer.pending:
+            try:
+                self._lines.extend(self.framer.feed(b"\n"))
+            except LineTooLong as error:
+                self._lines.extend(error.lines)
+                self._lines.append(None)  # type: ignore[arg-type]
+        self._closing = True
+        self._process()
+        return True  # keep the transport open to write the remaining replies
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._lines.clear()
+        self.server.client_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if not self._closing:
+            self.transport.resume_reading()
+
+    # ---- serving ------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answers queued lines in order until one must wait or none are left."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        replies = []
+        while self._lines and self._waiting is None:
+            line = self._lines.popleft()
+            if line is None:
+                replies.append(self.server.overlong_line(self.peer))
+                self._lines.clear()
+                break
+            result = self.server.handle_client_line(line, self.peer)
+            if isinstance(result, bytes):
+                replies.append(result)
+            else:
+                self._waiting = result
+                result.add_done_callback(self._reply_ready)
+        if replies:
+            transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
+        if self._closing and not self._lines and self._waiting is None:
+            self._close_gently()
+
+    def _close_gently(self) -> None:
+        """Closes once the replies are out. Unread input would make the kernel reset
+        the connection and drop those replies, so a client still sending (after an
+        over-long line) is read and ignored until its EOF, for a few seconds at most."""
+        transport = self.transport
+        if not self._overlong or self._eof:
+            transport.close()
+            return
+        self._discarding = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def _reply_ready(self, future: asyncio.Future[bytes]) -> None:
+        self._waiting = None
+        if self.transport is None or self.transport.is_closing() or future.cancelled():
+            return
+        self.transport.write(future.result())
+        self._process()
+
+    def _arm_idle_timer(self) -> None:
+        timeout = self.server.options.idle_timeout
+        if timeout:
+            self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = time.monotonic() - self._last_active
+        if idle >= self.server.options.idle_timeout and self._waiting is None:
+            self.server.io_log.info("client %s idle for %.0f s: closed", self.peer, idle)
+            self.transport.close()
+            return
+        self._arm_idle_timer()

@@ -1,0 +1,210 @@
+"""Peer links over asyncio: the peer port's protocol and the dialer that keeps a link up.
+
+Of two neighbours, the one whose name sorts first dials; the other accepts on
+its peer port. Both open with a HERD line (herd.peering); an accepted
+connection that does not name a neighbour of ours in the right role, within
+``handshake_timeout``, is closed. Once up, a link streams our changes and
+acknowledges theirs; a PING goes out after ``ping_interval`` without traffic,
+and a link silent for ``peer_timeout`` is dropped. The dialer redials with
+exponential backoff (netkit.backoff), asking the catalog for the neighbour's
+address first when discovery is on.
+
+TLS: ``ssl`` contexts from the server's options go to ``create_server`` and
+``create_connection`` for the peer port; nothing else here depends on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from herd.clients import prepare
+from herd.peering import PING_LINE, Link, ProtocolError, parse_hello
+from netkit.backoff import Backoff
+from netkit.framing import LineFramer, LineTooLong
+
+if TYPE_CHECKING:
+    from herd.server import HerdServer
+
+MAX_PEER_LINE = 64 * 1024
+HIGH_WATER = 1024 * 1024
+LINES_PER_WRITE = 2000
+
+
+class PeerConnection(asyncio.Protocol):
+    """One connection on a peer link, dialed (``neighbour`` known) or accepted."""
+
+    def __init__(self, server: HerdServer, neighbour: str | None = None) -> None:
+        self.server = server
+        self.neighbour = neighbour
+        self.dialed = neighbour is not None
+        self.framer = LineFramer(MAX_PEER_LINE)
+        self.transport: asyncio.Transport | None = None
+        self.link: Link | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.address = "?"
+        self._paused = False
+        self._last_sent = self._last_received = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._why = "closed"
+
+    # ---- asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.address = prepare(transport, HIGH_WATER)
+        if self.dialed:
+            self._send(self.server.hello_for(self.neighbour).line())
+        elif not self.server.peer_opened(self):
+            transport.abort()
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            self.server.options.handshake_timeout, self._handshake_expired
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._last_received = time.monotonic()
+        try:
+            lines = self.framer.feed(data)
+        except LineTooLong:
+            self.drop(f"line longer than {MAX_PEER_LINE} bytes")
+            return
+        try:
+            if self.link is None:
+                if not lines:
+                    return
+                self._handshake(lines[0])
+                lines = lines[1:]
+            self._receive(lines)
+        except ProtocolError as error:
+            self.drop(f"protocol error: {error}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if exc is not None and self._why == "closed":
+            self._why = str(exc) or type(exc).__name__
+        self.server.peer_closed(self, self._why)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.pump()
+
+    # ---- the link -----------------------------------------------------------------
+
+    def _handshake(self, line: bytes) -> None:
+        self.server.io_log.info("in  peer %s: %s", self.neighbour or self.address, _text(line))
+        hello = parse_hello(line)
+        self.server.check_hello(hello, self)
+        if not self.dialed:
+            self.neighbour = hello.sender
+        self.link = self.server.link_up(self, hello)
+        if not self.dialed:
+            self._send(self.server.hello_for(hello.sender).line())
+        self._timer.cancel()
+        self._tick()
+        self.pump()
+
+    def _receive(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        server, link = self.server, self.link
+        log, name = server.io_log, self.neighbour
+        for line in lines:
+            log.info("in  peer %s: %s", name, _text(line))
+            location = link.receive(line, server.table)
+            if location is not None:
+                server.changed(location)
+        ack = link.ack_line()
+        if ack is not None:
+            server.commit_now()
+            self._send(ack)
+        server.acks_changed()
+
+    def pump(self) -> None:
+        """Sends what the neighbour has not been sent, until the socket buffer is full."""
+        link = self.link
+        if link is None or self._paused or self.transport.is_closing():
+            return
+        log, name, table = self.server.io_log, self.neighbour, self.server.table
+        while not self._paused:
+            lines = link.outgoing(table, LINES_PER_WRITE)
+            if lines:
+                for line in lines:
+                    log.info("out peer %s: %s", name, line)
+                lines.append("")
+                self._send("\n".join(lines).encode())
+            elif not link.has_outgoing:
+                return
+
+    def _send(self, data: bytes) -> None:
+        self._last_sent = time.monotonic()
+        self.transport.write(data)
+        if data.startswith(b"HERD") or data.startswith(b"ACK"):
+            self.server.io_log.info(
+                "out peer %s: %s", self.neighbour or self.address, _text(data.rstrip())
+            )
+
+    def drop(self, why: str) -> None:
+        self._why = why
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _handshake_expired(self) -> None:
+        if self.link is None:
+            self.drop(f"no handshake in {self.server.options.handshake_timeout:g} s")
+
+    def _tick(self) -> None:
+        """Heartbeat: a PING when we have been quiet, a drop when they have been silent."""
+        options = self.server.options
+        now = time.monotonic()
+        if now - self._last_received > options.peer_timeout:
+            self.drop(f"silent for {now - self._last_received:.1f} s")
+            return
+        if now - self._last_sent >= options.ping_interval:
+            self._last_sent = now
+            self.transport.write(PING_LINE)
+            self.server.io_log.info("out peer %s: PING", self.neighbour)
+        self._timer = asyncio.get_running_loop().call_later(options.ping_interval / 2, self._tick)
+
+
+def _text(line: bytes) -> str:
+    return line.decode(errors="backslashreplace")
+
+
+async def keep_dialing(server: HerdServer, neighbour: str) -> None:
+    """Keeps the link to ``neighbour`` up for as long as the server runs."""
+    options = server.options
+    backoff = Backoff(initial=options.backoff_initial, cap=options.backoff_cap)
+    loop = asyncio.get_running_loop()
+    failures = 0
+    while True:
+        address = await server.peer_address(neighbour)
+        connection: PeerConnection | None = None
+        if address is not None:
+            try:
+                _, connection = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: PeerConnection(server, neighbour),
+                        *address,
+                        ssl=options.client_ssl,
+                    ),
+                    timeout=options.handshake_timeout,
+                )
+            except (TimeoutError, OSError) as error:
+                failures += 1
+                if failures == 1:
+                    server.log.info("cannot reach %s at %s:%d yet: %s", neighbour, *address, error)
+        if connection is not None:
+            failures = 0
+            await connection.closed
+            if connection.link is not None:
+                backoff.reset()
+        await asyncio.sleep(backoff.next_delay())

@@ -1,0 +1,354 @@
+"""One herd server: the state (table, links, waiters) and what each event does to it.
+
+The asyncio protocols (herd.clients, herd.links) only move bytes and call in
+here; the decisions are in the sans-IO modules (herd.messages, herd.locations,
+herd.peering). One event loop, no threads for requests: the only work handed to
+threads is what would block the loop (catalog HTTP and DNS, in herd.discovery).
+
+Per loop turn, at most one commit (every location the turn accepted, one
+fsync) and one flush to each neighbour, however many updates the turn saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from herd.config import HerdConfig
+from herd.durable import DurableLocations
+from herd.locations import Location, LocationTable, TableFull
+from herd.messages import (
+    At,
+    IAmAt,
+    Invalid,
+    format_diff,
+    invalid_reply,
+    parse_client_line,
+    whatsat_reply,
+)
+from herd.peering import AckWaiters, Hello, Link, ProtocolError
+from herd.traffic import TrafficLog
+
+PlaceSearch = Callable[[float, float, float, int], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
+@dataclass
+class Options:
+    """The knobs of one server (the command line's, herd.cli)."""
+
+    max_line: int = 4096
+    max_clients: int = 1024
+    max_locations: int = 1_000_000
+    idle_timeout: float = 300.0
+    ack_timeout: float = 0.2
+    handshake_timeout: float = 5.0
+    ping_interval: float = 1.0
+    peer_timeout: float = 5.0
+    backoff_initial: float = 0.1
+    backoff_cap: float = 5.0
+    max_pending_peers: int = 64
+    server_ssl: Any = None  # ssl.SSLContext for the peer port, once netkit.security lands
+    client_ssl: Any = None
+
+
+class PendingReply:
+    """A reply that leaves once ``remaining`` conditions (commit, acks) have each been met."""
+
+    __slots__ = ("future", "remaining", "reply")
+
+    def __init__(self, future: asyncio.Future[bytes], reply: bytes, remaining: int) -> None:
+        self.future, self.reply, self.remaining = future, reply, remaining
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, _: object) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.future.done():
+            self.future.set_result(self.reply)
+
+
+class HerdServer:
+    def __init__(
+        self,
+        name: str,
+        config: HerdConfig,
+        options: Options,
+        places: PlaceSearch,
+        durable: DurableLocations | None = None,
+        peer_address: Callable[[str], Awaitable[tuple[str, int] | None]] | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.options = options
+        self.places = places
+        self.durable = durable
+        self.neighbours = set(config.neighbours(name))
+        self.epoch = secrets.token_hex(8)
+        self.table = LocationTable(options.max_locations)
+        self.cursors: dict[str, tuple[str, int]] = {}  # neighbour -> (their epoch, their lsn)
+        self.links: dict[str, Any] = {}  # neighbour -> PeerConnection, once up
+        self.waiters = AckWaiters()
+        self.clients: set[Any] = set()
+        self.pending_peers = 0
+        self.log = logging.getLogger(f"herd.{name}")
+        self.io_log = TrafficLog(log_file)
+        self._peer_address = peer_address
+        self._commit_waiters: list[PendingReply] = []
+        self._commit_scheduled = self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.failed: BaseException | None = None  # storage failure: the server must stop
+        if durable is not None:
+            for location in durable.recovered():
+                self.table.offer(location)
+            self.log.info("recovered %d locations", len(self.table))
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.io_log.bind_loop(loop)
+
+    # ---- clients ------------------------------------------------------------------
+
+    def client_opened(self, client: Any) -> bool:
+        if len(self.clients) >= self.options.max_clients:
+            self.io_log.info("client %s refused: %d connections", client.peer, len(self.clients))
+            return False
+        self.clients.add(client)
+        self.io_log.info("client %s connected", client.peer)
+        return True
+
+    def client_closed(self, client: Any) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            self.io_log.info("client %s closed", client.peer)
+
+    def handle_client_line(self, line: bytes, peer: str) -> bytes | asyncio.Future[bytes]:
+        """The reply to one line: bytes now, or a future of them."""
+        self.io_log.info("in  client %s: %s", peer, line.decode(errors="backslashreplace"))
+        try:
+            command = parse_client_line(line)
+            if isinstance(command, IAmAt):
+                return self._iamat(command, peer)
+            return self._whatsat(command.client, command.radius_km, command.max_items, peer)
+        except Invalid as error:
+            reply = invalid_reply(line)
+            self._log_reply(peer, reply, str(error))
+            return reply
+
+    def overlong_line(self, peer: str) -> bytes:
+        reply = f"? (line longer than {self.options.max_line} bytes)\n".encode()
+        self._log_reply(peer, reply, "line too long; connection closed")
+        return reply
+
+    def _log_reply(self, peer: str, reply: bytes, note: str = "") -> None:
+        text = reply.decode(errors="backslashreplace").rstrip("\n")
+        if note:
+            self.io_log.info("out client %s: %s  [%s]", peer, text, note)
+        else:
+            self.io_log.info("out client %s: %s", peer, text)
+
+    def _iamat(self, command: IAmAt, peer: str) -> bytes | asyncio.Future[bytes]:
+        received_ns = time.time_ns()
+        at = At(
+            self.name,
+            format_diff(received_ns, command.time),
+            command.client,
+            command.location,
+            command.time_text,
+            command.time,
+            command.latitude,
+            command.longitude,
+        )
+        reply = (at.line + "\n").encode()
+        location = Location(at, received_ns)
+        try:
+            changed = self.table.offer(location)
+        except TableFull as error:
+            raise Invalid(str(error)) from None
+        self._log_reply(peer, reply)
+        if not changed:  # an older or repeated report: nothing to store or flood
+            return reply
+        self.changed(location)
+        future = self._loop.create_future()
+        links = self.live_links()
+        pending = PendingReply(future, reply, 2 if self.durable is not None else 1)
+        if self.durable is not None:
+            self._commit_waiters.append(pending)
+        self.waiters.add(location.lsn, pending, links)
+        if not future.done():
+            self._loop.call_later(self.options.ack_timeout, self._ack_expired, location.lsn)
+        return future
+
+    def _whatsat(
+        self, client: str, radius_km: float, limit: int, peer: str
+    ) -> bytes | asyncio.Future[bytes]:
+        location = self.table.get(client)
+        if location is None:
+            raise Invalid(f"no location known for {client[:80]!r}")
+        at = location.at
+        answer = self.places(at.latitude, at.longitude, radius_km, limit)
+        if not isinstance(answer, dict):
+            future = self._loop.create_future()
+            task = asyncio.ensure_future(answer)
+            task.add_done_callback(lambda done: self._places_ready(done, future, at.line, peer))
+            return future
+        reply = whatsat_reply(at.line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+        self._log_reply(peer, reply)
+        return reply
+
+    def _places_ready(
+        self, done: asyncio.Future[dict], future: asyncio.Future[bytes], line: str, peer: str
+    ) -> None:
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is not None:
+            self.log.warning("place search failed: %r", error)
+            answer = {"html_attributions": [], "results": [], "status": "UNKNOWN_ERROR"}
+        else:
+            answer = done.result()
+        reply = whatsat_reply(line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+        self._log_reply(peer, reply)
+        if not future.done():
+            future.set_result(reply)
+
+    # ---- changes: storing and flooding --------------------------------------------
+
+    def changed(self, location: Location) -> None:
+        """A location was accepted into the table: store it, flood it (both this turn)."""
+        if self.durable is not None:
+            self.durable.record(location)
+            if not self._commit_scheduled:
+                self._commit_scheduled = True
+                self._loop.call_soon(self._commit)
+        if not self._flush_scheduled and self.links:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def commit_now(self) -> None:
+        """Commits what is buffered now: a neighbour's ACK must promise stored locations."""
+        if self.durable is not None and self.durable.needs_commit:
+            self._commit()
+
+    def _commit(self) -> None:
+        self._commit_scheduled = False
+        if self.failed is not None:
+            return
+        try:
+            self.durable.commit()
+        except Exception as error:  # storage failed: acknowledging more would be a lie
+            self.log.critical("storage failed, stopping: %s", error)
+            self.failed = error
+            return
+        waiters, self._commit_waiters = self._commit_waiters, []
+        for waiter in waiters:
+            waiter.set_result(None)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for connection in list(self.links.values()):
+            connection.pump()
+
+    def _ack_expired(self, lsn: int) -> None:
+        self.waiters.expire(lsn, self.live_links(), self.table.lsn)
+
+    def acks_changed(self) -> None:
+        if len(self.waiters):
+            self.waiters.release(self.live_links())
+
+    def live_links(self) -> list[Link]:
+        return [connection.link for connection in self.links.values()]
+
+    # ---- peers ----------------------------------------------------------------------
+
+    def peer_opened(self, connection: Any) -> bool:
+        """An accepted peer-port connection, before its handshake."""
+        if self.pending_peers >= self.options.max_pending_peers:
+            self.log.warning("peer connection from %s refused: too many", connection.address)
+            return False
+        self.pending_peers += 1
+        connection.counted = True
+        return True
+
+    def hello_for(self, neighbour: str) -> Hello:
+        epoch, lsn = self.cursors.get(neighbour, ("-", 0))
+        return Hello(self.config.herd, self.name, neighbour, self.epoch, epoch, lsn)
+
+    def check_hello(self, hello: Hello, connection: Any) -> None:
+        if hello.herd != self.config.herd or hello.receiver != self.name:
+            raise ProtocolError(f"HERD line for {hello.herd}/{hello.receiver}, not for us")
+        if connection.dialed:
+            if hello.sender != connection.neighbour:
+                raise ProtocolError(f"dialed {connection.neighbour}, answered by {hello.sender}")
+        elif hello.sender not in self.neighbours or not hello.sender < self.name:
+            raise ProtocolError(f"{hello.sender} is not a neighbour that dials {self.name}")
+
+    def link_up(self, connection: Any, hello: Hello) -> Link:
+        if getattr(connection, "counted", False):
+            connection.counted = False
+            self.pending_peers -= 1
+        old = self.links.get(hello.sender)
+        if old is not None:  # it redialled before we noticed the old link die
+            old.drop("replaced by a new connection")
+        epoch, lsn = self.cursors.get(hello.sender, (None, 0))
+        if epoch != hello.epoch:
+            self.cursors[hello.sender] = (hello.epoch, 0)
+        resume = hello.cursor_lsn if hello.cursor_epoch == self.epoch else 0
+        link = Link(hello.sender, hello.epoch, resume, self.table.lsn)
+        if epoch == hello.epoch:
+            link.received_upto = lsn
+        self.links[hello.sender] = connection
+        self.log.info(
+            "link to %s up (%s, %s), sending changes after %d of %d",
+            hello.sender,
+            "dialed" if connection.dialed else "accepted",
+            connection.address,
+            resume,
+            self.table.lsn,
+        )
+        return link
+
+    def peer_closed(self, connection: Any, why: str) -> None:
+        if getattr(connection, "counted", False):
+            connection.counted = False
+            self.pending_peers -= 1
+        link = connection.link
+        if link is None:
+            self.log.info(
+                "peer connection %s %s closed before its handshake: %s",
+                connection.neighbour or "from",
+                connection.address,
+                why,
+            )
+            return
+        self.cursors[link.neighbour] = (link.their_epoch, link.received_upto)
+        if self.links.get(link.neighbour) is not connection:
+            self.log.info("an older connection to %s closed: %s", link.neighbour, why)
+            return
+        del self.links[link.neighbour]
+        self.waiters.release(self.live_links())
+        self.log.info("link to %s dropped: %s", link.neighbour, why)
+
+    async def peer_address(self, neighbour: str) -> tuple[str, int] | None:
+        if self._peer_address is not None:
+            return await self._peer_address(neighbour)
+        entry = self.config.servers[neighbour]
+        if entry.host is None or entry.peer_port is None:
+            return None
+        return entry.host, entry.peer_port
+
+    def status(self) -> dict[str, Any]:
+        """Figures for the catalog record and the log."""
+        return {
+            "locations": len(self.table),
+            "lsn": self.table.lsn,
+            "links": sorted(self.links),
+            "clients": len(self.clients),
+        }

@@ -1,0 +1,37 @@
+"""python -m herd.local starts and stops a whole herd; server.py is the assignment's entry point."""
+
+from __future__ import annotations
+
+from harness.herd import ask, free_config
+from harness.processes import Process, python_module, python_script, wait_until
+
+
+def test_local_starts_and_stops_a_whole_herd(tmp_path):
+    config = free_config(tmp_path / "herd.json")
+    run = tmp_path / "run"
+    common = ["--config", str(tmp_path / "herd.json"), "--dir", str(run)]
+    start = Process(python_module("herd.local", "start", *common), tmp_path / "start.out")
+    try:
+        assert start.popen.wait(timeout=60) == 0, start.output()
+        port = config.servers["Hands"].port
+        at = ask(port, "IAMAT local +1+1 1600000000\n").strip()
+        welsh = config.servers["Welsh"].port
+        wait_until(lambda: ask(welsh, "WHATSAT local 1 1\n").startswith(at), what="the flood")
+    finally:
+        stop = Process(python_module("herd.local", "stop", *common), tmp_path / "stop.out")
+        assert stop.popen.wait(timeout=60) == 0
+        stopped = stop.output()
+        stop.stop()
+        start.stop()
+    assert "Welsh stopped" in stopped
+    status = Process(python_module("herd.local", "status", *common), tmp_path / "status.out")
+    assert status.popen.wait(timeout=30) == 1  # nothing runs any more
+    status.stop()
+
+
+def test_server_py_takes_the_name_and_rejects_an_unknown_one(tmp_path):
+    process = Process(python_script("server.py", "Nobody", "--log-file", str(tmp_path / "x.log")),
+                      tmp_path / "out")  # fmt: skip
+    assert process.popen.wait(timeout=30) == 2
+    assert "no server 'Nobody'" in process.output() and "Traceback" not in process.output()
+    process.stop()

@@ -1,0 +1,303 @@
+"""The herd's sans-IO parts without a network: messages, the table, the peer protocol, places, config."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+import pytest
+
+from herd.config import ConfigError, load_config, parse_config
+from herd.locations import Location, LocationTable, TableFull
+from herd.messages import (
+    At,
+    IAmAt,
+    Invalid,
+    WhatsAt,
+    format_diff,
+    invalid_reply,
+    parse_at_fields,
+    parse_client_line,
+    whatsat_reply,
+)
+from herd.peering import AckWaiters, Hello, Link, ProtocolError, parse_hello
+from herd.places import Place, PlaceIndex, distance_km
+
+# ---- client messages ------------------------------------------------------------------
+
+
+def test_iamat_parses_the_assignment_example_with_any_ascii_whitespace():
+    line = b"\t IAMAT  kiwi.cs.ucla.edu\x0b+34.068930-118.445127\x0c1520023934.918963997 \r"
+    command = parse_client_line(line)
+    assert command == IAmAt(
+        "kiwi.cs.ucla.edu",
+        "+34.068930-118.445127",
+        "1520023934.918963997",
+        Decimal("1520023934.918963997"),
+        34.06893,
+        -118.445127,
+    )
+
+
+def test_a_unicode_space_is_part_of_a_client_id():
+    command = parse_client_line("IAMAT a\u00a0b +1+2 3".encode())
+    assert command.client == "a\u00a0b"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"   ",
+        b"iamat kiwi +34-118 1",  # commands are case-sensitive
+        b"IAMAT kiwi +34.1-118.2",
+        b"IAMAT kiwi +34.1-118.2 1 extra",
+        b"IAMAT kiwi 34.1-118.2 1",  # no sign before latitude
+        b"IAMAT kiwi +34.1118.2 1",  # one number
+        b"IAMAT kiwi +91.0-118.2 1",  # latitude out of range
+        b"IAMAT kiwi +34.0-181.0 1",  # longitude out of range
+        b"IAMAT kiwi +34.0-118.0 1e9",  # exponent
+        b"IAMAT kiwi +34.0-118.0 nan",
+        b"IAMAT kiwi +34.0-118.0 12:00",
+        b"IAMAT \xff\xfe +34.0-118.0 1",  # not UTF-8
+        b"WHATSAT kiwi 10",
+        b"WHATSAT kiwi 51 5",  # radius over 50 km
+        b"WHATSAT kiwi 0 5",
+        b"WHATSAT kiwi -1 5",
+        b"WHATSAT kiwi 10 21",  # bound over 20
+        b"WHATSAT kiwi 10 0",
+        b"WHATSAT kiwi 10 2.5",
+        b"WHATSAT kiwi ten 5",
+        b"AT Goloman +0.1 kiwi +34-118 1",  # peers' business, not a client's
+        b"IAMAT " + b"x" * 300 + b" +1+1 1",  # client ID over 256 bytes
+    ],
+)
+def test_invalid_lines_are_rejected(line):
+    with pytest.raises(Invalid):
+        parse_client_line(line)
+
+
+def test_whatsat_bounds_are_inclusive():
+    assert parse_client_line(b"WHATSAT kiwi 50 20") == WhatsAt("kiwi", 50.0, 20)
+    assert parse_client_line(b"WHATSAT kiwi 0.5 1") == WhatsAt("kiwi", 0.5, 1)
+
+
+@pytest.mark.parametrize(
+    ("received_ns", "client", "expected"),
+    [
+        (1520023935182837383, "1520023934.918963997", "+0.263873386"),
+        (1520023934918843997, "1520023934.918963997", "-0.000120000"),
+        (1520023934918963997, "1520023934.918963997", "+0.000000000"),
+        (5, "0.000000000000001", "+0.000000005"),  # rounded to the nanosecond, never 5e-9
+        (0, "99999999999999999999.5", "-99999999999999999999.500000000"),
+    ],
+)
+def test_diff_is_signed_fixed_point(received_ns, client, expected):
+    assert format_diff(received_ns, Decimal(client)) == expected
+
+
+def test_whatsat_reply_squeezes_newlines_and_ends_with_an_empty_line():
+    reply = whatsat_reply("AT x +0.1 c +1+1 1", '{\n\n\n"a": 1\n}\n\n')
+    assert reply == b'AT x +0.1 c +1+1 1\n{\n"a": 1\n}\n\n'
+    assert invalid_reply(b"FOO  bar\r") == b"? FOO  bar\r\n"
+
+
+def test_at_fields_parse_back():
+    at = parse_at_fields(["Hands", "+0.500000000", "c", "+1.5-2.5", "10.25"])
+    assert at.line == "AT Hands +0.500000000 c +1.5-2.5 10.25"
+    with pytest.raises(Invalid):
+        parse_at_fields(["Hands", "+0.5", "c", "+1.5-2.5", "10.25"])  # diff not to the ns
+
+
+# ---- the table: convergence and change order ---------------------------------------------
+
+
+def location(client: str, time: str, server: str = "A", received_ns: int = 0, place="+1+1"):
+    at = At(server, "+0.000000000", client, place, time, Decimal(time), 1.0, 1.0)
+    return Location(at, received_ns)
+
+
+def test_newest_by_client_time_wins_in_any_order_of_arrival():
+    updates = [
+        location("c", "100", "A", 5),
+        location("c", "200", "B", 1),
+        location("c", "200", "A", 1),  # tie on time and receive time: the name decides
+        location("c", "200", "B", 0),
+        location("c", "150", "C", 9),
+    ]
+    winners = set()
+    for seed in range(20):
+        shuffled = updates[:]
+        random.Random(seed).shuffle(shuffled)
+        table = LocationTable()
+        for update in shuffled:
+            table.offer(Location(update.at, update.received_ns))
+        winner = table.get("c")
+        winners.add((winner.at.server, winner.at.time_text, winner.received_ns))
+    assert winners == {("B", "200", 1)}
+
+
+def test_an_older_or_repeated_location_is_no_change():
+    table = LocationTable()
+    assert table.offer(location("c", "2"))
+    assert not table.offer(location("c", "1"))
+    assert not table.offer(location("c", "2"))
+    assert table.lsn == 1
+
+
+def test_changed_since_walks_back_only_over_new_changes_in_change_order():
+    table = LocationTable()
+    for client in "abcd":
+        table.offer(location(client, "1"))
+    table.offer(location("b", "2"))  # b moves to the end with lsn 5
+    assert [(x.client, x.lsn) for x in table.changed_since(0)] == [
+        ("a", 1),
+        ("c", 3),
+        ("d", 4),
+        ("b", 5),
+    ]
+    assert [x.client for x in table.changed_since(3)] == ["d", "b"]
+    assert table.changed_since(5) == []
+
+
+def test_a_full_table_refuses_new_clients_but_updates_known_ones():
+    table = LocationTable(max_clients=1)
+    table.offer(location("a", "1"))
+    with pytest.raises(TableFull):
+        table.offer(location("b", "1"))
+    assert table.offer(location("a", "2"))
+
+
+# ---- the peer protocol ------------------------------------------------------------------
+
+
+def test_hello_round_trip_and_rejections():
+    hello = Hello("herd", "Goloman", "Hands", "ab12", "-", 0)
+    assert parse_hello(hello.line().rstrip()) == hello
+    for bad in [b"HERD 2 herd a b ab - 0", b"HELLO", b"HERD 1 herd a b - - 0", b"\xff"]:
+        with pytest.raises(ProtocolError):
+            parse_hello(bad)
+
+
+def test_a_link_streams_changes_in_order_resumes_and_never_echoes():
+    sender, receiver = LocationTable(), LocationTable()
+    link = Link("B", "e", resume_after=0, table_lsn=0)
+    back = Link("A", "e", resume_after=0, table_lsn=0)
+    for client in "abc":
+        sender.offer(location(client, "1"))
+    lines = link.outgoing(sender, limit=2)
+    assert [line.split()[5] for line in lines] == ["a", "b"]
+    lines += link.outgoing(sender, limit=2)
+    assert link.outgoing(sender, limit=2) == []
+    for line in lines:
+        assert back.receive(line.encode(), receiver) is not None
+    assert back.ack_line() == b"ACK 3\n"
+    assert back.ack_line() is None
+    # What the receiver got over this link is not sent back on it...
+    reverse = Link("A", "e", resume_after=0, table_lsn=receiver.lsn)
+    for x in receiver.locations():
+        x.via = reverse
+    assert reverse.outgoing(receiver, 10) == []
+    # ...and a second link resuming after lsn 2 gets only what came later.
+    resumed = Link("B", "e", resume_after=2, table_lsn=sender.lsn)
+    assert [line.split()[5] for line in resumed.outgoing(sender, 10)] == ["c"]
+
+
+def test_a_link_rejects_junk_and_out_of_order_updates():
+    table = LocationTable()
+    link = Link("B", "e", 0, 0)
+    good = b"UPDATE 5 0 Hands +0.000000000 c +1+1 1"
+    assert link.receive(good, table) is not None
+    for junk in [good, b"UPDATE 6 0 Hands +0.1 c +1+1 1", b"HERD 1", b"GARBAGE", b"ACK x", b""]:
+        with pytest.raises(ProtocolError):
+            link.receive(junk, table)
+
+
+def test_ack_waiters_wait_for_every_live_link_that_is_not_lagging():
+    class Waiter:
+        result = None
+
+        def done(self):
+            return self.result is not None
+
+        def set_result(self, value):
+            self.result = "done"
+
+    a, b = Link("A", "e", 0, 0), Link("B", "e", 0, 0)
+    waiters, first, second = AckWaiters(), Waiter(), Waiter()
+    waiters.add(1, first, [a, b])
+    waiters.add(2, second, [a, b])
+    a.acked = 2
+    waiters.release([a, b])
+    assert not first.done()
+    b.acked = 1
+    waiters.release([a, b])
+    assert first.done() and not second.done()
+    waiters.expire(2, [a, b], table_lsn=7)  # b is slow: not waited for until it acks 7
+    assert second.done() and b.lagging
+    b.receive(b"ACK 7", LocationTable())
+    assert not b.lagging
+
+
+# ---- places -----------------------------------------------------------------------------
+
+
+def test_nearby_is_exactly_the_most_populous_within_the_radius():
+    rng = random.Random(1)
+    places = [
+        Place(
+            f"p{i}", rng.uniform(33, 35), rng.uniform(-119.5, -117.5), rng.randrange(10**6), i, ""
+        )
+        for i in range(3000)
+    ]
+    # Near the antimeridian and a pole too: the grid wraps and widens there.
+    places += [
+        Place("east", -16.5, 179.9, 5, 90001, ""),
+        Place("west", -16.5, -179.9, 6, 90002, ""),
+    ]
+    places += [Place("pole", 89.9, 0.0, 7, 90003, ""), Place("far side", 89.9, 179.0, 8, 90004, "")]
+    index = PlaceIndex(places)
+    for lat, lon, radius, limit in [
+        (34.0, -118.4, 50, 20),
+        (34.0, -118.4, 3, 20),
+        (-16.5, 180.0, 30, 5),
+        (89.95, 90.0, 50, 5),
+    ]:
+        expected = sorted(
+            (p for p in places if distance_km(lat, lon, p.latitude, p.longitude) <= radius),
+            key=lambda p: -p.population,
+        )[:limit]
+        assert [p.name for p in index.nearby(lat, lon, radius, limit)] == [p.name for p in expected]
+    answer = index.nearby_search(-16.5, 180.0, 30, 5)
+    assert answer["status"] == "OK" and {r["name"] for r in answer["results"]} == {"east", "west"}
+    assert set(answer["results"][0]) >= {"geometry", "name", "place_id", "vicinity", "types"}
+    assert index.nearby_search(0.0, 0.0, 1, 5)["status"] == "ZERO_RESULTS"
+
+
+# ---- configuration ----------------------------------------------------------------------
+
+
+def test_the_shipped_configuration_is_the_assignments_herd():
+    config = load_config()
+    assert sorted(config.servers) == ["Goloman", "Hands", "Holiday", "Welsh", "Wilkes"]
+    assert config.neighbours("Goloman") == ["Hands", "Holiday", "Wilkes"]
+    assert config.neighbours("Welsh") == ["Holiday"]
+    assert len(config.links) == 6
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "must be an object"),
+        ({"servers": {}}, "at least one server"),
+        ({"servers": {"a b": {"port": 1}}}, "server name"),
+        ({"servers": {"A": {"port": 70000}}}, "port"),
+        ({"servers": {"A": {"port": 5}, "B": {"port": 6}}}, "both use port 6"),
+        ({"servers": {"A": {"port": 5}}, "links": [["A", "C"]]}, "not a pair"),
+        ({"servers": {"A": {"port": 5}}, "links": [["A", "A"]]}, "to itself"),
+        ({"servers": {"A": {"port": 5}}, "extra": 1}, "unknown keys"),
+    ],
+)
+def test_bad_configurations_are_explained(document, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(document)
