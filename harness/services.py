@@ -18,7 +18,8 @@ from harness.processes import (
 # The first address of the line (docs/protocol.md, "The listening line"); greedy up to
 # the last colon of that address, so that an IPv6 one ([::1]:PORT) parses too. The
 # space or newline after the port: output read mid-line must not give half a port.
-_LISTENING = re.compile(r"^listening on (\S+):(\d+)\s", re.MULTILINE)
+# Not anchored to the line's start: the herd's servers say "NAME listening on ...".
+_LISTENING = re.compile(r"listening on (\S+):(\d+)\s")
 
 
 def listening_port(output: str) -> int | None:

@@ -72,6 +72,7 @@ def test_an_ipv4_listener_lists_no_ipv6_address_and_a_v6_only_one_no_ipv4():
         ("listening on vm:4102 192.0.2.2:4102 [fd00::2]:4102 127.0.0.1:4102", 4102),
         ("12:00:01 hashtable.server INFO up\nlistening on [::]:4103\n", 4103),
         ("listening on vm:410", None),  # not a whole line yet: the port may go on
+        ("Goloman listening on 127.0.0.1:4104 for clients", 4104),  # a herd server's
     ],
 )
 def test_the_harness_reads_the_port_of_the_first_address(line: str, port: int | None):
