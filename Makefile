@@ -10,10 +10,14 @@ setup: venv system
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# The project is installed editable (its console scripts, its modules importable from
+# anywhere); without build isolation, so the build needs no download beyond the
+# setuptools that requirements.txt brings.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[plot]'
 	touch $@
 
 system:
@@ -43,4 +47,4 @@ herd-stop: venv
 	$(PY) -m herd.local stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

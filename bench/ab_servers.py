@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vs_redis import pipelined_lookups_ours, start_ours, stop, throughput
 
+from netkit.cliargs import positive_int, positive_seconds
+
 # name -> (--sync, operation, concurrent clients); "pipeline": pipelined lookups
 CASES = {
     "lookups-1": ("always", "lookup", 1),
@@ -72,11 +74,9 @@ def main() -> int:
     parser.add_argument(
         "--cases", type=case_list, default=list(CASES), help=f"of: {', '.join(CASES)}"
     )
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each (default 5)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="per run (default 2)")
+    parser.add_argument("--repeat", type=positive_int, default=5, help="runs of each (default 5)")
+    parser.add_argument("--seconds", type=positive_seconds, default=2.0, help="per run (default 2)")
     args = parser.parse_args()
-    if args.repeat < 1 or args.seconds <= 0:
-        parser.error("--repeat and --seconds must be positive")
 
     print(
         f"A = {args.a}\nB = {args.b}\nmedians of {args.repeat} alternating runs of {args.seconds:g} s"

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from harness.processes import Process, free_port, tcp_open, wait_until  # noqa: E402
 from harness.procfs import cpu_seconds  # noqa: E402
 from harness.services import start_hashtable_server  # noqa: E402
+from netkit.cliargs import positive_int, positive_seconds  # noqa: E402
 
 VALUE = {"name": "zebra", "weight": 100, "tags": ["striped", "savanna"], "n": 0}
 PIPELINE_DEPTH = 1000
@@ -314,23 +315,26 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--seconds", type=float, default=3.0, help="length of each measurement (default 3)"
+        "--seconds",
+        type=positive_seconds,
+        default=3.0,
+        help="length of each measurement (default 3)",
     )
     parser.add_argument(
         "--clients",
-        type=int,
+        type=positive_int,
         default=8,
         help="concurrent clients in the multi-client cases (default 8)",
     )
     parser.add_argument(
         "--big",
-        type=int,
+        type=positive_int,
         default=1_000_000,
         help="table size of the large-table case (default 1,000,000)",
     )
     parser.add_argument(
         "--repeat",
-        type=int,
+        type=positive_int,
         default=3,
         help="measure each case this many times, ours and Redis alternating; report medians (default 3)",
     )

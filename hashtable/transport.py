@@ -268,7 +268,10 @@ class Transport:
             except ValueError as exc:
                 log.debug("ignoring a catalog record: %s", exc)
         if not endpoints:
-            raise NotListed(f"the catalog lists no hashtable server for project {self.project!r}")
+            asked = ", ".join(f"{host}:{port}" for host, port in self.catalogs)
+            raise NotListed(
+                f"the catalog ({asked}) lists no hashtable server for project {self.project!r}"
+            )
         return list(endpoints)[:MAX_CANDIDATES]
 
     def disconnect(self) -> None:
@@ -292,6 +295,8 @@ class Transport:
                 f"{describe_failure(exc)}"
             ) from exc
         delay = self.backoff.next_delay()
+        if self.give_up_after is not None:  # the last try comes when the time is up
+            delay = min(delay, failing_since + self.give_up_after - now)
         log.warning(
             "hash table %s: %s; retrying in %.1f s", self.target(), describe_failure(exc), delay
         )

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 
 from chaos.wire import LineConn
+from harness.processes import Process, free_port, python_script, wait_until
 from harness.services import listening_port
 from netkit.security import load_secret
-from tests.procs import Process, free_port, python_script, wait_until
 
 
 class ServerHandle:

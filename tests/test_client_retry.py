@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from catalog.client import catalog_addresses, query
+from harness.processes import free_port, wait_until
 from HashTableClient import HashTableClient
 from netkit.framing import LineFramer
-from tests.procs import free_port, wait_until
 from tests.server_support import Wire, start_server
 
 FAST_RETRY = {"backoff_initial": 0.01, "backoff_cap": 0.05}

@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.processes import wait_until
 from hashtable.database import Database
 from hashtable.protocol import decode_outcome
 from hashtable.request import OK_NONE, Outcome, Request, Status, numbering_problem
 from hashtable.sessions import SessionLimits, Sessions
-from tests.procs import wait_until
 
 
 def mutation(method, key, seq, client="c1", ack=None, value=None) -> Request:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.procs import ROOT, python_script, wait_until
+from harness.processes import ROOT, python_script, wait_until
 from tests.server_support import Wire, start_server
 
 DOCS = ROOT / "docs" / "protocol.md"
