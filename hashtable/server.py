@@ -248,6 +248,9 @@ class Server:
             # A clean end of input (e.g. `nc -N` after a file of requests): the
             # requests already read still get executed and answered. A last line
             # without its newline is not a request (docs/protocol.md).
+            if phase is Phase.HANDSHAKING:
+                self._drop(peer, "closed the connection during the TLS handshake")
+                return
             self.scheduler.end_of_input(peer)
             self._update(peer)
             return

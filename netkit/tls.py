@@ -10,6 +10,7 @@ record header and body with a system call of its own).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 
@@ -126,7 +127,16 @@ def handshake_blocking(sock: socket.socket, session: TlsSession, receive_size: i
     """Runs ``session``'s handshake over a blocking ``sock`` (its time-outs apply).
     Raises ``TlsError`` when it fails, ``ConnectionResetError`` when the peer
     closes during it, ``TimeoutError`` when it does not answer in time."""
-    while not session.handshake():
+    while True:
+        try:
+            done = session.handshake()
+        except TlsError:
+            # Tell the peer why (the alert is in the output), then fail.
+            with contextlib.suppress(OSError):
+                sock.sendall(session.take_output())
+            raise
+        if done:
+            break
         sock.sendall(session.take_output())
         try:
             data = sock.recv(receive_size)
