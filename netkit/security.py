@@ -87,7 +87,7 @@ def load_secret(path: Path | str | None = None, *, create: bool = True) -> Secre
     except FileNotFoundError:
         if not create:
             raise SecretError(
-                f"no secret file {path}: create one with `python -m netkit.security new {path}`"
+                f"no secret file {path}: create one with `dht-secret new {path}`"
             ) from None
         _create(path)
         data = _read_private(path)

@@ -359,3 +359,39 @@ def test_impostor_claiming_no_auth_gets_nothing(spawn, tmp_path, catalog):
     with HashTableClient("p1", catalog=catalog.host, **FAST) as table:
         table.insert("k", 1)
     assert impostor.connections == 0
+
+
+def test_the_interactive_client_over_tls_and_the_secret_tool(spawn, tmp_path, test_secret):
+    server = start_server(spawn, tmp_path / "data")
+    typed = 'insert zebra {"weight": 100}\nlookup zebra\nbogus\n{"method": "remove", "key": "zebra"}\nlookup zebra\n'
+    done = subprocess.run(
+        [*python_script("hashtable/cli.py"), "--at", f"127.0.0.1:{server.port}"],
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    replies = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert replies == [
+        {"status": "ok", "result": None},
+        {"status": "ok", "result": {"weight": 100}},
+        {"status": "ok", "result": {"weight": 100}},
+        {"status": "failed", "error": "KeyError", "message": "no such key: 'zebra'"},
+    ]
+    assert "unknown method 'bogus'" in done.stderr
+    shown = subprocess.run(
+        python_script("netkit/secret_cli.py", "show", str(test_secret)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0 and load_secret(test_secret).fingerprint in shown.stdout
+    rotated = tmp_path / "rotated"
+    load_secret(rotated)
+    before = load_secret(rotated).fingerprint
+    subprocess.run(
+        python_script("netkit/secret_cli.py", "rotate", str(rotated)), check=True, timeout=30
+    )
+    assert load_secret(rotated).fingerprint != before
+    assert load_secret(rotated.with_name("rotated.old")).fingerprint == before
