@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "new":
             if path.exists():
                 parser.exit(1, f"{parser.prog}: {path} exists; `rotate` replaces a secret\n")
-            secret = load_secret(path)
+            secret = load_secret(path, create=True)
             print(f"{path}: new secret, fingerprint {secret.fingerprint}")
         else:
             old = load_secret(path, create=False)

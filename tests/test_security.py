@@ -32,7 +32,7 @@ FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": 2.0}
 def other_secret(tmp_path: Path) -> Path:
     """An attacker's secret: valid, but not the service's."""
     path = tmp_path / "attacker" / "secret"
-    load_secret(path)
+    load_secret(path, create=True)
     return path
 
 
@@ -106,7 +106,7 @@ def test_the_secret_is_created_private_when_first_needed(tmp_path):
     path = tmp_path / "config" / "dht" / "secret"
     old = os.umask(0)
     try:
-        secret = load_secret(path)
+        secret = load_secret(path, create=True)
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -388,7 +388,7 @@ def test_the_interactive_client_over_tls_and_the_secret_tool(spawn, tmp_path, te
     )
     assert shown.returncode == 0 and load_secret(test_secret).fingerprint in shown.stdout
     rotated = tmp_path / "rotated"
-    load_secret(rotated)
+    load_secret(rotated, create=True)
     before = load_secret(rotated).fingerprint
     subprocess.run(
         python_script("netkit/secret_cli.py", "rotate", str(rotated)), check=True, timeout=30
