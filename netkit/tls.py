@@ -14,8 +14,11 @@ import contextlib
 import socket
 import ssl
 
-# TLS records hold at most 16 KiB of plaintext; reading more at once is harmless.
-_READ_SIZE = 256 * 1024
+# What one read asks for: a TLS record holds at most 16 KiB of plaintext, and
+# ssl allocates the whole size asked for on every read, so a larger size (above
+# glibc's mmap threshold, 128 KiB) costs an mmap and munmap per record: 256 KiB
+# made decrypting a small record 30 us instead of 5.
+_READ_SIZE = 64 * 1024
 
 TLS_RECORD_HANDSHAKE = 0x16  # the first byte of every TLS client hello
 
