@@ -14,9 +14,7 @@ length, queued output, time, and connections in total.
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
 import socket
 import ssl
 import time
@@ -25,7 +23,8 @@ from functools import partial
 from typing import Any, Protocol
 
 from catalog.client import ANNOUNCE_INTERVAL, Announcer, Catalog
-from hashtable.protocol import encode_reply, is_http_request
+from hashtable.protocol import AUTHENTICATION_REQUIRED, NOT_AUTHENTICATING, is_http_request
+from hashtable.reporting import VERSION, Reporter
 from hashtable.request import Outcome, Request
 from hashtable.scheduler import Client, Limits, Phase, Scheduler
 from hashtable.table import ReadJob
@@ -46,29 +45,11 @@ from netkit.tls import TLS_RECORD_HANDSHAKE, TlsSession
 
 log = logging.getLogger("hashtable.server")
 
-VERSION = "1.0"
 DEFAULT_SUMMARY_INTERVAL = 10.0
 SWEEP_INTERVAL = 1.0
 REFUSAL_LOG_INTERVAL = 10.0
-SUMMARY_TOP = 8
 # Bytes a lingering connection may read and drop per turn.
 _DISCARD = 256 * 1024
-# The last line a peer gets that speaks plain text to a TLS server, or TLS to a plain one.
-AUTHENTICATION_REQUIRED = encode_reply(
-    Outcome.failed(
-        "AuthenticationRequired",
-        "this server requires authentication: TLS with the project's shared secret "
-        "(HashTableClient does it; see docs/security.md); nothing was executed",
-    )
-)
-NOT_AUTHENTICATING = encode_reply(
-    Outcome.failed(
-        "AuthenticationUnsupported",
-        "this server does not authenticate (it runs with --no-auth, on loopback only): "
-        "connect without TLS (HashTableClient(..., auth=False))",
-    )
-)
-
 __all__ = ["VERSION", "Limits", "Server"]
 
 
@@ -132,16 +113,16 @@ class Server:
         # heard from in the same second (catalog.client.matching).
         self.start_time = round(time.time(), 3)
         self._peers: set[Peer] = set()
-        self._base_record = announce
+        self.reporter = Reporter(
+            database, port=self.port, start_time=self.start_time, base=announce, sign=sign
+        )
         self._announcer = (
             None
             if announce is None
             else Announcer(self._record, interval=announce_interval, catalogs=catalogs)
         )
         self._summary_interval = summary_interval
-        self._compactions_seen = 0
         self.tls = tls
-        self._sign = sign
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         self.acceptor = Acceptor(self.loop, listener, self._accept)
         self._maintenance = self.loop.alarm(self._maintain)
@@ -396,32 +377,11 @@ class Server:
     def _summarize(self) -> None:
         """One line showing who was served (the interleaving) and what storage did."""
         self.loop.call_later(self._summary_interval, self._summarize)
-        recent = self.scheduler.take_recent()
-        total = sum(recent.values())
-        if not total:
-            return
-        busiest = sorted(recent.items(), key=lambda item: item[1], reverse=True)
-        shown = " ".join(f"{name}={count}" for name, count in busiest[:SUMMARY_TOP])
-        if len(busiest) > SUMMARY_TOP:
-            shown += f" and {len(busiest) - SUMMARY_TOP} more"
-        stats = self.db.stats()
-        storage = f"{stats.get('keys')} keys, {len(self._peers)} connected"
-        compactions = stats.get("compactions", 0)
-        if compactions != self._compactions_seen:
-            storage += (
-                f"; {compactions - self._compactions_seen} compactions, the last took "
-                f"{stats.get('last_compaction_ms') or 0:.0f} ms and paused the loop "
-                f"{stats.get('last_pause_ms') or 0:.1f} ms"
-            )
-            self._compactions_seen = compactions
-        log.info(
-            "served %d requests in the last %g s from %d clients: %s (%s)",
-            total,
-            self._summary_interval,
-            len(busiest),
-            shown,
-            storage,
+        line = self.reporter.summary(
+            self.scheduler.take_recent(), self._summary_interval, len(self._peers)
         )
+        if line is not None:
+            log.info("%s", line)
 
     def status(self) -> dict[str, Any]:
         """Figures for the catalog record and for people."""
@@ -433,22 +393,4 @@ class Server:
         }
 
     def _record(self) -> dict[str, Any]:
-        record = {
-            "type": "hashtable",
-            "owner": _owner(),
-            "port": self.port,
-            "version": VERSION,
-            "starttime": self.start_time,
-            **(self._base_record or {}),
-            **self.status(),
-        }
-        if self._sign is None:
-            return {**record, "auth": "none"}
-        return self._sign(record)
-
-
-def _owner() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name and no passwd entry (containers)
-        return str(os.getuid())
+        return self.reporter.record(self.status())
