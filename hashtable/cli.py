@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +117,16 @@ class Session:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.numbering = Numbering(uuid.uuid4().hex)
+        self.numbering = Numbering()
 
     def run(self, request: Request) -> bytes:
         """The server's reply line to ``request``."""
-        outcome = self.transport.call(self.numbering.encode(request))
-        self.numbering.answered(request)
-        return encode_reply(outcome)
+        while True:
+            outcome = self.numbering.answered(
+                request, self.transport.call(self.numbering.encode(request))
+            )
+            if outcome is not None:  # None: sent again under a new session
+                return encode_reply(outcome)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from catalog.client import ANNOUNCE_INTERVAL, Announcer, Catalog
+from hashtable.admission import Admission
 from hashtable.protocol import AUTHENTICATION_REQUIRED, NOT_AUTHENTICATING, is_http_request
 from hashtable.reporting import VERSION, Reporter
 from hashtable.request import Outcome, Request
@@ -38,7 +39,7 @@ from netkit.connection import (
     TlsConnection,
 )
 from netkit.framing import LineTooLong
-from netkit.listeners import format_address, shut_down_writing
+from netkit.listeners import format_address, host_of, shut_down_writing
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
 from netkit.tls import TLS_RECORD_HANDSHAKE, TlsSession
@@ -79,13 +80,11 @@ class Peer(Client):
 class Server:
     """Serves the table over TCP until ``stop()``.
 
-    ``tls``: the server context (``netkit.security.Secret.server_context``):
-    every client must complete a mutual TLS handshake before any request; None
-    serves plain text (``--no-auth``, loopback only). ``sign``: signs the catalog
-    record (``Secret.sign_record``), so that clients can tell it from an
-    impostor's. ``announce``: when given, the server announces itself to ``catalogs`` at start
-    and every ``announce_interval`` seconds with these fields plus its own
-    (type, owner, port, keys, requests, connections, uptime, version).
+    ``tls``: the server context (``Secret.server_context``): a mutual TLS
+    handshake comes before any request; None serves plain text (``--no-auth``).
+    ``sign``: signs the catalog record (``Secret.sign_record``). ``announce``: the
+    record's own fields; the server announces to ``catalogs`` at start and every
+    ``announce_interval`` seconds.
     """
 
     def __init__(
@@ -113,6 +112,7 @@ class Server:
         # heard from in the same second (catalog.client.matching).
         self.start_time = round(time.time(), 3)
         self._peers: set[Peer] = set()
+        self.admission = Admission.for_limits(limits)
         self.reporter = Reporter(
             database, port=self.port, start_time=self.start_time, base=announce, sign=sign
         )
@@ -177,11 +177,14 @@ class Server:
 
     def _accept(self, sock: socket.socket, address: Any) -> None:
         name = format_address(address)
-        if len(self._peers) >= self.limits.max_connections:
+        admitted, evicted = self.admission.arriving(host_of(address))
+        for peer in evicted:
+            self._drop(peer, "made room for newer connections (too many unauthenticated)")  # type: ignore[arg-type]
+        if not admitted:
             sock.close()
             self.refusals.note(
                 "connections refused at the connection limit",
-                f"{name} ({self.limits.max_connections} connected)",
+                f"{name} ({self.limits.max_connections} authenticated clients connected)",
                 self.loop.time(),
             )
             return
@@ -201,6 +204,7 @@ class Server:
         peer = Peer(conn, self.loop.watch(sock, lambda _: None, 0), phase, self.loop.time())
         peer.watch.handler = partial(self._ready, peer)
         self._peers.add(peer)
+        self.admission.joined(peer, host_of(address), authenticated=phase is Phase.OPEN)
         peer.watch.set(READ)
         if phase is Phase.OPEN:
             log.info("client %s connected (%d connected)", peer.name, len(self._peers))
@@ -253,6 +257,7 @@ class Server:
                 self._update(peer)  # the handshake's output may wait for the socket
                 return
             self.scheduler.authenticated(peer)
+            self.admission.authenticate(peer)
             log.info("client %s connected (%d connected)", peer.name, len(self._peers))
         refusal = self.scheduler.received(peer, lines)
         if refusal is not None:
@@ -339,6 +344,7 @@ class Server:
             return
         self._peers.discard(peer)
         self.scheduler.left(peer)
+        self.admission.left(peer)
         peer.watch.close()
         peer.conn.close()
         if reason is None:
