@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -32,14 +33,23 @@ from hashtable.database import (
 )
 from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits, Server
 from netkit.addresses import AddressError
-from netkit.cliargs import nonnegative_seconds, port_number, positive_int
+from netkit.cliargs import (
+    nonempty_path,
+    nonnegative_seconds,
+    port_number,
+    positive_int,
+    program_name,
+)
+from netkit.interfaces import reachable_addresses
 from netkit.listeners import (
     connection_capacity,
     format_address,
+    is_loopback,
     open_listener,
     raise_open_file_limit,
 )
 from netkit.logs import setup_logging
+from netkit.security import SecretError, load_secret, require_service_name
 from netkit.signals import StopSignals
 
 log = logging.getLogger("hashtable.server")
@@ -47,10 +57,17 @@ log = logging.getLogger("hashtable.server")
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
-def default_data_dir(project: str) -> Path:
+def default_data_dir(project: str) -> Path | None:
     """Per user and project, wherever the server is started from:
-    ``$XDG_STATE_HOME/hashtable/PROJECT`` (``~/.local/state/hashtable/PROJECT``)."""
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    ``$XDG_STATE_HOME/hashtable/PROJECT`` (``~/.local/state/hashtable/PROJECT``);
+    None when there is no home folder to put it in."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG rule: a relative XDG_STATE_HOME is ignored
+        # "~" itself when there is no home to be found; an empty HOME would give "/".
+        home = os.path.expanduser("~") if os.environ.get("HOME") != "" else ""
+        if not os.path.isabs(home):
+            return None
+        state = os.path.join(home, ".local", "state")
     return Path(state) / "hashtable" / project
 
 
@@ -65,18 +82,33 @@ def _project(text: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="HashTableServer.py",
+        prog=program_name("HashTableServer.py"),
         description="Serve a durable hash table and announce it to the catalog.",
     )
     parser.add_argument("project", type=_project, help="the name clients look the server up by")
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=nonempty_path,
         help="where table.ckpt and table.txn live (default: "
         "$XDG_STATE_HOME/hashtable/PROJECT, i.e. ~/.local/state/hashtable/PROJECT)",
     )
     parser.add_argument(
-        "--host", default="", help="address to listen on (default: every interface)"
+        "--host",
+        default=None,
+        help="address to listen on (default: every interface; with --no-auth, 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the shared secret clients must prove they hold (default: $DHT_SECRET_FILE, else "
+        "~/.config/dht/secret, created if missing; see docs/security.md)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve plain text without authentication, for nc and the course's plain clients; "
+        "only on loopback (refused with any other --host)",
     )
     parser.add_argument(
         "--port", type=port_number, default=0, help="TCP port (default 0: any free one)"
@@ -158,13 +190,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.catalogs = catalog_addresses(args.catalog)
     except AddressError as exc:
-        parser.error(f"{'--catalog' if args.catalog else 'CATALOG_HOST'}: {exc}")
+        parser.error(f"{'--catalog' if args.catalog is not None else 'CATALOG_HOST'}: {exc}")
     if args.summary_interval <= 0 or args.scan_timeout <= 0 or args.announce_interval <= 0:
         parser.error(
             "--summary-interval, --scan-timeout and --announce-interval must be more than 0"
         )
+    if args.no_auth:
+        if args.secret_file is not None:
+            parser.error("--no-auth and --secret-file contradict each other")
+        if args.host is None:
+            args.host = "127.0.0.1"
+        elif not is_loopback(args.host):
+            parser.error(
+                f"--no-auth serves anyone who can connect, so only on loopback, not on {args.host!r}"
+            )
     args.data_dir = args.data_dir or default_data_dir(args.project)
+    if args.data_dir is None:
+        parser.error("no home folder to keep the table in: give --data-dir (or set HOME)")
     return args
+
+
+def say_where_it_listens(listener: socket.socket) -> None:
+    """The listening line, in one write so that no log line from another thread can
+    land inside it. Standard output closed or full is not a reason to stop serving."""
+    try:
+        sys.stdout.write(f"listening on {' '.join(reachable_addresses(listener))}\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        log.warning("cannot print the listening line: %s", exc.strerror or exc)
+        # What is left in the buffer would fail again at exit: send it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     # Until the loop runs, a stop signal just ends the process: nothing is
     # acknowledged yet, and recovery is safe to interrupt (crash-only).
     signals = StopSignals()
+    secret = None
+    if not args.no_auth:
+        try:
+            secret = load_secret(args.secret_file)
+        except SecretError as exc:
+            log.critical("%s", exc)
+            return 2
     limits = Limits(
         max_request_bytes=args.max_request_bytes,
         max_connections=connection_capacity(
@@ -203,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         database.close()
         return 2
 
+    tls = None
+    if secret is not None:
+        tls = secret.server_context()
+        require_service_name(tls, args.project)
     server = Server(
         database,
         listener,
@@ -211,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         catalogs=args.catalogs,
         announce_interval=args.announce_interval,
         summary_interval=args.summary_interval,
+        tls=tls,
+        sign=secret.sign_record if secret is not None else None,
     )
     signals.attach(server.stop)
     stats = database.stats()
@@ -227,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         limits.max_connections,
         ",".join(format_address(c) for c in args.catalogs),
     )
-    # The program's one line of output, --quiet or not: scripts read the port from it.
-    print(f"listening on {format_address(listener.getsockname())}", flush=True)
+    if secret is None:
+        log.warning("authentication is off (--no-auth): anyone on this machine can use the table")
+    else:
+        log.info("clients must hold the secret %s (%s)", secret.fingerprint, secret.path)
+    # The program's one line of output, --quiet or not: scripts read the port from it
+    # (format: docs/protocol.md, "The listening line").
+    say_where_it_listens(listener)
     try:
         server.serve()
     except StorageFailure as exc:

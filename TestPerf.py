@@ -14,22 +14,37 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from catalog.client import catalog_addresses
+from hashtable.client import AuthenticationError, ServiceUnavailable
 from netkit.addresses import AddressError, parse_address
-from netkit.cliargs import choice_list, nonnegative_int, positive_int, positive_seconds
+from netkit.cliargs import (
+    choice_list,
+    nonnegative_int,
+    number_list,
+    positive_int,
+    positive_seconds,
+    program_name,
+    writable_file,
+)
 from netkit.logs import setup_logging
 from perftest import report
 from perftest.runner import WorkerFailed, run_clients, testperf_path, worker_main
 from perftest.workload import STAGES, Workload
 
+# Each client is a Python process (~30 MB); past this a sweep exhausts the machine.
+MAX_CLIENTS = 1024
+# Past the server's default request limit (8 MiB) inserts fail; well past it, memory.
+MAX_VALUE_SIZE = 64 << 20
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="TestPerf.py",
+        prog=program_name("TestPerf.py"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,14 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--clients",
-        type=positive_int,
+        type=_client_count,
         default=1,
         metavar="N",
-        help="concurrent client processes (default 1)",
+        help=f"concurrent client processes (default 1, at most {MAX_CLIENTS})",
     )
     group.add_argument(
         "--sweep",
-        type=_client_counts,
+        type=number_list(_client_count),
         metavar="N,N,...",
         help="run with each number of clients in turn, e.g. 1,2,4,8",
     )
@@ -64,10 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--value-size",
-        type=nonnegative_int,
+        type=_value_size,
         default=0,
         metavar="BYTES",
-        help="padding added to every value (default 0)",
+        help=f"padding added to every value (default 0, at most {MAX_VALUE_SIZE})",
     )
     parser.add_argument(
         "--stages",
@@ -86,14 +101,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="talk to this server directly instead of looking the project up",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="save every figure as JSON")
-    parser.add_argument("--csv", type=Path, metavar="FILE", help="save the summed figures as CSV")
     parser.add_argument(
-        "--plot", type=Path, metavar="FILE.png", help="save throughput vs clients as a PNG plot"
+        "--give-up-after",
+        type=positive_seconds,
+        metavar="S",
+        help="stop (exit status 1) when no server has answered for S seconds "
+        "(default: keep waiting, saying what for)",
+    )
+    # Checked before the sweep: a path that cannot be written fails at once, not after.
+    parser.add_argument(
+        "--json", type=writable_file, metavar="FILE", help="save every figure as JSON"
+    )
+    parser.add_argument(
+        "--csv", type=writable_file, metavar="FILE", help="save the summed figures as CSV"
+    )
+    parser.add_argument(
+        "--plot",
+        type=writable_file,
+        metavar="FILE.png",
+        help="save throughput vs clients as a PNG plot",
+    )
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the secret the server holds (default: $DHT_SECRET_FILE, else ~/.config/dht/secret)",
+    )
+    parser.add_argument(
+        "--no-auth", action="store_true", help="plain text, for a server started with --no-auth"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.no_auth and args.secret_file is not None:
+        parser.error("--no-auth and --secret-file contradict each other")
     if args.catalog:
         try:
             catalog_addresses(args.catalog)
@@ -106,6 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--server: {exc}")
         if args.server[1] == 0:
             parser.error("--server needs HOST:PORT")
+    if args.plot and (problem := report.plot_problem(args.plot)):
+        parser.error(f"--plot: {problem}")
     args.stages.sort(key=STAGES.index)  # stages always run in their natural order
     if "remove" in args.stages and "insert" not in args.stages:
         parser.error("--stages: remove needs insert before it")
@@ -114,19 +157,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _client_counts(text: str) -> list[int]:
-    counts = [positive_int(item) for item in text.split(",") if item.strip()]
-    if not counts:
-        raise argparse.ArgumentTypeError("give at least one number of clients")
-    return counts
+def _client_count(text: str) -> int:
+    count = positive_int(text)
+    if count > MAX_CLIENTS:
+        raise argparse.ArgumentTypeError(f"{count} client processes is more than {MAX_CLIENTS}")
+    return count
 
 
-def make_client(args: argparse.Namespace):
+def _value_size(text: str) -> int:
+    size = nonnegative_int(text)
+    if size > MAX_VALUE_SIZE:
+        raise argparse.ArgumentTypeError(f"{size} bytes of padding is more than {MAX_VALUE_SIZE}")
+    return size
+
+
+def make_client(args: argparse.Namespace, **options):
     from HashTableClient import HashTableClient
 
+    options.setdefault("give_up_after", args.give_up_after)
+    options.setdefault("secret_file", args.secret_file)
+    options.setdefault("auth", not args.no_auth)
     if args.server:
-        return HashTableClient.at(*args.server)
-    return HashTableClient(args.project, catalog=args.catalog)
+        return HashTableClient.at(*args.server, **options)
+    return HashTableClient(args.project, catalog=args.catalog, **options)
+
+
+def wait_for_service(args: argparse.Namespace) -> None:
+    """Returns once the server answers. Until then the client logs, at once and then
+    every few seconds (at most every 10), what it waits for (the project and the
+    catalogs asked, or the --server address) and why; it raises
+    ``ServiceUnavailable`` after --give-up-after. The client processes start only
+    then, so that N of them do not all repeat the same complaint."""
+    with make_client(args, backoff_cap=10.0) as client:
+        client.size()
 
 
 def workload_options(args: argparse.Namespace) -> dict:
@@ -143,8 +206,14 @@ def worker_command(args: argparse.Namespace) -> list[str]:
     command += ["--value-size", str(args.value_size), "--stages", ",".join(args.stages)]
     if args.catalog:
         command += ["--catalog", args.catalog]
+    if args.give_up_after:
+        command += ["--give-up-after", str(args.give_up_after)]
     if args.server:
         command += ["--server", f"{args.server[0]}:{args.server[1]}"]
+    if args.secret_file:
+        command += ["--secret-file", str(args.secret_file)]
+    if args.no_auth:
+        command += ["--no-auth"]
     return command
 
 
@@ -164,8 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     if args.worker:
-        with make_client(args) as client:
-            return worker_main(client, args.stages, workload_options(args))
+        try:
+            with make_client(args) as client:
+                return worker_main(client, args.stages, workload_options(args))
+        except ServiceUnavailable as exc:
+            print(f"TestPerf client: gave up: {exc}", file=sys.stderr)
+            return 1
+        except AuthenticationError as exc:
+            print(f"TestPerf client: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # the parent went away; it says why itself
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
     info = report.machine()
     meta = {
@@ -185,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = args.sweep or [args.clients]
     sweep = []
     try:
+        wait_for_service(args)
         for clients in counts:
             if clients == 1 and not args.sweep:
                 results = run_in_process(args, progress)
@@ -197,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             sweep.append((clients, results))
     except WorkerFailed as exc:
+        progress.clear()
+        print(f"TestPerf: {exc}", file=sys.stderr)
+        return 1
+    except ServiceUnavailable as exc:
+        progress.clear()
+        print(f"TestPerf: gave up: {exc}", file=sys.stderr)
+        return 1
+    except AuthenticationError as exc:
         progress.clear()
         print(f"TestPerf: {exc}", file=sys.stderr)
         return 1

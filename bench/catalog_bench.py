@@ -30,10 +30,8 @@ import argparse
 import contextlib
 import os
 import platform
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +44,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.processes import CCTOOLS_CATALOG, free_port  # noqa: E402
+from harness.cctools import CctoolsCatalog, missing_programs  # noqa: E402
 from harness.services import start_catalog  # noqa: E402
+from netkit.cliargs import (  # noqa: E402
+    nonnegative_int,
+    number_list,
+    positive_int,
+    positive_number,
+)
 
 
 def record(port: int, kind: str = "bench") -> dict:
@@ -124,14 +128,8 @@ def server(kind: str, workdir: Path) -> Iterator[int]:
         finally:
             process.stop()
         return
-    port = free_port()
-    pid = int(subprocess.run([str(CCTOOLS_CATALOG), str(port)], check=True,
-                             capture_output=True, text=True).stdout.split()[0])  # fmt: skip
-    try:
-        yield port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    with CctoolsCatalog(Path(tempfile.mkdtemp(dir=workdir))) as cctools:
+        yield cctools.port
 
 
 def fill(port: int, size: int, rate: float = 5000, step: int = 2000) -> str | None:
@@ -205,19 +203,27 @@ def ingest(port: int, total: int, rate: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,5000,10000")
-    parser.add_argument("--queries", type=int, default=20)
-    parser.add_argument("--ingest", type=int, default=8000, help="records per ingestion run")
-    parser.add_argument("--rates", default="10000,20000,50000,100000")
+    parser.add_argument("--sizes", type=number_list(positive_int), default=[1000, 5000, 10000])
+    parser.add_argument("--queries", type=positive_int, default=20)
     parser.add_argument(
-        "--big", type=int, default=50_000, help="records for a last ingestion run, ours only"
+        "--ingest", type=positive_int, default=8000, help="records per ingestion run"
     )
-    parser.add_argument("--big-rate", type=float, default=20_000, help="its send rate")
+    parser.add_argument(
+        "--rates", type=number_list(positive_number), default=[10000, 20000, 50000, 100000]
+    )
+    parser.add_argument(
+        "--big",
+        type=nonnegative_int,
+        default=50_000,
+        help="records for a last ingestion run, ours only (0: none)",
+    )
+    parser.add_argument("--big-rate", type=positive_number, default=20_000, help="its send rate")
     parser.add_argument("--ours-only", action="store_true")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rates = [float(r) for r in args.rates.split(",")]
-    kinds = ["ours"] if args.ours_only or not CCTOOLS_CATALOG.exists() else ["ours", "cctools"]
+    sizes, rates = args.sizes, args.rates
+    kinds = (
+        ["ours"] if args.ours_only or missing_programs(("catalog_server",)) else ["ours", "cctools"]
+    )
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hashtable.database import Database
 from hashtable.request import Request
+from netkit.cliargs import nonempty_path, positive_int
 
 
 def preload(db: Database, keys: int) -> None:
@@ -63,14 +64,21 @@ def wait_for_compaction(db: Database) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=1_000)
-    parser.add_argument("--large", type=int, default=1_000_000)
-    parser.add_argument("--writes", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=100, help="inserts per commit (one turn)")
+    parser.add_argument("--small", type=positive_int, default=1_000)
+    parser.add_argument("--large", type=positive_int, default=1_000_000)
+    parser.add_argument("--writes", type=positive_int, default=200_000)
+    parser.add_argument(
+        "--batch", type=positive_int, default=100, help="inserts per commit (one turn)"
+    )
     parser.add_argument("--sync", default="always", choices=("always", "everysec", "no"))
-    parser.add_argument("--dir", type=Path, help="where to put the data (default: a temp dir)")
+    parser.add_argument(
+        "--dir", type=nonempty_path, help="where to put the data (default: a temp dir)"
+    )
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="compaction-bench-", dir=args.dir))
+    try:
+        base = Path(tempfile.mkdtemp(prefix="compaction-bench-", dir=args.dir))
+    except OSError as exc:
+        parser.error(f"--dir: cannot use {args.dir}: {exc.strerror or exc}")
     print(f"machine: {platform.node()}, {platform.machine()}, Python {platform.python_version()}")
     print(f"data in {base}; sync={args.sync}; {args.writes:,} inserts, {args.batch} per commit\n")
     results = {}

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.processes import Process, free_port, python_module, tcp_open, wait_until  # noqa: E402
 from lb.resolver import resolve  # noqa: E402
+from netkit.cliargs import number_list, positive_int  # noqa: E402
 from netkit.framing import LineFramer  # noqa: E402
 
 NAMES_PER_TS = 5000
@@ -142,17 +143,24 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=200_000, help="queries per throughput run")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
-    parser.add_argument("--rounds", type=int, default=2000, help="one-at-a-time queries")
-    parser.add_argument("--tss", default="2,8", help="TS counts to compare (default 2,8)")
+    parser.add_argument(
+        "--queries", type=positive_int, default=200_000, help="queries per throughput run"
+    )
+    parser.add_argument("--clients", type=positive_int, default=4, help="concurrent clients")
+    parser.add_argument("--rounds", type=positive_int, default=2000, help="one-at-a-time queries")
+    parser.add_argument(
+        "--tss",
+        type=number_list(positive_int),
+        default=[2, 8],
+        help="TS counts to compare (default 2,8)",
+    )
     parser.add_argument(
         "--logging",
         action="store_true",
         help="servers log as by default (a line per query) instead of --quiet",
     )
     args = parser.parse_args()
-    counts = [int(word) for word in args.tss.split(",")]
+    counts = args.tss
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"

@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hashtable.server import TURN_SLICE
+from hashtable.scheduler import TURN_SLICE
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
+from netkit.cliargs import positive_int
 
 
 def best_of(runs: int, action: Callable[[], object]) -> float:
@@ -80,8 +81,8 @@ def snapshot(keys: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=200_000)
-    parser.add_argument("--snapshot-keys", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=positive_int, default=200_000)
+    parser.add_argument("--snapshot-keys", type=positive_int, default=1_000_000)
     args = parser.parse_args()
 
     snapshot(args.snapshot_keys)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from harness.processes import Process, free_port, tcp_open, wait_until  # noqa: E402
 from harness.procfs import cpu_seconds  # noqa: E402
 from harness.services import start_hashtable_server  # noqa: E402
+from netkit.cliargs import positive_int, positive_seconds  # noqa: E402
 
 VALUE = {"name": "zebra", "weight": 100, "tags": ["striped", "savanna"], "n": 0}
 PIPELINE_DEPTH = 1000
@@ -53,6 +54,7 @@ class Target:
     process: Process | subprocess.Popen
     connect: Callable[[], object]
     ops: dict[str, Callable]  # operation name -> fn(client, key, value)
+    port: int = 0
 
 
 def ours_ops() -> dict[str, Callable]:
@@ -70,11 +72,19 @@ def redis_ops() -> dict[str, Callable]:
     }
 
 
-def start_ours(workdir: Path, sync: str, *extra: str, tree: Path = ROOT) -> Target:
-    """Our server from the checkout at ``tree``, driven by this checkout's client."""
+def start_ours(
+    workdir: Path, sync: str, *extra: str, tree: Path = ROOT, auth: bool = True
+) -> Target:
+    """Our server from the checkout at ``tree``, driven by this checkout's client:
+    authenticated (TLS with the secret) unless ``auth`` is false, or the checkout
+    predates authentication."""
     from HashTableClient import HashTableClient
 
-    data = workdir / f"ours-{sync}"
+    authenticates = "--no-auth" in (tree / "HashTableServer.py").read_text()
+    if authenticates and not auth:
+        extra = (*extra, "--no-auth")
+    auth = auth and authenticates
+    data = workdir / f"ours-{sync}-{'tls' if auth else 'plain'}"
     process, port = start_hashtable_server(
         f"bench-{sync}",
         data,
@@ -87,7 +97,11 @@ def start_ours(workdir: Path, sync: str, *extra: str, tree: Path = ROOT) -> Targ
         tree=tree,
     )
     return Target(
-        f"ours ({sync})", process, lambda: HashTableClient.at("127.0.0.1", port), ours_ops()
+        f"ours ({sync}{'' if auth else ', plain'})",
+        process,
+        lambda: HashTableClient.at("127.0.0.1", port, auth=auth),
+        ours_ops(),
+        port,
     )
 
 
@@ -118,7 +132,7 @@ def start_redis(workdir: Path, durable: bool) -> Target:
     )
     wait_until(lambda: tcp_open("127.0.0.1", port), what="redis-server")
     name = "redis (aof always)" if durable else "redis (no persistence)"
-    return Target(name, process, lambda: redis.Redis(port=port), redis_ops())
+    return Target(name, process, lambda: redis.Redis(port=port), redis_ops(), port)
 
 
 def stop(target: Target) -> None:
@@ -314,23 +328,26 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--seconds", type=float, default=3.0, help="length of each measurement (default 3)"
+        "--seconds",
+        type=positive_seconds,
+        default=3.0,
+        help="length of each measurement (default 3)",
     )
     parser.add_argument(
         "--clients",
-        type=int,
+        type=positive_int,
         default=8,
         help="concurrent clients in the multi-client cases (default 8)",
     )
     parser.add_argument(
         "--big",
-        type=int,
+        type=positive_int,
         default=1_000_000,
         help="table size of the large-table case (default 1,000,000)",
     )
     parser.add_argument(
         "--repeat",
-        type=int,
+        type=positive_int,
         default=3,
         help="measure each case this many times, ours and Redis alternating; report medians (default 3)",
     )

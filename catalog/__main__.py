@@ -11,7 +11,7 @@ from catalog.client import DEFAULT_PORT
 from catalog.persist import StateDirError, default_state_dir
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
 from catalog.server import REQUEST_TIMEOUT, CatalogServer, Config
-from netkit.cliargs import positive_int, positive_seconds
+from netkit.cliargs import positive_int, positive_seconds, program_name
 from netkit.logs import setup_logging
 from netkit.signals import StopSignals
 
@@ -28,7 +28,7 @@ def _port(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m catalog",
+        prog=program_name("python -m catalog"),
         description="A cctools-compatible catalog server: services announce themselves over "
         "UDP port P (or TCP P+1), clients query it over HTTP on TCP P.",
     )
@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         max_records=args.max_records,
         request_timeout=args.request_timeout,
     )
-    # Handlers before the sockets: a signal from now on stops the catalog cleanly.
-    signals = StopSignals()
+    # Handlers before the sockets: a signal from now on stops the catalog cleanly,
+    # through run(), which saves the records.
+    signals = StopSignals(defer=True)
     try:
         server = CatalogServer(config)
     except (OSError, StateDirError) as exc:

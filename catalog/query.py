@@ -24,7 +24,7 @@ from catalog.client import DEFAULT_TIMEOUT, CatalogUnavailable, catalog_addresse
 from catalog.formats import format_age, one_line, value_text
 from catalog.jx import JXSyntaxError, compile_expression
 from netkit.addresses import AddressError
-from netkit.cliargs import positive_seconds
+from netkit.cliargs import positive_seconds, program_name
 
 COLUMNS = ("type", "name", "port", "owner", "project")
 MAX_CELL = 40
@@ -66,7 +66,8 @@ def table(records: list[dict[str, Any]], now: float) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
-        prog="python -m catalog.query", description="List the services a catalog knows."
+        prog=program_name("python -m catalog.query"),
+        description="List the services a catalog knows.",
     )
     parser.add_argument(
         "-c",

@@ -27,7 +27,7 @@ from pathlib import Path
 from chaos import catalog_down, crash, hostile, lbfaults, moves
 from chaos.lab import Lab, Result
 from chaos.report import format_table
-from netkit.cliargs import choice_list
+from netkit.cliargs import choice_list, nonempty_path
 
 SCENARIOS: dict[str, Callable[[Lab], Result]] = {
     "crash": crash.run,
@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, help="seed for every random choice (default: random)")
     parser.add_argument(
-        "--work-dir", type=Path, metavar="DIR", help="where logs and data go (default: /tmp)"
+        "--work-dir",
+        type=nonempty_path,
+        metavar="DIR",
+        help="where logs and data go (default: /tmp)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)

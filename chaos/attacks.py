@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import resource
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import orjson
 
 from chaos import dns
+from netkit.security import load_secret
 
 HOST = "127.0.0.1"
 SLOWLORIS = 30
@@ -43,6 +45,7 @@ FLOOD = 300
 PIPELINED_SCANS = 4
 EVIL_KEYS = 40  # each costs the pattern below about 0.5 s
 CATALOG_RECORDS = 3000  # the catalog's /query.json is then about a megabyte
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Attack:
     def __init__(self, target: str, port: int, deadline: float) -> None:
         self.target = target
         self.port = port
+        # The hash table serves only the secret's holders: the attacks that need a
+        # session (never-reading, scans) are made by one; the others come from outside.
+        self.tls = load_secret().client_context() if target == "hashtable" else None
         self.payloads = PAYLOADS[target]
         self.deadline = deadline
         self.counts: Counter[str] = Counter()
@@ -89,9 +95,13 @@ class Attack:
     def running(self) -> bool:
         return time.monotonic() < self.deadline
 
-    def connect(self, port: int | None = None) -> socket.socket | None:
+    def connect(self, port: int | None = None, session: bool = False) -> socket.socket | None:
+        """A connection; with ``session``, an authenticated one (TLS with the secret)
+        where the target requires it."""
         try:
             sock = socket.create_connection((HOST, port or self.port), timeout=5)
+            if session and self.tls is not None:
+                sock = self.tls.wrap_socket(sock)
         except OSError:
             self.count("connections refused")
             return None
@@ -120,19 +130,19 @@ class Attack:
     def never_reading(self) -> None:
         if self.target == "hashtable":
             self._store_big_value()
-        socks = [s for s in (self.connect() for _ in range(NEVER_READING)) if s]
+        socks = [s for s in (self.connect(session=True) for _ in range(NEVER_READING)) if s]
         for sock in socks:
             sock.setblocking(False)
         while self.running() and socks:
             for sock in list(socks):
                 try:
                     self.count("never-reading bytes", sock.send(self.payloads.request))
-                except (BlockingIOError, InterruptedError):
+                except _WOULD_BLOCK:
                     pass  # the server stopped reading from it: what should happen
                 except OSError:
                     self.count("never-reading closed by server")
                     socks.remove(sock)
-                    if self.running() and (sock := self.connect()):
+                    if self.running() and (sock := self.connect(session=True)):
                         sock.setblocking(False)
                         socks.append(sock)
             time.sleep(0.05)
@@ -154,7 +164,7 @@ class Attack:
         ports = [self.port] + ([self.port + 1] if self.target == "catalog" else [])
         n = 0
         while self.running():
-            sock = self.connect(ports[n % len(ports)])
+            sock = self.connect(ports[n % len(ports)], session=True)
             n += 1
             if sock is None:
                 time.sleep(0.1)
@@ -191,7 +201,7 @@ class Attack:
                     time.sleep(0.01)  # about 20,000 a second
 
     def regex(self) -> None:
-        sock = self.connect()
+        sock = self.connect(session=True)
         if sock is None:
             return
         with sock:
@@ -222,7 +232,7 @@ class Attack:
                 sock.sendall(scan * replies)
 
     def _store_big_value(self) -> None:
-        sock = self.connect()
+        sock = self.connect(session=True)
         if sock is not None:
             with sock:
                 sock.sendall(

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-CCTOOLS_CATALOG = SHARED / "tools" / "cctools-catalog"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

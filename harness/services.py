@@ -15,13 +15,17 @@ from harness.processes import (
     wait_until,
 )
 
-_LISTENING = re.compile(r"listening on \S*?:(\d+)")
+# The first address of the line (docs/protocol.md, "The listening line"); greedy up to
+# the last colon of that address, so that an IPv6 one ([::1]:PORT) parses too. The
+# space or newline after the port: output read mid-line must not give half a port.
+# Not anchored to the line's start: the herd's servers say "NAME listening on ...".
+_LISTENING = re.compile(r"listening on (\S+):(\d+)\s")
 
 
 def listening_port(output: str) -> int | None:
-    """The port in a hash table server's "listening on HOST:PORT" line, once it is out."""
+    """The port in a hash table server's "listening on HOST:PORT ..." line, once it is out."""
     match = _LISTENING.search(output)
-    return int(match.group(1)) if match else None
+    return int(match.group(2)) if match else None
 
 
 class StartFailed(RuntimeError):
@@ -37,7 +41,7 @@ def start_catalog(state_dir: Path, log_dir: Path, port: int | None = None) -> tu
         ),
         log_dir / f"catalog-{port}.log",
     )
-    _wait_ready(process, lambda: tcp_open("127.0.0.1", port), "catalog")
+    wait_ready(process, lambda: tcp_open("127.0.0.1", port), "catalog")
     return process, port
 
 
@@ -68,12 +72,14 @@ def start_hashtable_server(
         env={"CATALOG_HOST": catalog},
     )
 
-    return process, _wait_ready(
+    return process, wait_ready(
         process, lambda: listening_port(process.output()[start:]), "hash table server"
     )
 
 
-def _wait_ready(process: Process, ready, what: str, timeout: float = 20.0):
+def wait_ready(process: Process, ready, what: str, timeout: float = 20.0):
+    """Waits until ``ready()`` gives something true and returns it; stops the process
+    and raises ``StartFailed``, with its output, if it exits or takes too long."""
     try:
         value = wait_until(lambda: ready() or not process.alive(), timeout=timeout, what=what)
     except TimeoutError:

@@ -19,10 +19,11 @@ A client is for one thread at a time.
 
 from __future__ import annotations
 
-import uuid
+from pathlib import Path
 from typing import Any
 
 from hashtable.errors import (
+    AuthenticationError,
     HashTableError,
     InvalidRequestError,
     ServerError,
@@ -33,9 +34,11 @@ from hashtable.pipeline import Pipeline, Reply
 from hashtable.protocol import encode_request
 from hashtable.request import Request
 from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
+from netkit.security import SecretError, load_secret
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "AuthenticationError",
     "HashTableClient",
     "HashTableError",
     "InvalidRequestError",
@@ -51,10 +54,19 @@ class HashTableClient:
 
     ``project``: found through the catalog (``catalog``, a ``host[:port],...``
     list, else ``CATALOG_HOST``, else localhost:9097); the server heard from most
-    recently wins. ``HashTableClient.at(host, port)`` talks to one server and never
-    asks a catalog. ``timeout``: seconds to wait for a reply (or a connection)
-    before trying again. ``give_up_after``: seconds of failed retries after which a
-    call raises ``ServiceUnavailable``; by default it never gives up.
+    recently wins, among those whose records our secret signed.
+    ``HashTableClient.at(host, port)`` talks to one server and never asks a catalog.
+
+    ``secret_file``: the shared secret (default ``$DHT_SECRET_FILE``, else
+    ``~/.config/dht/secret``, created if missing): the client and the server
+    prove to each other that they hold it, and the session is TLS.
+    ``auth=False`` talks plain text, to a server started with ``--no-auth``; a
+    client never falls back to plain text by itself. A wrong or missing secret
+    raises ``AuthenticationError`` at once.
+
+    ``timeout``: seconds to wait for a reply (or a connection) before trying
+    again. ``give_up_after``: seconds of failed retries after which a call raises
+    ``ServiceUnavailable``; by default it never gives up.
     """
 
     def __init__(
@@ -67,11 +79,19 @@ class HashTableClient:
         backoff_initial: float = 1.0,
         backoff_cap: float = 30.0,
         give_up_after: float | None = None,
+        secret_file: str | Path | None = None,
+        auth: bool = True,
     ) -> None:
         if (project is None) == (address is None):
             raise ValueError("give a project name or an address (HashTableClient.at)")
+        if not auth and secret_file is not None:
+            raise ValueError("auth=False and a secret_file contradict each other")
         self.project = project
         self.address = address
+        try:
+            secret = load_secret(secret_file) if auth else None
+        except SecretError as exc:
+            raise AuthenticationError(str(exc)) from None
         self._transport = Transport(
             project,
             address=address,
@@ -80,8 +100,9 @@ class HashTableClient:
             backoff_initial=backoff_initial,
             backoff_cap=backoff_cap,
             give_up_after=give_up_after,
+            secret=secret,
         )
-        self._numbering = Numbering(uuid.uuid4().hex)
+        self._numbering = Numbering()
 
     @classmethod
     def at(cls, host: str, port: int, **options: Any) -> HashTableClient:
@@ -147,9 +168,12 @@ class HashTableClient:
         return result_of(self._transport.call(encode_request(request)))
 
     def _mutate(self, request: Request) -> Any:
-        outcome = self._transport.call(self._numbering.encode(request))
-        self._numbering.answered(request)
-        return result_of(outcome, request.key)
+        while True:
+            outcome = self._numbering.answered(
+                request, self._transport.call(self._numbering.encode(request))
+            )
+            if outcome is not None:  # None: sent again under a new session
+                return result_of(outcome, request.key)
 
 
 def _pairs(items: list[list[Any]]) -> list[tuple[str, Any]]:

@@ -23,6 +23,15 @@ class ServiceUnavailable(HashTableError, ConnectionError):
     """Retrying for ``give_up_after`` seconds did not reach the service."""
 
 
+class AuthenticationError(HashTableError):
+    """The server and this client do not share a secret (or one of them does not
+    authenticate at all). Never retried: trying again cannot help."""
+
+
+# Errors a server answers instead of serving a connection at all.
+_AUTHENTICATION_ERRORS = ("AuthenticationRequired", "AuthenticationUnsupported")
+
+
 # What a request can end in besides a result: answers, never retried.
 ANSWERS = (KeyError, TypeError, HashTableError)
 
@@ -35,5 +44,7 @@ def result_of(outcome: Outcome, key: str | None = None) -> Any:
     if status is Status.FAILED:
         if outcome.error == "KeyError":
             raise KeyError(key)
+        if outcome.error in _AUTHENTICATION_ERRORS:
+            raise AuthenticationError(outcome.message)
         raise ServerError(f"{outcome.error}: {outcome.message}")
     raise InvalidRequestError(outcome.message)

@@ -12,6 +12,7 @@ lookup for the method, one pass over the fields.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -130,6 +131,15 @@ def _refused(method: str, obj: dict[str, Any], problem: str) -> Request | Outcom
     return Outcome.invalid(problem)
 
 
+_HTTP_REQUEST = re.compile(rb"\s*(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) ", re.I)
+
+
+def is_http_request(first_line: bytes) -> bool:
+    """Whether a connection's first line is an HTTP request line (a browser, or a
+    web page making one send a request to this port)."""
+    return _HTTP_REQUEST.match(first_line) is not None
+
+
 def encode_reply(outcome: Outcome) -> bytes:
     """An ``Outcome`` -> its reply line, ``\\n`` included."""
     if outcome.status is Status.OK:
@@ -184,6 +194,23 @@ def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
     if not line.strip():
         return "empty request: send one JSON object per line"
     return f"not valid JSON ({exc})"
+
+
+# The last line a peer gets that speaks plain text to a TLS server, or TLS to a plain one.
+AUTHENTICATION_REQUIRED = encode_reply(
+    Outcome.failed(
+        "AuthenticationRequired",
+        "this server requires authentication: TLS with the project's shared secret "
+        "(HashTableClient does it; see docs/security.md); nothing was executed",
+    )
+)
+NOT_AUTHENTICATING = encode_reply(
+    Outcome.failed(
+        "AuthenticationUnsupported",
+        "this server does not authenticate (it runs with --no-auth, on loopback only): "
+        "connect without TLS (HashTableClient(..., auth=False))",
+    )
+)
 
 
 # ---------------------------------------------------------------- client side

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
-from hashtable.protocol import encode_reply, parse_request
+from hashtable.protocol import encode_reply, is_http_request, parse_request
 from hashtable.request import MUTATIONS, WHOLE_TABLE_READS, Outcome, Request
 from hashtable.table import ReadJob
 from netkit.connection import DEFAULT_HIGH_WATER
@@ -58,14 +58,20 @@ class Limits:
     max_request_bytes: int = DEFAULT_MAX_LINE  # bytes in one request line
     high_water: int = DEFAULT_HIGH_WATER  # queued reply bytes before the server stops reading
     max_connections: int = 10_000
+    # Connections not yet authenticated, in all and from one address; past these the
+    # oldest give way to newcomers (hashtable.admission), the authenticated keep theirs.
+    max_unauthenticated: int = 1024
+    max_unauthenticated_per_source: int = 256
     request_timeout: float = 60.0  # a partial request or unread replies making no progress
-    idle_timeout: float | None = 3600.0  # a connection with nothing going on
+    idle_timeout: float | None = 300.0  # an authenticated connection with nothing going on
     # Scans and queries under way at once; each may hold a snapshot of the table
     # (jobs started between two writes share one). More wait for one to end.
     max_scans: int = 8
+    handshake_timeout: float = 5.0  # a TLS handshake not complete by then is dropped
 
 
 class Phase(Enum):
+    HANDSHAKING = "handshaking"  # TLS: proving the secret; no request can come yet
     OPEN = "open"  # reading requests and answering them
     DRAINING = "draining"  # the client's input ended: answer what it sent, then close
     REFUSING = "refusing"  # a line could not be framed: its answer goes out, then a half-close
@@ -84,6 +90,7 @@ class Client:
     """One client's scheduling state. The server's peer objects subclass it."""
 
     __slots__ = (
+        "heard",
         "job",
         "lines",
         "linger_until",
@@ -97,11 +104,14 @@ class Client:
         "refusal",
         "replies",
         "served",
+        "since",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, phase: Phase = Phase.OPEN, since: float = 0.0) -> None:
         self.name = name
-        self.phase = Phase.OPEN
+        self.phase = phase
+        self.since = since  # when it connected
+        self.heard = False  # any request line received yet
         self.lines: list[bytes] = []  # request lines read and not yet executed
         self.next = 0  # index of the next line to execute
         self.job: ReadJob | None = None  # a scan or query under way; later lines wait for it
@@ -140,10 +150,17 @@ class Scheduler:
 
     # ------------------------------------------------------------ input
 
-    def received(self, client: Client, lines: list[bytes]) -> None:
-        """Request lines from ``client``; they run in its next turns."""
+    def received(self, client: Client, lines: list[bytes]) -> str | None:
+        """Request lines from ``client``; they run in its next turns. Returns why
+        the connection must be closed instead, or None: a connection whose first
+        line is an HTTP request (a web page making a browser send one) gets
+        nothing executed at all, as Redis does."""
         if client.phase is not Phase.OPEN or not lines:
-            return
+            return None
+        if not client.heard:
+            client.heard = True
+            if is_http_request(lines[0]):
+                return "sent an HTTP request"
         if client.next < len(client.lines):
             client.lines = client.lines[client.next :] + lines
         else:
@@ -151,6 +168,20 @@ class Scheduler:
         client.next = 0
         if not client.parked:
             self.busy[client] = None
+        return None
+
+    def authenticated(self, client: Client) -> None:
+        """The client's TLS handshake is complete: its requests may come."""
+        if client.phase is Phase.HANDSHAKING:
+            client.phase = Phase.OPEN
+
+    def turn_away(self, client: Client) -> None:
+        """The server answered an unusable connection with a last line of its own
+        (written directly): half-close, then linger as after a refusal."""
+        client.phase = Phase.LINGERING
+        client.linger_until = self.clock() + LINGER
+        client.lines, client.next = [], 0
+        self.busy.pop(client, None)
 
     def end_of_input(self, client: Client) -> None:
         """The client will send nothing more: answer what it sent, then close."""
@@ -324,7 +355,11 @@ class Scheduler:
         else:
             client.out_seen, client.out_since = 0, now
         if client.phase in (Phase.REFUSING, Phase.LINGERING):
-            return "closed after an over-long line" if now >= client.linger_until else None
+            return "closed after its last answer" if now >= client.linger_until else None
+        if client.phase is Phase.HANDSHAKING:
+            if now - client.since > limits.handshake_timeout:
+                return f"did not complete the TLS handshake in {limits.handshake_timeout:g} s"
+            return None
         if now - client.out_since > limits.request_timeout:
             return f"did not read its replies for {limits.request_timeout:g} s"
         if partial and silent > limits.request_timeout:

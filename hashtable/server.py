@@ -14,34 +14,43 @@ length, queued output, time, and connections in total.
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
 from catalog.client import ANNOUNCE_INTERVAL, Announcer, Catalog
+from hashtable.admission import Admission
+from hashtable.protocol import AUTHENTICATION_REQUIRED, NOT_AUTHENTICATING, is_http_request
+from hashtable.reporting import VERSION, Reporter
 from hashtable.request import Outcome, Request
 from hashtable.scheduler import Client, Limits, Phase, Scheduler
 from hashtable.table import ReadJob
 from netkit.accepting import Acceptor
-from netkit.connection import Closed, Connection, EndOfInput
+from netkit.connection import (
+    AuthenticationFailed,
+    Closed,
+    Connection,
+    EndOfInput,
+    NotTls,
+    TlsConnection,
+)
 from netkit.framing import LineTooLong
-from netkit.listeners import format_address, shut_down_writing
+from netkit.listeners import format_address, host_of, shut_down_writing
+from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
+from netkit.tls import TLS_RECORD_HANDSHAKE, TlsSession
 
 log = logging.getLogger("hashtable.server")
 
-VERSION = "1.0"
 DEFAULT_SUMMARY_INTERVAL = 10.0
 SWEEP_INTERVAL = 1.0
 REFUSAL_LOG_INTERVAL = 10.0
-SUMMARY_TOP = 8
 # Bytes a lingering connection may read and drop per turn.
 _DISCARD = 256 * 1024
-
 __all__ = ["VERSION", "Limits", "Server"]
 
 
@@ -62,8 +71,8 @@ class Peer(Client):
 
     __slots__ = ("conn", "watch")
 
-    def __init__(self, conn: Connection, watch: Watch) -> None:
-        super().__init__(conn.name)
+    def __init__(self, conn: Connection, watch: Watch, phase: Phase, since: float) -> None:
+        super().__init__(conn.name, phase, since)
         self.conn = conn
         self.watch = watch
 
@@ -71,9 +80,11 @@ class Peer(Client):
 class Server:
     """Serves the table over TCP until ``stop()``.
 
-    ``announce``: when given, the server announces itself to ``catalogs`` at start
-    and every ``announce_interval`` seconds with these fields plus its own
-    (type, owner, port, keys, requests, connections, uptime, version).
+    ``tls``: the server context (``Secret.server_context``): a mutual TLS
+    handshake comes before any request; None serves plain text (``--no-auth``).
+    ``sign``: signs the catalog record (``Secret.sign_record``). ``announce``: the
+    record's own fields; the server announces to ``catalogs`` at start and every
+    ``announce_interval`` seconds.
     """
 
     def __init__(
@@ -86,6 +97,8 @@ class Server:
         catalogs: list[Catalog] | None = None,
         announce_interval: float = ANNOUNCE_INTERVAL,
         summary_interval: float = DEFAULT_SUMMARY_INTERVAL,
+        tls: ssl.SSLContext | None = None,
+        sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         loop: EventLoop | None = None,
     ) -> None:
         self.db = database
@@ -99,16 +112,18 @@ class Server:
         # heard from in the same second (catalog.client.matching).
         self.start_time = round(time.time(), 3)
         self._peers: set[Peer] = set()
-        self._refused = 0
-        self._refusal_logged = -REFUSAL_LOG_INTERVAL
-        self._base_record = announce
+        self.admission = Admission.for_limits(limits)
+        self.reporter = Reporter(
+            database, port=self.port, start_time=self.start_time, base=announce, sign=sign
+        )
         self._announcer = (
             None
             if announce is None
             else Announcer(self._record, interval=announce_interval, catalogs=catalogs)
         )
         self._summary_interval = summary_interval
-        self._compactions_seen = 0
+        self.tls = tls
+        self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         self.acceptor = Acceptor(self.loop, listener, self._accept)
         self._maintenance = self.loop.alarm(self._maintain)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -161,34 +176,38 @@ class Server:
     # ------------------------------------------------------------ connections
 
     def _accept(self, sock: socket.socket, address: Any) -> None:
-        if len(self._peers) >= self.limits.max_connections:
+        name = format_address(address)
+        admitted, evicted = self.admission.arriving(host_of(address))
+        for peer in evicted:
+            self._drop(peer, "made room for newer connections (too many unauthenticated)")  # type: ignore[arg-type]
+        if not admitted:
             sock.close()
-            self._note_refusal()
-            return
-        try:
-            conn = Connection(
-                sock, format_address(address), self.limits.max_request_bytes, self.limits.high_water
+            self.refusals.note(
+                "connections refused at the connection limit",
+                f"{name} ({self.limits.max_connections} authenticated clients connected)",
+                self.loop.time(),
             )
+            return
+        limits = self.limits
+        try:
+            if self.tls is None:
+                conn = Connection(sock, name, limits.max_request_bytes, limits.high_water)
+            else:
+                session = TlsSession(self.tls, server_side=True)
+                conn = TlsConnection(
+                    sock, name, session, limits.max_request_bytes, limits.high_water
+                )
         except OSError:  # reset before we got to it
             sock.close()
             return
-        peer = Peer(conn, self.loop.watch(sock, lambda _: None, 0))
+        phase = Phase.OPEN if self.tls is None else Phase.HANDSHAKING
+        peer = Peer(conn, self.loop.watch(sock, lambda _: None, 0), phase, self.loop.time())
         peer.watch.handler = partial(self._ready, peer)
         self._peers.add(peer)
+        self.admission.joined(peer, host_of(address), authenticated=phase is Phase.OPEN)
         peer.watch.set(READ)
-        log.info("client %s connected (%d connected)", peer.name, len(self._peers))
-
-    def _note_refusal(self) -> None:
-        self._refused += 1
-        now = self.loop.time()
-        if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
-            self._refusal_logged = now
-            log.warning(
-                "at the limit of %d connections; %d connection(s) refused since the last such message",
-                self.limits.max_connections,
-                self._refused,
-            )
-            self._refused = 0
+        if phase is Phase.OPEN:
+            log.info("client %s connected (%d connected)", peer.name, len(self._peers))
 
     def _ready(self, peer: Peer, events: int) -> None:
         if events & WRITE:
@@ -202,8 +221,11 @@ class Server:
             self._read(peer)
 
     def _read(self, peer: Peer) -> None:
-        if peer.phase in (Phase.REFUSING, Phase.LINGERING):
+        phase = peer.phase
+        if phase is Phase.REFUSING or phase is Phase.LINGERING:
             self._discard_input(peer)
+            return
+        if not peer.heard and self.tls is None and self._sent_tls_hello(peer):
             return
         try:
             lines = peer.conn.read_lines()
@@ -211,8 +233,18 @@ class Server:
             # A clean end of input (e.g. `nc -N` after a file of requests): the
             # requests already read still get executed and answered. A last line
             # without its newline is not a request (docs/protocol.md).
+            if phase is Phase.HANDSHAKING:
+                self._drop(peer, "closed the connection during the TLS handshake")
+                return
             self.scheduler.end_of_input(peer)
             self._update(peer)
+            return
+        except NotTls as exc:
+            self._turn_away_plain_text(peer, exc.first)
+            return
+        except AuthenticationFailed as exc:
+            self.refusals.note("failed TLS handshakes", f"{peer.name}: {exc}", self.loop.time())
+            self._drop(peer, None)
             return
         except Closed as exc:  # a failure (reset, ...): nobody to answer
             self._drop(peer, str(exc))
@@ -220,18 +252,65 @@ class Server:
         except LineTooLong as exc:
             self.scheduler.refuse_line(peer, exc.lines, str(exc))
             return
-        self.scheduler.received(peer, lines)
+        if phase is Phase.HANDSHAKING:
+            if not peer.conn.established:  # type: ignore[attr-defined]  # a TlsConnection
+                self._update(peer)  # the handshake's output may wait for the socket
+                return
+            self.scheduler.authenticated(peer)
+            self.admission.authenticate(peer)
+            log.info("client %s connected (%d connected)", peer.name, len(self._peers))
+        refusal = self.scheduler.received(peer, lines)
+        if refusal is not None:
+            self.refusals.note(
+                "connections closed unheard", f"{peer.name} {refusal}", self.loop.time()
+            )
+            self._drop(peer, None)
+
+    def _sent_tls_hello(self, peer: Peer) -> bool:
+        """A plain server's first look at a connection: a TLS client hello gets a
+        line saying this server does not authenticate (its TLS layer reports it
+        as not TLS: no retrying), and the connection is closed."""
+        try:
+            first = peer.conn.sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return False  # read_lines says what happened
+        if first and first[0] == TLS_RECORD_HANDSHAKE:
+            self._turn_away(peer, NOT_AUTHENTICATING, "spoke TLS to a --no-auth server")
+            return True
+        return False
+
+    def _turn_away_plain_text(self, peer: Peer, first: bytes) -> None:
+        if is_http_request(first.split(b"\n", 1)[0]):
+            self.refusals.note(
+                "connections closed unheard", f"{peer.name} sent an HTTP request", self.loop.time()
+            )
+            self._drop(peer, None)
+        else:
+            self._turn_away(peer, AUTHENTICATION_REQUIRED, "spoke plain text to a TLS server")
+
+    def _turn_away(self, peer: Peer, line: bytes, why: str) -> None:
+        """Writes ``line`` directly (outside any TLS), half-closes, and lingers."""
+        self.refusals.note("connections turned away", f"{peer.name} {why}", self.loop.time())
+        peer.heard = True
+        try:
+            peer.conn.sock.send(line)
+        except OSError:
+            self._drop(peer, None)
+            return
+        shut_down_writing(peer.conn.sock)
+        self.scheduler.turn_away(peer)
+        peer.watch.set(READ)
 
     def _discard_input(self, peer: Peer) -> None:
         # Lingering: unread input makes the kernel reset the connection, which can
         # destroy the answer before the client reads it; so read and drop it.
         try:
             if not peer.conn.sock.recv(_DISCARD):
-                self._drop(peer, "closed after an over-long line")
+                self._drop(peer, "closed after its last answer")
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
-            self._drop(peer, f"closed after an over-long line ({exc.strerror})")
+            self._drop(peer, f"closed after its last answer ({exc.strerror})")
 
     def _send_replies(self, peer: Peer) -> None:
         replies = peer.replies
@@ -258,20 +337,32 @@ class Server:
         peer.watch.set(interest.events)
 
     def _drop(self, peer: Peer, reason: str | None) -> None:
+        """Closes ``peer``'s connection. ``reason`` is logged: a line of its own for
+        a client that was served, a count for one that never got that far (a
+        flood of them must not flood the log)."""
         if peer not in self._peers:
             return
         self._peers.discard(peer)
         self.scheduler.left(peer)
+        self.admission.left(peer)
         peer.watch.close()
         peer.conn.close()
-        if reason is not None:
-            log.info(
-                "client %s left after %d requests: %s (%d connected)",
-                peer.name,
-                peer.served,
-                reason,
-                len(self._peers),
+        if reason is None:
+            return
+        if peer.phase is Phase.HANDSHAKING:
+            self.refusals.note(
+                "connections dropped before authenticating",
+                f"{peer.name}: {reason}",
+                self.loop.time(),
             )
+            return
+        log.info(
+            "client %s left after %d requests: %s (%d connected)",
+            peer.name,
+            peer.served,
+            reason,
+            len(self._peers),
+        )
 
     # ------------------------------------------------------------ housekeeping
 
@@ -279,6 +370,7 @@ class Server:
         """Drops the connections that overstayed a time bound."""
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         now = self.loop.time()
+        self.refusals.flush(now)
         overstayed = self.scheduler.overstayed
         for peer in list(self._peers):
             conn = peer.conn
@@ -291,32 +383,11 @@ class Server:
     def _summarize(self) -> None:
         """One line showing who was served (the interleaving) and what storage did."""
         self.loop.call_later(self._summary_interval, self._summarize)
-        recent = self.scheduler.take_recent()
-        total = sum(recent.values())
-        if not total:
-            return
-        busiest = sorted(recent.items(), key=lambda item: item[1], reverse=True)
-        shown = " ".join(f"{name}={count}" for name, count in busiest[:SUMMARY_TOP])
-        if len(busiest) > SUMMARY_TOP:
-            shown += f" and {len(busiest) - SUMMARY_TOP} more"
-        stats = self.db.stats()
-        storage = f"{stats.get('keys')} keys, {len(self._peers)} connected"
-        compactions = stats.get("compactions", 0)
-        if compactions != self._compactions_seen:
-            storage += (
-                f"; {compactions - self._compactions_seen} compactions, the last took "
-                f"{stats.get('last_compaction_ms') or 0:.0f} ms and paused the loop "
-                f"{stats.get('last_pause_ms') or 0:.1f} ms"
-            )
-            self._compactions_seen = compactions
-        log.info(
-            "served %d requests in the last %g s from %d clients: %s (%s)",
-            total,
-            self._summary_interval,
-            len(busiest),
-            shown,
-            storage,
+        line = self.reporter.summary(
+            self.scheduler.take_recent(), self._summary_interval, len(self._peers)
         )
+        if line is not None:
+            log.info("%s", line)
 
     def status(self) -> dict[str, Any]:
         """Figures for the catalog record and for people."""
@@ -328,19 +399,4 @@ class Server:
         }
 
     def _record(self) -> dict[str, Any]:
-        return {
-            "type": "hashtable",
-            "owner": _owner(),
-            "port": self.port,
-            "version": VERSION,
-            "starttime": self.start_time,
-            **(self._base_record or {}),
-            **self.status(),
-        }
-
-
-def _owner() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name and no passwd entry (containers)
-        return str(os.getuid())
+        return self.reporter.record(self.status())

@@ -84,7 +84,9 @@ def open_directory(directory: Path, lock_timeout: float) -> int:
             directory, None, f"in use by another process (pid {busy.holder})"
         ) from None
     except OSError as error:
-        raise RecoveryError(directory, None, f"cannot use as data directory: {error}") from None
+        file = directory.exists() and not directory.is_dir()
+        reason = "it is a file, not a directory" if file else error.strerror or error
+        raise RecoveryError(directory, None, f"cannot use as data directory: {reason}") from None
 
 
 def read_origin(directory: Path) -> str:

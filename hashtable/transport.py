@@ -18,14 +18,17 @@ import select
 import socket
 import struct
 import time
+import uuid
 from collections import deque
 
-from catalog.client import CatalogUnavailable, catalog_addresses, record_endpoint, resolve
-from hashtable.errors import ServiceUnavailable
+from catalog.client import CatalogUnavailable, catalog_addresses, matching, query, record_endpoint
+from hashtable.errors import AuthenticationError, ServiceUnavailable
 from hashtable.protocol import ProtocolError, decode_reply, encode_request
-from hashtable.request import MUTATIONS, Outcome, Request
+from hashtable.request import MUTATIONS, OK_NONE, Outcome, Request, Status
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer
+from netkit.security import AUTH_SCHEME, Secret, service_name
+from netkit.tls import TlsError, TlsSession, handshake_blocking
 
 log = logging.getLogger("hashtable.client")
 
@@ -33,6 +36,9 @@ DEFAULT_TIMEOUT = 5.0
 # Replies hold whole scans, so they may be far longer than a request.
 MAX_REPLY_LINE = 1 << 31
 RECV_SIZE = 64 * 1024  # see netkit.connection.RECV_SIZE
+# Servers tried per connection attempt: impostors replaying a signed record from
+# their own addresses cost one failed handshake each, at most this many.
+MAX_CANDIDATES = 8
 
 # Everything after which a request is sent again, to a freshly resolved server.
 RETRYABLE = (OSError, ProtocolError)  # OSError covers timeouts, refusals, CatalogUnavailable
@@ -46,8 +52,10 @@ class Transport:
     """A connection to one hash table server that is re-made as often as needed.
 
     ``project``: found through ``catalog`` (a ``host[:port],...`` list, else
-    ``CATALOG_HOST``, else localhost:9097), the server heard from most recently;
-    or ``address``, a fixed ``(host, port)``. ``timeout``: seconds to wait for a
+    ``CATALOG_HOST``, else localhost:9097), the server heard from most recently
+    among those whose records ``secret`` signed; or ``address``, a fixed
+    ``(host, port)``. ``secret``: the connection is mutual TLS with it (None:
+    plain text, for ``--no-auth`` servers). ``timeout``: seconds to wait for a
     connection or a reply. ``give_up_after``: seconds of failed attempts after
     which ``failed`` raises ``ServiceUnavailable`` (None: never).
     """
@@ -62,6 +70,7 @@ class Transport:
         backoff_initial: float = 1.0,
         backoff_cap: float = 30.0,
         give_up_after: float | None = None,
+        secret: Secret | None = None,
     ) -> None:
         if (project is None) == (address is None):
             raise ValueError("give a project name or an address")
@@ -73,9 +82,13 @@ class Transport:
         self.give_up_after = give_up_after
         self.catalogs = catalog_addresses(catalog) if address is None else []
         self.backoff = Backoff(backoff_initial, backoff_cap)
+        self.secret = secret
+        self._tls_context = secret.client_context() if secret is not None else None
         self.sock: socket.socket | None = None
+        self.tls: TlsSession | None = None
         self.lines: deque[bytes] = deque()  # replies received, not yet taken
         self._framer = LineFramer(MAX_REPLY_LINE)
+        self._cipher_out = bytearray()  # TLS records not yet taken by the socket
         self._peer = ""
 
     # ------------------------------------------------------------ one request at a time
@@ -85,7 +98,7 @@ class Transport:
         failing_since = None
         while True:
             try:
-                self.connected().sendall(data)
+                self.send_all(data)
                 outcome = decode_reply(self.read_line())
             except RETRYABLE as exc:
                 failing_since = self.failed(exc, failing_since)
@@ -99,18 +112,38 @@ class Transport:
                 self.backoff.reset()
             return outcome
 
+    def send_all(self, data: bytes) -> None:
+        """Sends a request line (connecting first if need be), blocking."""
+        sock = self.connected()
+        if self.tls is not None:
+            self.tls.send(data)
+            data = self.tls.take_output()
+        sock.sendall(data)
+
     def read_line(self) -> bytes:
         """The next reply line, waiting up to the time-out (blocking socket)."""
         lines = self.lines
         while not lines:
-            try:
-                data = self.sock.recv(RECV_SIZE)  # type: ignore[union-attr]
-            except BlockingIOError:  # SO_RCVTIMEO expired
-                raise TimeoutError(f"no reply within {self.timeout:g} s") from None
-            if not data:
-                raise ConnectionResetError("the server closed the connection")
-            lines.extend(self._framer.feed(data))
+            self._take(self._receive())
         return lines.popleft()
+
+    def _receive(self) -> bytes:
+        try:
+            data = self.sock.recv(RECV_SIZE)  # type: ignore[union-attr]
+        except BlockingIOError:  # SO_RCVTIMEO expired
+            raise TimeoutError(f"no reply within {self.timeout:g} s") from None
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        return data
+
+    def _take(self, data: bytes) -> None:
+        """Frames received bytes into reply lines (decrypting them first)."""
+        if self.tls is not None:
+            try:
+                data = self.tls.feed(data)
+            except TlsError as exc:  # altered in transit, or not our server after all
+                raise ConnectionResetError(f"TLS: {exc}") from None
+        self.lines.extend(self._framer.feed(data))
 
     # ------------------------------------------------------------ many requests at once
 
@@ -122,21 +155,26 @@ class Transport:
         sock = self.connected()
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)
+        if self.tls is not None and out:
+            self.tls.send(out)
+            out.clear()
+            self._cipher_out += self.tls.take_output()
+        wire = self._cipher_out if self.tls is not None else out
         if wait:
             poller = select.poll()
-            poller.register(sock, select.POLLIN | (select.POLLOUT if out else 0))
+            poller.register(sock, select.POLLIN | (select.POLLOUT if wire else 0))
             if not poller.poll(self.timeout * 1000):
                 raise TimeoutError(f"no reply within {self.timeout:g} s")
-        if out:
+        if wire:
             with contextlib.suppress(BlockingIOError, InterruptedError):
-                del out[: sock.send(out)]
+                del wire[: sock.send(wire)]
         try:
             data = sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         if not data:
             raise ConnectionResetError("the server closed the connection")
-        self.lines.extend(self._framer.feed(data))
+        self._take(data)
 
     def end_exchange(self) -> None:
         if self.sock is not None:
@@ -145,39 +183,105 @@ class Transport:
     # ------------------------------------------------------------ connection and failure
 
     def connected(self) -> socket.socket:
-        """The socket, connecting (and finding the server) first if there is none."""
+        """The socket, connecting (and finding the server) first if there is none.
+
+        With a project, tries the catalog's candidates in turn, freshest first: one
+        whose handshake fails is an impostor replaying a record (the record's
+        signature said the server holds our secret; its address cannot be signed)."""
         if self.sock is not None:
             return self.sock
-        host, port = self.address or self._resolve()
+        if self.address is not None:
+            return self._open(*self.address)
+        failures = []
+        for host, port in self._candidates():
+            try:
+                return self._open(host, port)
+            except AuthenticationError as exc:
+                log.warning("%s:%d is not %s: %s", host, port, self.target(), exc)
+                failures.append(f"{host}:{port}: {exc}")
+            except OSError as exc:
+                failures.append(f"{host}:{port}: {describe_failure(exc)}")
+        raise ConnectionError("no server answered: " + "; ".join(failures))
+
+    def _open(self, host: str, port: int) -> socket.socket:
         self._peer = f"{host}:{port}"
         sock = socket.create_connection((host, port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # The reply timeout is the kernel's (SO_RCVTIMEO) on a blocking socket: a
-        # Python socket timeout would cost a poll() before every send and recv.
-        sock.settimeout(None)
-        limit = _timeval(self.timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-        self.sock = sock
-        self._framer = LineFramer(MAX_REPLY_LINE)
-        self.lines.clear()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The reply timeout is the kernel's (SO_RCVTIMEO) on a blocking socket: a
+            # Python socket timeout would cost a poll() before every send and recv.
+            sock.settimeout(None)
+            limit = _timeval(self.timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            self.sock = sock
+            self._framer = LineFramer(MAX_REPLY_LINE)
+            self.lines.clear()
+            self._cipher_out.clear()
+            self.tls = None
+            if self._tls_context is not None:
+                self._handshake(sock)
+        except BaseException:
+            self.sock = None
+            sock.close()
+            raise
         return sock
 
-    def _resolve(self) -> tuple[str, int]:
-        assert self.project is not None
-        record = resolve("hashtable", self.project, self.catalogs, timeout=self.timeout)
-        if record is None:
-            raise NotListed(f"the catalog lists no hashtable server for project {self.project!r}")
+    def _handshake(self, sock: socket.socket) -> None:
+        """Mutual TLS: we prove the secret and so must the server. Raises
+        ``AuthenticationError`` when it cannot (not worth retrying)."""
+        assert self._tls_context is not None
+        name = service_name(self.project) if self.project is not None else None
+        tls = TlsSession(self._tls_context, server_side=False, server_hostname=name)
         try:
-            return record_endpoint(record)
-        except ValueError as exc:
-            raise NotListed(str(exc)) from None
+            handshake_blocking(sock, tls, RECV_SIZE)
+        except TlsError as exc:
+            raise AuthenticationError(f"{self.target()}: {exc}") from None
+        self.tls = tls
+
+    def _candidates(self) -> list[tuple[str, int]]:
+        """The endpoints of the project's servers the catalog lists, freshest first,
+        each once: with a secret, only those whose records it signed."""
+        assert self.project is not None
+        found = matching(
+            query(catalogs=self.catalogs, timeout=self.timeout), "hashtable", self.project
+        )
+        if self.secret is not None:
+            ours = [record for record in found if self.secret.record_signed_by_us(record)]
+            if not ours and any(record.get("auth") == AUTH_SCHEME for record in found):
+                raise AuthenticationError(
+                    f"the catalog lists servers for project {self.project!r}, but none signed "
+                    f"with our secret {self.secret.fingerprint} ({self.secret.path}): the server "
+                    "holds another secret file (or these are impostors)"
+                )
+            if not ours and found:
+                raise NotListed(
+                    f"the catalog lists only servers of project {self.project!r} that do not "
+                    "authenticate (--no-auth, or impostors); this client requires authentication"
+                )
+            found = ours
+        else:
+            found = [record for record in found if record.get("auth") != AUTH_SCHEME] or found
+        endpoints: dict[tuple[str, int], None] = {}
+        for record in found:
+            try:
+                endpoints[record_endpoint(record)] = None
+            except ValueError as exc:
+                log.debug("ignoring a catalog record: %s", exc)
+        if not endpoints:
+            asked = ", ".join(f"{host}:{port}" for host, port in self.catalogs)
+            raise NotListed(
+                f"the catalog ({asked}) lists no hashtable server for project {self.project!r}"
+            )
+        return list(endpoints)[:MAX_CANDIDATES]
 
     def disconnect(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        self.tls = None
         self.lines.clear()
+        self._cipher_out.clear()
 
     def failed(self, exc: Exception, failing_since: float | None) -> float:
         """After a failed attempt: drops the connection, logs, waits; returns when
@@ -192,6 +296,8 @@ class Transport:
                 f"{describe_failure(exc)}"
             ) from exc
         delay = self.backoff.next_delay()
+        if self.give_up_after is not None:  # the last try comes when the time is up
+            delay = min(delay, failing_since + self.give_up_after - now)
         log.warning(
             "hash table %s: %s; retrying in %.1f s", self.target(), describe_failure(exc), delay
         )
@@ -211,8 +317,8 @@ class Numbering:
     3, ..., and ``acked``, the highest n such that the replies of all mutations
     <= n are in hand (sent with each mutation, so the server may forget them)."""
 
-    def __init__(self, client_id: str) -> None:
-        self.client_id = client_id
+    def __init__(self, client_id: str | None = None) -> None:
+        self.client_id = client_id or uuid.uuid4().hex
         self.seq = 0
         self.acked = 0
 
@@ -227,10 +333,28 @@ class Numbering:
         self.seq += 1
         return data
 
-    def answered(self, request: Request) -> None:
-        """The reply to ``request`` is in hand (replies come in order)."""
-        if request.seq is not None:
-            self.acked = request.seq
+    def answered(self, request: Request, outcome: Outcome) -> Outcome | None:
+        """Takes the reply to ``request`` (replies come in order). Returns the outcome
+        to report, or None when the request must be sent again (re-encoded):
+
+        - ``SessionUnknown``: the server knows nothing of this client and did not
+          apply it (docs/protocol.md); a new session starts (a new id, from 1);
+        - ``OutcomeForgotten``: applied once, its outcome no longer held: for an
+          insert that is its outcome (None); a remove's removed value is lost.
+        """
+        if request.seq is None:
+            return outcome
+        error = outcome.error if outcome.status is Status.FAILED else None
+        if error == "SessionUnknown" and request.client == self.client_id:
+            log.warning(
+                "the server has forgotten this client (%s); a new session starts", outcome.message
+            )
+            self.client_id, self.seq, self.acked = uuid.uuid4().hex, 0, 0
+            return None
+        self.acked = request.seq
+        if error == "OutcomeForgotten" and request.method == "insert":
+            return OK_NONE
+        return outcome
 
 
 def describe_failure(exc: Exception) -> str:

@@ -26,14 +26,21 @@ from herd.links import PeerConnection, keep_dialing
 from herd.places import POPULATIONS, load_geonames
 from herd.server import HerdServer, Options
 from netkit.addresses import AddressError
-from netkit.cliargs import nonnegative_seconds, port_number, positive_int, positive_seconds
+from netkit.cliargs import (
+    nonnegative_seconds,
+    port_number,
+    positive_int,
+    positive_seconds,
+    program_name,
+)
 
 log = logging.getLogger("herd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m herd", description="Run one server of a herd (see docs/herd.md)."
+        prog=program_name("python -m herd"),
+        description="Run one server of a herd (see docs/herd.md).",
     )
     parser.add_argument("name", help="this server's name in the configuration")
     add = parser.add_argument

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 MAX_SECONDS = 1e7  # beyond this a timer overflows select(); nobody means it
+T = TypeVar("T")
+
+
+def program_name(usual: str) -> str:
+    """What a program's usage and errors call it: the console script's name when it
+    was started as one (``hashtable-server``), else ``usual``, the way it runs from a
+    checkout (``HashTableServer.py``, ``python -m catalog``)."""
+    started_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not started_as or started_as == "-c" or started_as.endswith(".py"):
+        return usual
+    return started_as
 
 
 def port_number(text: str) -> int:
@@ -62,6 +77,38 @@ def nonnegative_seconds(text: str) -> float:
     return value
 
 
+def positive_number(text: str) -> float:
+    """A finite number greater than zero (a rate, a size in units)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
+    return value
+
+
+def number_list(item: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """argparse type: a comma-separated list, each item parsed (and checked) by ``item``,
+    e.g. ``number_list(positive_int)`` for ``1,2,4,8``."""
+
+    def parse(text: str) -> list[T]:
+        items = [item(word.strip()) for word in text.split(",") if word.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one, comma-separated")
+        return items
+
+    return parse
+
+
+def nonempty_path(text: str) -> Path:
+    """A path that is not empty: ``""`` (an unset variable, say) would mean the
+    current folder, which is never what was meant."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no file or folder")
+    return Path(text)
+
+
 def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
     """argparse type: a comma-separated list of some of ``choices``, in the order given,
     each once; ``what`` names one item in the error message."""
@@ -76,3 +123,22 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]
         return names
 
     return parse
+
+
+def writable_file(text: str) -> Path:
+    """argparse type: a file that can be written now, so that a program learns it
+    before its work rather than after. Checked by opening it for appending (what
+    permissions alone cannot tell: a read-only file system, a missing folder, root's
+    rights); a file that was not there is removed again."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path

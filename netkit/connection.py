@@ -1,4 +1,4 @@
-"""A non-blocking, line-framed TCP connection for ``selectors`` event loops.
+"""A non-blocking, line-framed TCP connection for event-loop servers, plain or TLS.
 
 The servers (hash table, TS, LS) own one ``Connection`` per peer. It does the
 socket I/O that the sans-IO protocol code must not: reading into a
@@ -6,6 +6,9 @@ socket I/O that the sans-IO protocol code must not: reading into a
 bounded by backpressure: while ``backlogged`` is true the server stops reading
 from that peer, so a client that never reads its replies costs at most
 ``high_water`` bytes plus one reply, and never stalls anyone else.
+
+``TlsConnection`` is the same over TLS (``netkit.tls``): the handshake runs as
+the first bytes arrive, and lines are framed from the decrypted stream.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import time
 
 from netkit.framing import DEFAULT_MAX_LINE, LineFramer
+from netkit.tls import TLS_RECORD_HANDSHAKE, TlsError, TlsSession
 
 # Under glibc's mmap threshold (128 KiB): a larger recv() buffer is mmapped, shrunk
 # (mremap) and unmapped on every call, three extra system calls per read.
@@ -34,6 +38,20 @@ class EndOfInput(Closed):
     def __init__(self, rest: bytes = b"") -> None:
         super().__init__("peer closed the connection")
         self.rest = rest
+
+
+class AuthenticationFailed(Closed):
+    """The TLS handshake failed (the peer does not hold the secret), or a record
+    did not decrypt; the reason is the message."""
+
+
+class NotTls(Closed):
+    """The peer's first bytes are not a TLS handshake; ``first`` holds them, for
+    the server to decide what such a peer gets (an error line, or nothing)."""
+
+    def __init__(self, first: bytes) -> None:
+        super().__init__("sent plain text to a server that requires authentication")
+        self.first = first
 
 
 class Connection:
@@ -117,3 +135,71 @@ class Connection:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+class TlsConnection(Connection):
+    """A ``Connection`` over TLS. ``established`` turns true once the handshake is
+    complete: the peer holds the secret. Until then no line is ever returned."""
+
+    __slots__ = ("_heard", "tls")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        tls: TlsSession,
+        max_line: int = DEFAULT_MAX_LINE,
+        high_water: int = DEFAULT_HIGH_WATER,
+    ) -> None:
+        super().__init__(sock, name, max_line, high_water)
+        self.tls = tls
+        self._heard = False  # any byte received yet
+
+    @property
+    def established(self) -> bool:
+        return self.tls.established
+
+    def read_lines(self) -> list[bytes]:
+        """As ``Connection.read_lines``, through TLS. Also raises ``NotTls`` when the
+        first bytes are not a TLS handshake, and ``AuthenticationFailed``."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            raise Closed(f"receive failed: {exc.strerror or exc}") from exc
+        if not data:
+            raise EndOfInput(self.framer.take_rest())
+        self.last_active = time.monotonic()
+        tls = self.tls
+        try:
+            if tls.established:
+                plain = tls.feed(data)
+            else:
+                if not self._heard and data[0] != TLS_RECORD_HANDSHAKE:
+                    raise NotTls(data)
+                self._heard = True
+                tls.feed(data)
+                done = tls.handshake()
+                self._send_tls_output()
+                if not done:
+                    return []
+                plain = tls.feed(b"")
+        except TlsError as exc:
+            with contextlib.suppress(Closed):
+                self._send_tls_output()  # the alert that tells the peer why
+            raise AuthenticationFailed(str(exc)) from None
+        if tls.wants_output:  # e.g. an alert, a key update
+            self._send_tls_output()
+        return self.framer.feed(plain) if plain else []
+
+    def send(self, data: bytes) -> None:
+        """Encrypts ``data`` and queues it, writing as much as the socket takes now."""
+        try:
+            self.tls.send(data)
+        except TlsError as exc:
+            raise AuthenticationFailed(str(exc)) from None
+        self._send_tls_output()
+
+    def _send_tls_output(self) -> None:
+        super().send(self.tls.take_output())

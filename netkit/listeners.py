@@ -9,6 +9,7 @@ one using 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import resource
 import socket
@@ -62,6 +63,22 @@ def open_datagram_socket(host: str, port: int, receive_buffer: int | None = None
         raise OSError(exc.errno, f"cannot listen on {where} (UDP): {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) names this machine's loopback only."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(address: Any) -> str:
+    """The host part of a socket address, IPv4-mapped IPv6 shown as plain IPv4."""
+    host = str(address[0]) if isinstance(address, tuple) else str(address)
+    return host.removeprefix("::ffff:")
 
 
 def format_address(address: Any) -> str:

@@ -152,6 +152,19 @@ def write_csv(path: Path, sweep: Sequence[tuple[int, Sequence[ClientResults]]]) 
                 writer.writerow(row)
 
 
+def plot_problem(path: Path) -> str | None:
+    """Why ``write_plot`` could not write ``path`` (checked before the sweep), or None."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return "needs matplotlib: pip install 'dht[plot]' (make setup installs it)"
+    kind = path.suffix.lower().removeprefix(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if kind and kind not in formats:
+        return f"matplotlib cannot write .{kind} files; name a .png, .svg or .pdf file"
+    return None
+
+
 def write_plot(
     path: Path, sweep: Sequence[tuple[int, Sequence[ClientResults]]], title: str
 ) -> None:

@@ -9,6 +9,7 @@ messages are JSON lines on the workers' standard output and input.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -53,11 +54,10 @@ def run_clients(
     progress: Progress = lambda text: None,
 ) -> list[ClientResults]:
     """Starts ``clients`` workers, drives them through ``stages``, returns their results."""
-    workers = [
-        subprocess.Popen(worker_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        for _ in range(clients)
-    ]
+    workers: list[subprocess.Popen] = []
     try:
+        for _ in range(clients):
+            workers.append(_start(worker_command, len(workers) + 1, clients))
         results: list[ClientResults] = [[] for _ in workers]
         for stage in stages:
             progress(f"{clients} client(s): waiting for all to be ready for {stage}")
@@ -65,15 +65,34 @@ def run_clients(
                 _expect(worker, "ready", stage)
             progress(f"{clients} client(s): {stage}")
             for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write(b"go\n")
-                worker.stdin.flush()
+                _go(worker, stage)
             for worker, own in zip(workers, results, strict=True):
                 own.append(StageResult.from_json(_expect(worker, "done", stage)["result"]))
         return results
     finally:
         for worker in workers:
             _close(worker)
+
+
+def _start(command: list[str], number: int, clients: int) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    except OSError as exc:  # out of processes, memory or file descriptors
+        raise WorkerFailed(
+            f"cannot start client process {number} of {clients}: {exc.strerror or exc}"
+        ) from None
+
+
+def _go(worker: subprocess.Popen, stage: str) -> None:
+    assert worker.stdin is not None
+    try:
+        worker.stdin.write(b"go\n")
+        worker.stdin.flush()
+    except BrokenPipeError:
+        code = worker.wait()
+        raise WorkerFailed(
+            f"client process {worker.pid} exited with status {code} before {stage}"
+        ) from None
 
 
 def _expect(worker: subprocess.Popen, event: str, stage: str) -> dict[str, Any]:
@@ -94,7 +113,8 @@ def _expect(worker: subprocess.Popen, event: str, stage: str) -> dict[str, Any]:
 def _close(worker: subprocess.Popen) -> None:
     for stream in (worker.stdin, worker.stdout):
         if stream is not None:
-            stream.close()
+            with contextlib.suppress(OSError):  # a "go" still buffered for a dead worker
+                stream.close()
     try:
         worker.wait(timeout=10)
     except subprocess.TimeoutExpired:

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.processes import Process, free_port, python_module, tcp_open, wait_until  # noqa: E402
 from harness.services import StartFailed, start_catalog, start_hashtable_server  # noqa: E402
+from netkit.cliargs import number_list, positive_int  # noqa: E402
 
 PROJECT = f"demo-{os.getpid()}"
 
@@ -103,9 +104,13 @@ def main() -> int:
         "--keep", action="store_true", help="leave the services running until Ctrl-C"
     )
     parser.add_argument(
-        "--sweep", default="1,2,4", help="client counts for the TestPerf sweep (default 1,2,4)"
+        "--sweep",
+        type=number_list(positive_int),
+        default=[1, 2, 4],
+        help="client counts for the TestPerf sweep (default 1,2,4)",
     )
     args = parser.parse_args()
+    sweep = ",".join(map(str, args.sweep))
 
     started: list[Process] = []
     with tempfile.TemporaryDirectory(prefix="dht-demo-") as scratch:
@@ -127,14 +132,14 @@ def main() -> int:
             banner("the client library, finding the server through the catalog")
             use_the_client(catalog)
 
-            banner(f"TestPerf sweep over {args.sweep} concurrent clients")
+            banner(f"TestPerf sweep over {sweep} concurrent clients")
             subprocess.run(
                 [
                     sys.executable,
                     str(ROOT / "TestPerf.py"),
                     PROJECT,
                     "--sweep",
-                    args.sweep,
+                    sweep,
                     "--stage-seconds",
                     "0.5",
                     "--catalog",

@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.services import StartFailed, start_catalog, start_hashtable_server  # noqa: E402
+from netkit.cliargs import (  # noqa: E402
+    choice_list,
+    nonempty_path,
+    number_list,
+    positive_int,
+    positive_seconds,
+)
 
 MODES = ("always", "no")
 
@@ -28,19 +35,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sweep", default="1,2,4,8,16", help="client counts (default 1,2,4,8,16)")
-    parser.add_argument("--stage-seconds", default="1", help="seconds per timed stage (default 1)")
+    parser.add_argument(
+        "--sweep",
+        type=number_list(positive_int),
+        default=[1, 2, 4, 8, 16],
+        help="client counts (default 1,2,4,8,16)",
+    )
+    parser.add_argument(
+        "--stage-seconds",
+        type=positive_seconds,
+        default=1.0,
+        help="seconds per timed stage (default 1)",
+    )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=nonempty_path,
         default=ROOT / "report",
         help="where the JSON, CSV and plots go (default report/)",
     )
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="sync modes to measure (default always,no)"
+        "--modes",
+        type=choice_list(("always", "everysec", "no"), "sync mode"),
+        default=list(MODES),
+        help="sync modes to measure (default always,no)",
     )
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out: cannot use {args.out}: {exc.strerror or exc}")
     with tempfile.TemporaryDirectory(prefix="report-sweep-") as scratch:
         workdir = Path(scratch)
         try:
@@ -50,7 +73,7 @@ def main() -> int:
             return 1
         catalog = f"127.0.0.1:{catalog_port}"
         try:
-            for mode in args.modes.split(","):
+            for mode in args.modes:
                 project = f"report-sync-{mode}"
                 server, _ = start_hashtable_server(
                     project, workdir / project, catalog, workdir, "--sync", mode, "--quiet"
@@ -66,9 +89,9 @@ def main() -> int:
                             "--catalog",
                             catalog,
                             "--sweep",
-                            args.sweep,
+                            ",".join(map(str, args.sweep)),
                             "--stage-seconds",
-                            args.stage_seconds,
+                            str(args.stage_seconds),
                             "--json",
                             f"{stem}.json",
                             "--csv",

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.procs import CCTOOLS_CATALOG, Process, free_port, python_module, tcp_open, wait_until
+from harness.cctools import CctoolsCatalog, missing_programs
+from harness.processes import Process, free_port, python_module, tcp_open, wait_until
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every process the tests start shares one secret of their own
+    (``DHT_SECRET_FILE``), never the user's ~/.config/dht/secret."""
+    from netkit.security import SECRET_ENV, load_secret
+
+    path = tmp_path_factory.mktemp("secret") / "secret"
+    load_secret(path, create=True)  # private
+    previous = os.environ.get(SECRET_ENV)
+    os.environ[SECRET_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(SECRET_ENV, None)
+    else:
+        os.environ[SECRET_ENV] = previous
 
 
 @pytest.fixture
@@ -66,31 +81,18 @@ def catalog(spawn, tmp_path: Path) -> CatalogHandle:
 
 
 def cctools_missing() -> str | None:
-    for program in ("catalog_server", "catalog_query", "catalog_update"):
-        if shutil.which(program) is None:
-            return (
-                f"{program} not installed (apt-get install coop-computing-tools; make test does it)"
-            )
-    return None
+    """Why the cctools compatibility tests cannot run here, or None."""
+    return missing_programs()
 
 
 @pytest.fixture
-def cctools_catalog(tmp_path: Path) -> Iterator[CatalogHandle]:
-    """A real cctools catalog_server on loopback, started by shared/tools/cctools-catalog."""
+def cctools_catalog(tmp_path: Path) -> Iterator[CctoolsCatalog]:
+    """A real cctools catalog_server on loopback (harness.cctools), on a free port."""
     reason = cctools_missing()
     if reason:
         pytest.skip(reason)
-    port = free_port()
-    pid = int(
-        subprocess.run(
-            [str(CCTOOLS_CATALOG), str(port)], check=True, capture_output=True, text=True
-        ).stdout.split()[0]
-    )
-    try:
-        yield CatalogHandle(None, port)  # type: ignore[arg-type]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
+    with CctoolsCatalog(tmp_path / "cctools-catalog") as cctools:
+        yield cctools
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +12,9 @@ from typing import Any
 import orjson
 
 from chaos.wire import LineConn
+from harness.processes import Process, free_port, python_script, wait_until
 from harness.services import listening_port
-from tests.procs import Process, free_port, python_script, wait_until
+from netkit.security import load_secret
 
 
 class ServerHandle:
@@ -48,10 +51,12 @@ def start_server(
 
 class Wire(LineConn):
     """A raw protocol connection speaking the hash table's JSON: send JSON (or
-    bytes) lines, read reply objects. The line I/O is chaos.wire's."""
+    bytes) lines, read reply objects. The line I/O is chaos.wire's. Over TLS with
+    the tests' secret unless ``plain`` (for servers started with --no-auth)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        super().__init__(port, timeout, max_line=1 << 30)
+    def __init__(self, port: int, timeout: float = 10.0, plain: bool = False) -> None:
+        tls = None if plain else load_secret().client_context()
+        super().__init__(port, timeout, max_line=1 << 30, tls=tls)
 
     def send(self, *messages: Any) -> None:
         data = b"".join(m if isinstance(m, bytes) else orjson.dumps(m) + b"\n" for m in messages)
@@ -73,12 +78,24 @@ class Wire(LineConn):
             while (left := deadline - time.monotonic()) > 0:
                 self.sock.settimeout(left)
                 try:
-                    if not self.sock.recv(1 << 20):
+                    if not self.receive():
                         return True
                 except TimeoutError:
                     return False
-                except ConnectionResetError:
+                except ConnectionError:  # reset, or the TLS layer cut short
                     return True
             return False
         finally:
             self.sock.settimeout(timeout)
+
+
+class OutOfFiles(socket.socket):
+    """A listener whose first accept fails as if the process had no file descriptors left."""
+
+    failures = 1
+
+    def accept(self):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from catalog.client import announce, query, resolve
+from harness.processes import free_port, python_module, wait_until
 from tests.conftest import cctools_missing
-from tests.procs import free_port, python_module, wait_until
 from tests.test_catalog_helpers import OurCatalog, get, ports, send_udp, wait_for_records
 
 pytestmark = pytest.mark.cctools

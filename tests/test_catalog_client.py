@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from catalog.client import matching, query, resolve
-from tests.procs import wait_until
+from harness.processes import wait_until
 from tests.server_support import start_server
 from tests.test_catalog_helpers import OurCatalog
 

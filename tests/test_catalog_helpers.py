@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import requests
 
-from tests.procs import free_port, python_module, tcp_open, wait_until
+from harness.processes import free_port, python_module, tcp_open, wait_until
 
 
 class OurCatalog:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from catalog.query import build_expression, table
-from tests.procs import free_port, python_module
+from harness.processes import free_port, python_module
 from tests.test_catalog_helpers import send_udp, wait_for_records
 
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from catalog.client import CatalogUnavailable, query
-from tests.procs import free_port, python_module, wait_until
+from harness.processes import free_port, python_module, wait_until
 from tests.test_catalog_helpers import (
     OurCatalog,
     fill,

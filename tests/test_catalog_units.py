@@ -359,7 +359,7 @@ def test_resolver_answers_loopback_at_once_and_others_off_the_calling_thread():
         assert resolver.name_of("192.0.2.7") is None  # returns while the lookup hangs
         assert resolver.collect() == []
         release.set()
-        from tests.procs import wait_until
+        from harness.processes import wait_until
 
         assert wait_until(resolver.collect, what="the lookup") == ["192.0.2.7"]
         assert resolver.name_of("192.0.2.7") == "far.example"

@@ -33,9 +33,9 @@ from chaos.ledger import (
 )
 from chaos.report import format_table, percentile
 from chaos.torn import tear_log, torn_record
+from harness.processes import ROOT, Process, free_port, python_module, wait_until
 from hashtable.database import Database
 from hashtable.request import Request
-from tests.procs import ROOT, Process, free_port, python_module, wait_until
 
 
 def insert(index: int, key: str, value: object) -> Mutation:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from harness.processes import Process, free_port, python_script, wait_until
 from HashTableClient import (
     HashTableClient,
     InvalidRequestError,
     ServiceUnavailable,
 )
-from tests.procs import Process, free_port, python_script, wait_until
 from tests.server_support import Wire, listening_port
 
 

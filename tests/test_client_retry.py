@@ -12,15 +12,14 @@ import getpass
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from catalog.client import catalog_addresses, query
+from harness.processes import free_port, wait_until
 from HashTableClient import HashTableClient
 from netkit.framing import LineFramer
-from tests.procs import free_port, wait_until
 from tests.server_support import Wire, start_server
 
 FAST_RETRY = {"backoff_initial": 0.01, "backoff_cap": 0.05}
@@ -28,6 +27,10 @@ FAST_RETRY = {"backoff_initial": 0.01, "backoff_cap": 0.05}
 
 class LossyProxy:
     """Forwards requests to the server, but loses every ``every``-th reply.
+
+    It reads the replies' lines, so it stands between a plain-text client and a
+    ``--no-auth`` server: what is tested is the client's retrying, which is the
+    same code over TLS (a TLS proxy could only cut records, not replies).
 
     ``cut``: the connection is closed instead of delivering it (the server has
     executed the request). ``stall``: nothing more is delivered on that
@@ -85,7 +88,7 @@ class LossyProxy:
 
 @pytest.fixture
 def server(spawn, tmp_path: Path):
-    return start_server(spawn, tmp_path / "data")
+    return start_server(spawn, tmp_path / "data", "--no-auth")
 
 
 def exercise(table: HashTableClient, prefix: str, n: int) -> None:
@@ -108,7 +111,7 @@ def exercise(table: HashTableClient, prefix: str, n: int) -> None:
 def test_replies_lost_with_the_connection_are_retried_exactly_once(server, caplog):
     proxy = LossyProxy(server.port, every=7, mode="cut")
     try:
-        with HashTableClient.at("127.0.0.1", proxy.port, **FAST_RETRY) as table:
+        with HashTableClient.at("127.0.0.1", proxy.port, auth=False, **FAST_RETRY) as table:
             exercise(table, "cut-", 100)
         assert proxy.lost >= 40
         assert "retrying in" in caplog.text
@@ -119,7 +122,9 @@ def test_replies_lost_with_the_connection_are_retried_exactly_once(server, caplo
 def test_a_server_that_stops_answering_is_timed_out_and_retried(server, caplog):
     proxy = LossyProxy(server.port, every=40, mode="stall")
     try:
-        with HashTableClient.at("127.0.0.1", proxy.port, timeout=0.3, **FAST_RETRY) as table:
+        with HashTableClient.at(
+            "127.0.0.1", proxy.port, timeout=0.3, auth=False, **FAST_RETRY
+        ) as table:
             exercise(table, "stall-", 20)
         assert proxy.lost >= 2
         assert "no answer in time" in caplog.text
@@ -189,7 +194,7 @@ def test_a_server_killed_and_restarted_on_a_new_port_is_invisible_to_a_client(
     client = spawn([sys.executable, str(program), "failover", catalog.host, str(n)], name="client")
     wait_until(lambda: "step 300\n" in client.output(), timeout=30, what="the client to run")
     first.process.kill()
-    time.sleep(0.3)  # the client notices while nothing listens
+    wait_until(lambda: "retrying in" in client.output(), what="the client to notice")
     new_port = free_port()
     assert new_port != first.port
     second = start_server(spawn, data, project="failover", catalog=catalog.host, port=new_port)

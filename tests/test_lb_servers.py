@@ -20,12 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import CCTOOLS_CATALOG, ROOT
-from harness.procfs import alive, cpu_seconds
+from harness.processes import (
+    ROOT,
+    Process,
+    free_port,
+    python_module,
+    python_script,
+    tcp_open,
+    wait_until,
+)
+from harness.procfs import cpu_seconds
 from lb.cli import SAMPLES
 from lb.resolver import resolve
 from netkit.framing import LineFramer
-from tests.procs import Process, free_port, python_module, python_script, tcp_open, wait_until
 
 TIMEOUT = "1"  # the LS's time-out in these tests, to keep them short
 RIGHT = {
@@ -392,31 +399,16 @@ def test_the_ls_uses_every_ts_of_its_project_in_the_catalog(spawn, tmp_path, any
     assert ls.output().count("is listed in the catalog; adding it") == 2
 
 
-class RestartableCctoolsCatalog:
-    """A real cctools catalog that can be restarted empty on the same port: how a
-    test makes it forget a TS (it purges expired records only once a minute)."""
+class CctoolsForgetting:
+    """A real cctools catalog made to forget a TS by restarting it empty on the same
+    port (it purges expired records only once a minute)."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.pid = self._start()
-
-    def _start(self) -> int:
-        out = subprocess.run(
-            [str(CCTOOLS_CATALOG), str(self.port)], check=True, capture_output=True, text=True
-        )
-        return int(out.stdout.split()[0])
-
-    def stop(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        wait_until(lambda: not alive(self.pid), what="the catalog to stop")
+    def __init__(self, cctools) -> None:
+        self.cctools = cctools
+        self.host = cctools.host
 
     def forget_dead_records(self) -> None:
-        self.stop()
-        self.pid = self._start()
+        self.cctools.restart()
 
 
 class OurCatalogForgetting:
@@ -434,12 +426,8 @@ def forgetting_catalog(request):
     if request.param == "ours":
         yield OurCatalogForgetting(our_catalog_or_skip(request))
         return
-    request.getfixturevalue("cctools_catalog")  # skips when cctools is not installed
-    catalog = RestartableCctoolsCatalog()
-    try:
-        yield catalog
-    finally:
-        catalog.stop()
+    # Skips when cctools is not installed; stopped by its fixture.
+    yield CctoolsForgetting(request.getfixturevalue("cctools_catalog"))
 
 
 def test_the_ls_drops_a_ts_that_leaves_the_catalog(spawn, forgetting_catalog) -> None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.processes import free_port
 from lb.balancer import Balancer
 from lb.cli import SAMPLES
 from lb.discovery import TS_TYPE, CatalogWatcher, listed_endpoints, ts_record
@@ -24,7 +25,6 @@ from lb.protocol import (
 from lb.table import DnsTable, TableError, load_table
 from lb.ts import reply
 from lb.tslink import CONNECTING, DOWN, LOOKUP_POLL, RESOLVING, TsLink
-from tests.procs import free_port
 
 SAMPLE_TS2 = b"www.princeton.edu 128.1.1.4 A\nGOOGLE.com 46.1.3.7 A\n"
 

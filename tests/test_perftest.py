@@ -1,4 +1,4 @@
-"""TestPerf's statistics and command line (the end-to-end run is in test_testperf_e2e.py)."""
+"""TestPerf's statistics and command line (runs against real servers: test_testperf_cli.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from harness.processes import ROOT
 from perftest.stats import Histogram, StageResult, StageSum
-from tests.procs import ROOT
 
 
 def test_histogram_percentiles_match_sorted_samples_within_two_percent():

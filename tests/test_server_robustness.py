@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from HashTableClient import HashTableClient
+from netkit.security import load_secret
 from tests.server_support import ServerHandle, Wire, start_server
 
 
@@ -45,7 +46,7 @@ class Witness(threading.Thread):
                     self.slowest = max(self.slowest, time.monotonic() - started)
                     self.calls += 2
                     n += 1
-                    time.sleep(0.002)
+                    time.sleep(0.002)  # a client's pace, not a wait for anything
         except BaseException as exc:  # reported by finish()
             self.error = exc
 
@@ -116,7 +117,7 @@ def test_an_over_long_line_is_refused_and_the_connection_closed(server, witness)
         chunk = b"x" * (1 << 20)
         try:
             for _ in range(9):  # 9 MiB without a newline: over the 8 MiB bound
-                wire.sock.sendall(chunk)
+                wire.send(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass
         reply = wire.reply()
@@ -173,23 +174,27 @@ def test_pipelined_catastrophic_scans_do_not_stall_other_clients(server, witness
 def test_half_sent_requests_then_silence_or_vanishing(server, witness):
     keep = []
     for n in range(50):
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        sock.sendall(b'{"method": "insert", "key": "half-%d", "val' % n)
+        wire = Wire(server.port)  # authenticated: the framer is what is tried here
+        wire.send(b'{"method": "insert", "key": "half-%d", "val' % n)
         if n % 2:
-            sock.close()  # vanish mid-request
+            wire.close()  # vanish mid-request
         else:
-            keep.append(sock)  # stay, silent
-    time.sleep(0.5)
+            keep.append(wire)  # stay, silent
     with Wire(server.port) as wire:
         assert wire.call({"method": "lookup", "key": "half-0"})["error"] == "KeyError"
-    for sock in keep:
-        sock.close()
+    for wire in keep:
+        wire.close()
 
 
 def test_a_client_that_pipelines_a_lot_and_never_reads(server, witness):
     with HashTableClient.at("127.0.0.1", server.port) as table:
         table.insert("big", "v" * 100_000)
-    hog = socket.create_connection(("127.0.0.1", server.port))
+    # A client that holds the secret: the others are not read from at all.
+    hog = (
+        load_secret()
+        .client_context()
+        .wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+    )
     hog.settimeout(0.5)
     request = b'{"method": "lookup", "key": "big"}\n' * 1000
     sent = 0
@@ -282,7 +287,7 @@ def test_random_byte_streams_in_random_pieces(server, witness):
             at = 0
             while at < len(stream):
                 step = rng.randrange(1, 64)
-                wire.sock.sendall(stream[at : at + step])
+                wire.send(stream[at : at + step])
                 at += step
             for _ in range(stream.count(b"\n")):
                 assert wire.reply()["status"] in ("ok", "failed", "invalid")

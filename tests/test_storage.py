@@ -15,11 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.processes import ROOT, wait_until
 from hashtable import storage
 from hashtable.database import Database
 from hashtable.request import Request, Status
 from hashtable.storage import DataDirBusy, RecoveryError
-from tests.procs import ROOT, wait_until
 
 
 @pytest.fixture

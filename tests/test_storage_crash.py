@@ -14,11 +14,11 @@ import signal
 import time
 from typing import Any
 
+from harness.processes import python_script, wait_until
 from harness.procfs import alive, children
 from hashtable.database import Database
 from hashtable.request import Request, Status
 from tests.crash_driver import MAX_BATCH, operation, summary
-from tests.procs import python_script, wait_until
 
 ROUNDS = 21
 KILLS = ("random", "while-compacting", "child-killed")

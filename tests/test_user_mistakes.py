@@ -1,0 +1,178 @@
+"""User mistakes get one message and a non-zero exit, never a traceback: the server,
+TestPerf, the chaos battery, the benchmarks and the scripts, run for real.
+
+(More of the server's and TestPerf's argument checks are in test_server_process.py,
+test_perftest.py and test_testperf_cli.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.processes import ROOT, free_port, python_script, tcp_open, wait_until
+from tests.server_support import start_server
+
+
+def run(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT, **kwargs
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` (a script named relative to the repository) from ``cwd``."""
+    if args[0].endswith(".py"):
+        args = [str(ROOT / args[0]), *args[1:]]
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env or {**os.environ, "CATALOG_HOST": f"127.0.0.1:{free_port()}"},
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
+def with_a_file(args: list[str], tmp_path: Path) -> list[str]:
+    """``args`` with ``{file}`` standing for a file (where a folder is expected)."""
+    file = tmp_path / "a-file"
+    file.write_text("a file, not a folder\n")
+    return [arg.replace("{file}", str(file)) for arg in args]
+
+
+def assert_one_message(done: subprocess.CompletedProcess, message: str, status: int = 2) -> None:
+    output = done.stdout + done.stderr
+    assert done.returncode == status, output
+    assert message in done.stderr, output
+    assert "Traceback" not in output and "Exception ignored" not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data-dir", ""], "argument --data-dir: an empty path names no file or folder"),
+        (["--data-dir", "{file}"], "cannot use as data directory: it is a file"),
+        (["--data-dir", "{file}/table"], "cannot use as data directory: Not a directory"),
+        (["--catalog", ""], "--catalog: no address in ''"),  # not blamed on CATALOG_HOST
+        (["--host", "no.such.host.invalid", "--port", "0"], "cannot listen on no.such.host"),
+    ],
+)
+def test_the_server_refuses_bad_places_to_keep_and_serve_from(tmp_path: Path, args, message):
+    data = [] if "--data-dir" in args else ["--data-dir", str(tmp_path / "data")]
+    args = with_a_file(args, tmp_path)
+    assert_one_message(run(["HashTableServer.py", "p", *data, *args]), message)
+
+
+def test_the_server_without_a_home_folder_asks_for_a_data_dir(tmp_path: Path):
+    """A relative HOME (or none that can be found) and a relative XDG_STATE_HOME (which
+    the XDG rules say to ignore) would put the table wherever the server was started."""
+    for home in ("not/absolute", ""):  # "" would have put it in /.local/state
+        env = {**os.environ, "HOME": home, "XDG_STATE_HOME": "also/relative"}
+        done = run(["HashTableServer.py", "p", "--catalog", "127.0.0.1:9"], env=env, cwd=tmp_path)
+        assert_one_message(done, "no home folder to keep the table in: give --data-dir")
+        assert list(tmp_path.iterdir()) == []  # nothing made where it was started
+
+
+def test_the_server_keeps_serving_when_its_output_cannot_be_written(tmp_path: Path):
+    port = free_port()
+    log = (tmp_path / "server.log").open("wb")
+    with open("/dev/full", "wb") as full:
+        server = subprocess.Popen(
+            python_script(
+                "HashTableServer.py", "p", "--host", "127.0.0.1", "--port", str(port),
+                "--data-dir", str(tmp_path / "data"), "--catalog", f"127.0.0.1:{free_port()}",
+            ),
+            stdout=full,
+            stderr=log,
+            cwd=ROOT,
+        )  # fmt: skip
+    said = "cannot print the listening line: No space left on device"
+    try:
+        wait_until(
+            lambda: said in (tmp_path / "server.log").read_text() or server.poll() is not None,
+            what="the server to try printing its listening line",
+        )
+        assert tcp_open("127.0.0.1", port) and server.poll() is None
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+        log.close()
+    text = (tmp_path / "server.log").read_text()
+    assert said in text
+    assert "Traceback" not in text and "Exception ignored" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clients", "5000"], "5000 client processes is more than 1024"),
+        (["--sweep", "1,2,4096"], "4096 client processes is more than 1024"),
+        (["--value-size", "99999999999999"], "bytes of padding is more than 67108864"),
+        (["--give-up-after", "0"], "argument --give-up-after: '0' is not a number of seconds"),
+        (["--sweep", ","], "give at least one, comma-separated"),
+    ],
+)
+def test_testperf_refuses_sizes_that_would_exhaust_the_machine(args, message):
+    assert_one_message(run(["TestPerf.py", "p", *args]), message)
+
+
+def test_testperf_out_of_file_descriptors_says_so(spawn, tmp_path: Path):
+    server = start_server(spawn, tmp_path / "data")
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    done = run(
+        ["TestPerf.py", "p", "--server", f"127.0.0.1:{server.port}", "--clients", "40",
+         "--stage-seconds", "0.1", "--min-ops", "5", "--stages", "insert"],
+        preexec_fn=few_files,
+    )  # fmt: skip
+    assert_one_message(done, "TestPerf: cannot start client process ", status=1)
+    assert "Too many open files" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "chaos", "--only", "crash,bogus"], "unknown scenario bogus"),
+        (["-m", "chaos", "--seed", "x"], "argument --seed: invalid int value"),
+        (["-m", "chaos", "--work-dir", ""], "an empty path names no file or folder"),
+        (["-m", "chaos", "--work-dir", "{file}", "--only", "crash"], "cannot use"),
+        (["bench/catalog_bench.py", "--sizes", "1000,x"], "'x' is not a whole number"),
+        (["bench/catalog_bench.py", "--queries", "0"], "'0' is not a whole number"),
+        (["bench/catalog_bench.py", "--rates", "-5"], "'-5' is not a number greater than 0"),
+        (["bench/catalog_bench.py", "--big", "-1"], "'-1' is not a whole number of at least 0"),
+        (["bench/compaction_bench.py", "--dir", "{file}/x"], "--dir: cannot use"),
+        (["bench/compaction_bench.py", "--batch", "0"], "'0' is not a whole number"),
+        (["bench/lb_bench.py", "--tss", "2,0"], "'0' is not a whole number"),
+        (["bench/lb_bench.py", "--clients", "none"], "'none' is not a whole number"),
+        (["bench/scan_bench.py", "--keys", "-1"], "'-1' is not a whole number"),
+        (["bench/vs_redis.py", "--seconds", "0"], "'0' is not a number of seconds"),
+        (["bench/vs_redis.py", "--repeat", "0"], "'0' is not a whole number"),
+        (["bench/ab_servers.py", ".", ".", "--repeat", "0"], "'0' is not a whole number"),
+        (["bench/ab_servers.py", ".", "/nowhere"], "/nowhere: no HashTableServer.py there"),
+        (["scripts/demo.py", "--sweep", "1,0"], "'0' is not a whole number"),
+        (["scripts/report_sweep.py", "--modes", "sometimes"], "unknown sync mode sometimes"),
+        (["scripts/report_sweep.py", "--stage-seconds", "0"], "'0' is not a number of seconds"),
+        (["scripts/report_sweep.py", "--out", "{file}/x"], "--out: cannot use"),
+    ],
+)
+def test_the_battery_benchmarks_and_scripts_refuse_bad_options(tmp_path: Path, args, message):
+    assert_one_message(run(with_a_file(args, tmp_path)), message)
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(
+        str(p.relative_to(ROOT)) for p in [*ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py")]
+    ),
+)
+def test_every_benchmark_and_script_starts(script: str):
+    """Their imports still resolve (a moved name breaks a benchmark nobody runs daily)."""
+    done = run([script, "--help"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
