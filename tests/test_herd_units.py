@@ -230,16 +230,19 @@ def test_a_link_rejects_junk_and_out_of_order_updates():
             link.receive(junk, table)
 
 
+class Waiter:
+    """What AckWaiters resolves (a PendingReply in the server)."""
+
+    result = None
+
+    def done(self):
+        return self.result is not None
+
+    def set_result(self, value):
+        self.result = "done"
+
+
 def test_ack_waiters_wait_for_every_live_link_that_is_not_lagging():
-    class Waiter:
-        result = None
-
-        def done(self):
-            return self.result is not None
-
-        def set_result(self, value):
-            self.result = "done"
-
     a, b = Link("A", "e", 0, 0), Link("B", "e", 0, 0)
     waiters, first, second = AckWaiters(), Waiter(), Waiter()
     waiters.add(1, first, [a, b])
@@ -324,15 +327,6 @@ def test_the_fanout_names_who_gets_a_change_promptly_and_travels_with_it():
 
 
 def test_one_deadline_timer_expires_waiters_in_order():
-    class Waiter:
-        result = None
-
-        def done(self):
-            return self.result is not None
-
-        def set_result(self, value):
-            self.result = "done"
-
     slow = Link("A", "e", 0, 0)
     waiters, first, second = AckWaiters(), Waiter(), Waiter()
     waiters.add(1, first, [slow], deadline=10.0)
