@@ -8,7 +8,8 @@ threads is what would block the loop (catalog HTTP and DNS, in herd.discovery).
 Per loop turn, one callback (``_end_of_turn``) does what the turn's events left
 to do: at most one commit (every location the turn accepted, one fsync), then
 at most one write to each neighbour (its ACK and the UPDATE lines it has not
-been sent), then one write of the traffic log, however many updates the turn saw.
+been sent), then the turn's log lines, stamped once (herd.traffic writes them
+within its flush interval), however many updates the turn saw.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Options:
     backoff_cap: float = 5.0
     max_pending_peers: int = 64
     log_flush_interval: float = 0.01  # herd.traffic: seconds the traffic log may wait
-    server_ssl: Any = None  # ssl.SSLContext for the peer port, once netkit.security lands
+    server_ssl: Any = None  # ssl.SSLContext for the peer port: netkit.security's, say
     client_ssl: Any = None
 
 
