@@ -220,6 +220,10 @@ async def keep_dialing(server: HerdServer, neighbour: str) -> None:
                         lambda: PeerConnection(server, neighbour),
                         *address,
                         ssl=options.client_ssl,
+                        server_hostname=options.peer_server_name if options.client_ssl else None,
+                        ssl_handshake_timeout=(
+                            options.handshake_timeout if options.client_ssl else None
+                        ),
                     ),
                     timeout=options.handshake_timeout,
                 )

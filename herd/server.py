@@ -59,8 +59,9 @@ class Options:
     backoff_cap: float = 5.0
     max_pending_peers: int = 64
     log_flush_interval: float = 0.01  # herd.traffic: seconds the traffic log may wait
-    server_ssl: Any = None  # ssl.SSLContext for the peer port: netkit.security's, say
+    server_ssl: Any = None  # ssl.SSLContext for the peer port: netkit.security's
     client_ssl: Any = None
+    peer_server_name: str | None = None  # the SNI a link sends (netkit.security.service_name)
 
 
 class PendingReply:
