@@ -62,6 +62,9 @@ REFUSAL_LOG_INTERVAL = 10.0
 # A peer turned away is read from (and what it sends dropped) until it closes, so
 # that the kernel does not reset the connection before it reads why; this long at most.
 TURNED_AWAY_LINGER = 2.0
+# A peer that has not completed its TLS handshake by then is closed: an LS of the
+# project does it in milliseconds, and a half-open handshake must not be held forever.
+HANDSHAKE_TIMEOUT = 10.0
 _DISCARD = 64 * 1024
 
 
@@ -165,7 +168,17 @@ class TopLevelServer:
             self._welcome(peer)
         else:
             log.debug("%s connecting (TLS handshake)", name)
+            self.loop.call_later(HANDSHAKE_TIMEOUT, partial(self._handshake_deadline, peer))
         self._sync(peer)
+
+    def _handshake_deadline(self, peer: Peer) -> None:
+        if peer in self.peers and not peer.welcomed and not peer.turned_away:
+            self.refusals.note(
+                "failed TLS handshakes",
+                f"{peer.conn.name}: no handshake in {HANDSHAKE_TIMEOUT:g} s",
+                self.loop.time(),
+            )
+            self._drop(peer)
 
     def _welcome(self, peer: Peer) -> None:
         peer.welcomed = True

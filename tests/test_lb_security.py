@@ -12,17 +12,20 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+import lb.ts
 from catalog.client import query
 from harness.processes import free_port, python_module, wait_until
 from lb.cli import SAMPLES
 from lb.discovery import TS_TYPE
 from lb.protocol import AUTHENTICATION_REQUIRED
 from lb.resolver import resolve
+from lb.table import load_table
 from netkit.security import load_secret, service_name
 from tests.lb_support import CATALOG_KINDS, RIGHT, catalog_of_kind, start_ls, start_ts, write_table
 
@@ -301,3 +304,26 @@ def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
         )
         assert (done.returncode, message in done.stderr) == (status, True), (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_half_open_handshake_is_not_held_forever(monkeypatch, caplog) -> None:
+    """A TS of a project closes a peer that never completes its handshake (here
+    after 0.3 s instead of 10), and goes on serving the others."""
+    monkeypatch.setattr(lb.ts, "HANDSHAKE_TIMEOUT", 0.3)
+    context = load_secret().server_context()
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = lb.ts.TopLevelServer(listener, load_table(SAMPLES / "PROJ2-DNSTS1.txt"), tls=context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            assert silent.recv(1) == b""  # closed by the TS
+            assert 0.2 < time.monotonic() - started < 5
+        assert ask_over_tls(port, load_secret().client_context(), PROJECT).endswith(b"A IN\n")
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        server.close()
+    assert "no handshake in 0.3 s" in caplog.text
