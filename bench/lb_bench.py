@@ -2,7 +2,7 @@
 TSs in plain text and over TLS, side by side.
 
     python bench/lb_bench.py [--queries N] [--clients C] [--rounds R] [--tss 2,8]
-                             [--modes plain,tls] [--logging]
+                             [--modes plain,tls] [--repeats 3] [--logging]
 
 For each TS count and mode, starts that many TSs (each holding its own share of
 the names) and an LS over them, all on loopback with logging off. ``plain``: the
@@ -17,8 +17,9 @@ linked to each by mutual TLS with a secret of the benchmark's own. Then it measu
               the same run; the difference is what the LS adds (straight to
               a TS means over TLS too in the tls mode).
 Every answer is checked. Figures depend on the machine; it is printed first.
-The modes run one after the other for each TS count, and the last column gives
-tls throughput as a fraction of plain.
+Both modes' clusters run at once and their runs alternate (``--repeats`` each),
+so that both see the same machine; the median is printed with the range, and
+the last column gives tls throughput as a fraction of plain.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import platform
 import socket
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -228,6 +230,9 @@ def main() -> int:
         help="servers log as by default (a line per query) instead of --quiet",
     )
     parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="throughput runs per mode (default 3)"
+    )
+    parser.add_argument(
         "--modes",
         type=mode_list,
         default=list(MODES),
@@ -244,37 +249,60 @@ def main() -> int:
         f"server logging {'on (a line per query)' if args.logging else 'off (--quiet)'}\n"
     )
     header = (
-        f"{'TSs':>4} {'mode':>5} {'queries/s':>10} | {'p50 via LS':>10} {'p50 direct':>10}"
-        f" {'added':>8} | {'p99 via LS':>10} {'p99 direct':>10} {'added':>8} | {'vs plain':>8}"
+        f"{'TSs':>4} {'mode':>5} {'queries/s':>10} {'(range)':>17} | {'p50 via LS':>10}"
+        f" {'p50 direct':>10} {'added':>8} | {'p99 via LS':>10} {'p99 direct':>10} {'added':>8}"
+        f" | {'vs plain':>8}"
     )
     print(header)
     print("-" * len(header))
     for count in args.tss:
-        plain_qps = None
+        runs, times = compare(count, args)
+        plain = statistics.median(runs["plain"]) if "plain" in runs else None
         for mode in args.modes:
-            qps, figures = measure(count, mode, args)
-            plain_qps = qps if mode == "plain" else plain_qps
-            ratio = f"{qps / plain_qps:8.2f}" if plain_qps else f"{'':8}"
-            print(f"{count:>4} {mode:>5} {qps:>10,.0f} | {figures[0]} | {figures[1]} | {ratio}")
-    print("\nadded: how much longer one query takes through the LS than asked of a TS directly")
+            qps = statistics.median(runs[mode])
+            spread = f"({min(runs[mode]) / 1000:.0f}k-{max(runs[mode]) / 1000:.0f}k)"
+            figures = []
+            for fraction in (0.5, 0.99):
+                ls_us, ts_us = (percentile(v, fraction) * 1e6 for v in times[mode])
+                figures.append(f"{ls_us:8.0f}us {ts_us:8.0f}us {ls_us - ts_us:6.0f}us")
+            ratio = f"{qps / plain:8.2f}" if plain else f"{'':8}"
+            print(
+                f"{count:>4} {mode:>5} {qps:>10,.0f} {spread:>17} | {figures[0]} | {figures[1]}"
+                f" | {ratio}"
+            )
+    print("\nqueries/s: the median of the runs (range: slowest and fastest); vs plain: of medians")
+    print("added: how much longer one query takes through the LS than asked of a TS directly")
     return 0
 
 
-def measure(count: int, mode: str, args: argparse.Namespace) -> tuple[float, list[str]]:
-    """Throughput and latency figures of one cluster."""
+def compare(
+    count: int, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, tuple[list[float], list[float]]]]:
+    """Every mode's cluster up at once, and their runs taken in turn (throughput,
+    then latency in slices), so that all see the same machine: on a shared one,
+    what else runs changes from second to second. Returns each mode's
+    throughputs, and its round trips via the LS and direct."""
+    clusters = {mode: Cluster(args.logging) for mode in args.modes}
+    runs: dict[str, list[float]] = {mode: [] for mode in clusters}
+    times: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in clusters}
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as workdir:
-        cluster = Cluster(args.logging)
         try:
-            cluster.start(count, Path(workdir), secure=mode == "tls")
-            qps = throughput(cluster, count, args.queries, args.clients)
-            via_ls, direct = latency(cluster, args.rounds)
+            for mode, cluster in clusters.items():
+                directory = Path(workdir) / mode
+                directory.mkdir()
+                cluster.start(count, directory, secure=mode == "tls")
+            for _ in range(args.repeats):
+                for mode, cluster in clusters.items():
+                    runs[mode].append(throughput(cluster, count, args.queries, args.clients))
+            for _ in range(args.repeats):
+                for mode, cluster in clusters.items():
+                    via_ls, direct = latency(cluster, max(1, args.rounds // args.repeats))
+                    times[mode][0].extend(via_ls)
+                    times[mode][1].extend(direct)
         finally:
-            cluster.stop()
-    figures = []
-    for fraction in (0.5, 0.99):
-        ls_us, ts_us = (percentile(v, fraction) * 1e6 for v in (via_ls, direct))
-        figures.append(f"{ls_us:8.0f}us {ts_us:8.0f}us {ls_us - ts_us:6.0f}us")
-    return qps, figures
+            for cluster in clusters.values():
+                cluster.stop()
+    return runs, times
 
 
 if __name__ == "__main__":
