@@ -77,7 +77,7 @@ class Cluster:
         announce: list[str] = []
         if secure:
             secret_file = workdir / "secret"
-            context = load_secret(secret_file).client_context()
+            context = load_secret(secret_file, create=True).client_context()
             catalog, catalog_port = start_catalog(workdir / "catalog", workdir)
             self.processes.append(catalog)
             self.env = {SECRET_ENV: str(secret_file), "CATALOG_HOST": f"127.0.0.1:{catalog_port}"}

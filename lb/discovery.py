@@ -17,7 +17,6 @@ keeps the TSs it has rather than dropping them all.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import math
 import socket
@@ -45,17 +44,10 @@ def ts_record(port: int, project: str, entries: int, interval: float) -> catalog
         "type": TS_TYPE,
         "project": project,
         "port": port,
-        "owner": _user(),
+        "owner": catalog_client.owner_name(),
         "entries": entries,
         "lifetime": max(1, math.ceil(LIFETIME_ANNOUNCEMENTS * interval)),
     }
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def listed_endpoints(

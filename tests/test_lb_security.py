@@ -163,7 +163,7 @@ def test_impostor_tss_in_the_catalog_never_answer_through_the_ls(
     assert all(record.get("signature") for record in real)
     forged_table = write_table(tmp_path / "forged.txt", {n.decode(): FORGED for n in RIGHT})
     other_secret = tmp_path / "other-secret"
-    load_secret(other_secret)
+    load_secret(other_secret, create=True)
     # Impostor 1: a TS of the project with another secret, on TS1's port at its own
     # address (where the copy of TS1's record points), announcing itself as well.
     impostor, _ = start_ts(
@@ -244,7 +244,7 @@ def test_a_ts_with_a_project_serves_only_the_project_s_lss(spawn, tmp_path: Path
     assert ask_plain(ts_port) == AUTHENTICATION_REQUIRED  # nc, the assignment's LS
     with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
         ask_over_tls(ts_port, ours, "another-project")
-    theirs = load_secret(tmp_path / "other-secret").client_context()
+    theirs = load_secret(tmp_path / "other-secret", create=True).client_context()
     with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
         ask_over_tls(ts_port, theirs, PROJECT)
     wait_until(
@@ -266,6 +266,7 @@ def test_a_ts_with_a_project_serves_only_the_project_s_lss(spawn, tmp_path: Path
 def test_an_ls_and_a_ts_holding_different_secrets_say_so(spawn, tmp_path: Path, catalog) -> None:
     env = {"CATALOG_HOST": catalog.host}
     other = tmp_path / "other-secret"
+    load_secret(other, create=True)
     ts, ts_port = start_ts(
         spawn, SAMPLES / "PROJ2-DNSTS1.txt", "--project", PROJECT,
         "--announce-interval", "0.5", "--secret-file", str(other), env=env,
@@ -285,7 +286,7 @@ def test_an_ls_and_a_ts_holding_different_secrets_say_so(spawn, tmp_path: Path, 
 
 def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
     readable = tmp_path / "readable"
-    load_secret(readable)
+    load_secret(readable, create=True)
     readable.chmod(0o644)
     table = str(SAMPLES / "PROJ2-DNSTS1.txt")
     env = {**os.environ, "CATALOG_HOST": f"127.0.0.1:{free_port()}"}
@@ -295,9 +296,10 @@ def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
         (["lb.ts", "0", table, "--secret-file", str(readable)], 2),
         (["lb.ts", "0", table, "--also-plain"], 2),
         (["lb.ls", "0", "localhost", "1", "--secret-file", str(readable)], 2),
+        (["lb.ls", "0", "--project", "p", "--secret-file", str(tmp_path / "typo")], 2),
     ]
     messages = ["can be read by others", "can be read by others", "go with --project"]
-    messages += ["go with --project", "goes with --project"]
+    messages += ["go with --project", "goes with --project", "no secret file"]
     for (args, status), message in zip(cases, messages, strict=True):
         done = subprocess.run(
             python_module(*args), capture_output=True, text=True, timeout=30, env=env

@@ -179,7 +179,10 @@ def test_ts_record_and_which_records_the_ls_uses() -> None:
 
 
 def test_the_ls_lists_only_the_records_its_secret_signed(tmp_path) -> None:
-    ours, theirs = load_secret(tmp_path / "ours"), load_secret(tmp_path / "theirs")
+    ours, theirs = (
+        load_secret(tmp_path / "ours", create=True),
+        load_secret(tmp_path / "theirs", create=True),
+    )
     record = ts_record(port=5000, project="p", entries=2, interval=60)
     records = [
         {**ours.sign_record(record), "address": "127.0.0.1"},

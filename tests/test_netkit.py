@@ -162,12 +162,12 @@ class TestTlsConnectionBothSides:
 
     @staticmethod
     def pair(tmp_path, server_project="p", client_project="p", client_secret="secret"):
-        server_secret = load_secret(tmp_path / "secret")
+        server_secret = load_secret(tmp_path / "secret", create=True)
         context = server_secret.server_context()
         require_service_name(context, server_project)
         left, right = socket.socketpair()
         server = TlsConnection(left, "client", TlsSession(context, server_side=True))
-        client_context = load_secret(tmp_path / client_secret).client_context()
+        client_context = load_secret(tmp_path / client_secret, create=True).client_context()
         session = TlsSession(
             client_context, server_side=False, server_hostname=service_name(client_project)
         )
@@ -208,7 +208,7 @@ class TestTlsConnectionBothSides:
             client.read_lines()
 
     def test_a_plain_text_peer_fails_a_client_s_handshake(self, tmp_path):
-        context = load_secret(tmp_path / "secret").client_context()
+        context = load_secret(tmp_path / "secret", create=True).client_context()
         plain, mine = socket.socketpair()
         client = TlsConnection(mine, "server", TlsSession(context, server_side=False))
         client.start_handshake()
