@@ -16,7 +16,7 @@ if not __package__:  # run as a file, as the assignment does: put the repository
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from catalog.client import catalog_addresses
-from lb.cli import add_logging_options, start_program
+from lb.cli import add_logging_options, add_secret_option, start_program
 from lb.discovery import CatalogWatcher, Endpoint
 from lb.lserver import DEFAULT_REFRESH, DEFAULT_TIMEOUT, LoadBalancer
 from netkit.addresses import AddressError
@@ -44,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also use every TS of this project listed in the catalog (CATALOG_HOST) that "
         "proves the project's secret (mutual TLS)",
     )
-    parser.add_argument(
-        "--secret-file",
-        type=Path,
-        metavar="FILE",
-        help="with --project: the secret the TSs must hold (default: $DHT_SECRET_FILE, else "
-        "~/.config/dht/secret, created if missing); TSs given as pairs are plain text",
-    )
+    add_secret_option(parser, "the secret the catalog's TSs must hold (the pairs are plain text)")
     parser.add_argument(
         "--timeout",
         type=positive_seconds,

@@ -21,11 +21,11 @@ import socket
 import ssl
 import sys
 from functools import partial
-from pathlib import Path
 
 from catalog.client import Announcer, catalog_addresses
 from lb.cli import (
     add_logging_options,
+    add_secret_option,
     assignment_file,
     start_program,
 )
@@ -297,13 +297,7 @@ def build_parser(default_table: str | None) -> argparse.ArgumentParser:
         help="announce this TS to the catalog (CATALOG_HOST) under this project, and serve "
         "only the project's LSs (mutual TLS with the project's secret)",
     )
-    parser.add_argument(
-        "--secret-file",
-        type=Path,
-        metavar="FILE",
-        help="with --project: the secret the LSs must hold, which also signs the catalog "
-        "record (default: $DHT_SECRET_FILE, else ~/.config/dht/secret, created if missing)",
-    )
+    add_secret_option(parser, "the secret the LSs must hold, which also signs the catalog record")
     parser.add_argument(
         "--also-plain",
         action="store_true",
