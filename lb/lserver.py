@@ -100,7 +100,7 @@ class LoadBalancer:
     def serve_forever(self) -> None:
         """Serves until ``stop()``."""
         for endpoint in sorted(self.static):
-            self._add_link(endpoint, secure=True)
+            self._add_link(endpoint, secure=False)  # the assignment's plain text
         if self.watcher is not None:
             self._watcher_watch = self.loop.watch(
                 self.watcher.wakeup, lambda _: self._refresh(self.loop.time()), READ

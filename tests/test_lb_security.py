@@ -263,6 +263,28 @@ def test_a_ts_with_a_project_serves_only_the_project_s_lss(spawn, tmp_path: Path
     assert "anyone can read the table" in both.output()
 
 
+def test_an_ls_with_a_project_links_pairs_in_plain_text_and_catalog_tss_in_tls(
+    spawn, catalog
+) -> None:
+    env = {"CATALOG_HOST": catalog.host}
+    plain, plain_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt")  # the assignment's TS
+    start_ts(
+        spawn, SAMPLES / "PROJ2-DNSTS2.txt", "--project", PROJECT, "--announce-interval", "0.5",
+        env=env,
+    )  # fmt: skip
+    ls, port = start_ls(spawn, [plain_port], "--project", PROJECT, "--refresh", "0.3", env=env)
+    names = [b"rutgers.edu", b"google.com"]
+    wait_until(
+        lambda: resolve("127.0.0.1", port, names) == [RIGHT[name] for name in names],
+        timeout=20,
+        what="the LS to use both TSs",
+    )
+    output = ls.output()
+    assert f"connected to TS 127.0.0.1:{plain_port}\n" in output  # plain, as given
+    assert re.search(r"connected to TS 127\.0\.0\.1:\d+ \(TLS: it holds our secret\)", output)
+    assert "turned away" not in plain.output() and "TLS" not in plain.output()
+
+
 def test_an_ls_and_a_ts_holding_different_secrets_say_so(spawn, tmp_path: Path, catalog) -> None:
     env = {"CATALOG_HOST": catalog.host}
     other = tmp_path / "other-secret"
