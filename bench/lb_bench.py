@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.processes import Process, free_port, python_module, tcp_open, wait_until  # noqa: E402
+from harness.procfs import cpu_seconds  # noqa: E402
 from harness.services import start_catalog  # noqa: E402
 from lb.resolver import resolve  # noqa: E402
 from netkit.cliargs import number_list, positive_int  # noqa: E402
@@ -141,7 +142,9 @@ def workload(count: int, queries: int, offset: int) -> tuple[list[bytes], list[b
     return [name_of(ts, i).encode() for ts, i in picks], [answer_of(ts, i) for ts, i in picks]
 
 
-def throughput(cluster: Cluster, count: int, queries: int, clients: int) -> float:
+def throughput(cluster: Cluster, count: int, queries: int, clients: int) -> tuple[float, float]:
+    """Queries per second, and the CPU time the LS spent per query (seconds): a
+    figure that other load on the machine disturbs far less than the rate."""
     share = queries // clients
     loads = [workload(count, share, offset) for offset in range(clients)]
 
@@ -151,10 +154,13 @@ def throughput(cluster: Cluster, count: int, queries: int, clients: int) -> floa
             raise SystemExit("wrong answers through the LS")
 
     run(workload(count, 200, 99))  # warm-up: connections made, code paths hot
+    ls_pid = cluster.processes[-1].pid
+    cpu = cpu_seconds(ls_pid)
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(run, loads))
-    return share * clients / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return share * clients / elapsed, (cpu_seconds(ls_pid) - cpu) / (share * clients)
 
 
 def round_trips(
@@ -251,39 +257,43 @@ def main() -> int:
     header = (
         f"{'TSs':>4} {'mode':>5} {'queries/s':>10} {'(range)':>17} | {'p50 via LS':>10}"
         f" {'p50 direct':>10} {'added':>8} | {'p99 via LS':>10} {'p99 direct':>10} {'added':>8}"
-        f" | {'vs plain':>8}"
+        f" | {'vs plain':>8} | {'LS CPU/query':>12} {'vs plain':>8}"
     )
     print(header)
     print("-" * len(header))
     for count in args.tss:
         runs, times = compare(count, args)
-        plain = statistics.median(runs["plain"]) if "plain" in runs else None
+        rates = {mode: [rate for rate, _ in runs[mode]] for mode in runs}
+        cpus = {mode: statistics.median(cpu for _, cpu in runs[mode]) for mode in runs}
+        plain = statistics.median(rates["plain"]) if "plain" in runs else None
         for mode in args.modes:
-            qps = statistics.median(runs[mode])
-            spread = f"({min(runs[mode]) / 1000:.0f}k-{max(runs[mode]) / 1000:.0f}k)"
+            qps = statistics.median(rates[mode])
+            spread = f"({min(rates[mode]) / 1000:.0f}k-{max(rates[mode]) / 1000:.0f}k)"
             figures = []
             for fraction in (0.5, 0.99):
                 ls_us, ts_us = (percentile(v, fraction) * 1e6 for v in times[mode])
                 figures.append(f"{ls_us:8.0f}us {ts_us:8.0f}us {ls_us - ts_us:6.0f}us")
             ratio = f"{qps / plain:8.2f}" if plain else f"{'':8}"
+            cpu_ratio = f"{cpus[mode] / cpus['plain']:8.2f}" if plain else f"{'':8}"
             print(
                 f"{count:>4} {mode:>5} {qps:>10,.0f} {spread:>17} | {figures[0]} | {figures[1]}"
-                f" | {ratio}"
+                f" | {ratio} | {cpus[mode] * 1e6:10.1f}us {cpu_ratio}"
             )
     print("\nqueries/s: the median of the runs (range: slowest and fastest); vs plain: of medians")
+    print("LS CPU/query: CPU time (user+system) the LS process spent per query, median")
     print("added: how much longer one query takes through the LS than asked of a TS directly")
     return 0
 
 
 def compare(
     count: int, args: argparse.Namespace
-) -> tuple[dict[str, list[float]], dict[str, tuple[list[float], list[float]]]]:
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, tuple[list[float], list[float]]]]:
     """Every mode's cluster up at once, and their runs taken in turn (throughput,
     then latency in slices), so that all see the same machine: on a shared one,
     what else runs changes from second to second. Returns each mode's
-    throughputs, and its round trips via the LS and direct."""
+    throughputs (with the LS's CPU per query), and its round trips via the LS and direct."""
     clusters = {mode: Cluster(args.logging) for mode in args.modes}
-    runs: dict[str, list[float]] = {mode: [] for mode in clusters}
+    runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in clusters}
     times: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in clusters}
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as workdir:
         try:
