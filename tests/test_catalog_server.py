@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import signal
 import socket
+import stat
 import threading
 import time
 import zlib
@@ -14,7 +15,7 @@ import pytest
 import requests
 
 from catalog.client import CatalogUnavailable, query
-from harness.processes import free_port, python_module, wait_until
+from harness.processes import free_port, python_module, tcp_open, wait_until
 from tests.test_catalog_helpers import (
     OurCatalog,
     fill,
@@ -305,3 +306,30 @@ def test_sigterm_and_ctrl_c_stop_the_catalog_cleanly(spawn, tmp_path):
         wait_until(lambda c=catalog: not c.process.alive(), what="catalog to stop")
         assert catalog.process.popen.returncode == 0
         assert "stopped; saved 0 records" in catalog.process.output()
+
+
+def test_the_state_directory_is_private_whatever_the_umask(spawn, tmp_path):
+    """0700 and 0600 under umask 000: for a new directory (its new parents too), and for
+    one an earlier version left open, with an open state file in it."""
+    fresh = tmp_path / "new" / "deeper" / "state"
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "records.json").write_bytes(b"[]")
+    loose.chmod(0o777)
+    (loose / "records.json").chmod(0o666)
+    for state in (fresh, loose):
+        port = free_port()
+        args = ["--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state)]
+        process = spawn(
+            ["sh", "-c", 'umask 000 && exec "$@"', "sh", *python_module("catalog", *args)]
+        )
+        wait_until(lambda p=port: tcp_open("127.0.0.1", p), what="catalog to listen")
+        send_udp(port, {"type": "private", "port": 1})
+        saved = state / "records.json"
+        wait_until(lambda f=saved: f.exists() and b'"private"' in f.read_bytes(), what="a save")
+        assert process.stop() == 0
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in state.iterdir()}
+        assert set(modes) >= {"records.json", "lock"} and set(modes.values()) == {0o600}, modes
+    for parent in (tmp_path / "new", tmp_path / "new" / "deeper"):
+        assert stat.S_IMODE(parent.stat().st_mode) == 0o700
