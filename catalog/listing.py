@@ -105,7 +105,9 @@ class PageQuery:
         if len(text) > MAX_FILTER_LENGTH:
             raise PageError(f"the filter is longer than {MAX_FILTER_LENGTH} characters")
         sort = first("sort")
-        page = max(1, int(page_text))
+        page = int(page_text)
+        if page < 1:
+            raise PageError(f"page {page_text!r} is not a page number (1, 2, ...)")
         return cls(sort if sort in BY_NAME else None, first("type"), text, page)
 
     @property

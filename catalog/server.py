@@ -40,7 +40,7 @@ from netkit.loop import READ, EventLoop, Timer
 
 log = logging.getLogger("catalog.server")
 
-__all__ = ["REQUEST_TIMEOUT", "CatalogServer", "Config"]
+__all__ = ["MAX_CONNECTIONS", "REQUEST_TIMEOUT", "CatalogServer", "Config"]
 
 UDP_BATCH = 512
 LISTEN_BACKLOG = 512
@@ -58,6 +58,8 @@ class Config:
     state_dir: Path | None = None  # None: keep nothing on disk
     max_records: int = MAX_RECORDS
     request_timeout: float = REQUEST_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    explicit_max_connections: bool = False  # the user asked: a cut is worth a warning
 
 
 class CatalogServer:
@@ -90,7 +92,9 @@ class CatalogServer:
             self.ingest,
             config.request_timeout,
             connection_capacity(
-                MAX_CONNECTIONS, raise_open_file_limit(MAX_CONNECTIONS + RESERVED_FDS)
+                config.max_connections,
+                raise_open_file_limit(config.max_connections + RESERVED_FDS),
+                explicit=config.explicit_max_connections,
             ),
         )
         self._saver: Saver | None = None

@@ -16,6 +16,7 @@ import requests
 
 from catalog.client import CatalogUnavailable, query
 from harness.processes import free_port, python_module, tcp_open, wait_until
+from netkit.interfaces import host_name, network_address
 from tests.test_catalog_helpers import (
     OurCatalog,
     fill,
@@ -333,3 +334,76 @@ def test_the_state_directory_is_private_whatever_the_umask(spawn, tmp_path):
         assert set(modes) >= {"records.json", "lock"} and set(modes.values()) == {0o600}, modes
     for parent in (tmp_path / "new", tmp_path / "new" / "deeper"):
         assert stat.S_IMODE(parent.stat().st_mode) == 0o700
+
+
+def raw_get(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    return data
+
+
+def test_methods_in_any_case_and_numbers_of_any_length(catalog):
+    send_udp(catalog.port, {"type": "case", "port": 1})
+    wait_for_records(catalog, lambda rs: len(rs) == 1)
+    assert raw_get(catalog.port, b"get /query.json HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    assert raw_get(catalog.port, b"Head / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    huge = get(catalog, "/query/" + b64("port < " + "9" * 5000))
+    assert huge.status_code == 200 and [r["port"] for r in huge.json()] == [1]
+
+
+def test_idle_connections_make_room_for_a_new_client_and_are_closed_soon(spawn, tmp_path):
+    catalog = OurCatalog(spawn, tmp_path / "state", "--max-connections", "40")
+    idle = [socket.create_connection(("127.0.0.1", catalog.port), timeout=5) for _ in range(60)]
+    try:
+        send_udp(catalog.port, {"type": "room", "port": 1})
+        started = time.monotonic()
+        assert [r["port"] for r in query('type=="room"', [("127.0.0.1", catalog.port)])] == [1]
+        assert time.monotonic() - started < 2  # not a time-out's worth
+        # Those that were not closed to make room are closed once silent for 2 s.
+        for sock in idle:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "idle connections closed to make room" in catalog.process.output()
+
+
+def test_one_address_filling_the_catalog_leaves_room_for_a_new_server(spawn, tmp_path):
+    catalog = OurCatalog(spawn, tmp_path / "state", "--max-records", "300")
+    fill(catalog, 300, type="flood")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))  # another address on this machine
+        sock.sendto(orjson.dumps({"type": "honest", "port": 7}), ("127.0.0.1", catalog.port))
+    wait_for_records(catalog, lambda rs: ports(rs, type="honest") == {7})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # the flood goes on
+        for port in range(1000, 1400):
+            sock.sendto(orjson.dumps({"type": "flood", "port": port}), ("127.0.0.1", catalog.port))
+    found = wait_for_records(catalog, lambda rs: 1399 in ports(rs))
+    assert len(found) == 300 and ports(found, type="honest") == {7}
+
+
+def test_a_catalog_serving_the_network_lists_local_servers_under_a_reachable_address(
+    spawn, tmp_path
+):
+    """Listening on every interface for the few seconds of the test; only loopback is
+    used to talk to it."""
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        expected = network_address(probe)
+    if expected is None:
+        pytest.skip("this machine has no address but loopback ones")
+    port = free_port()
+    args = ["--host", "0.0.0.0", "--port", str(port), "--state-dir", str(tmp_path / "state")]
+    process = spawn(python_module("catalog", *args), name="catalog")
+    wait_until(lambda: tcp_open("127.0.0.1", port), what="catalog to listen")
+    send_udp(port, {"type": "local", "port": 4})
+    catalog = type("Handle", (), {"url": f"http://127.0.0.1:{port}"})
+    (record,) = wait_for_records(catalog, lambda rs: len(rs) == 1)
+    assert record["address"] == expected and record["address"] != "127.0.0.1"
+    assert record["name"] == (host_name() or expected)
+    assert f"listed as {expected}" in process.output()
