@@ -12,8 +12,9 @@ queries):
   beyond which replies are 503;
 - replies that need a scan of the records (filtered queries, filtered or
   re-sorted pages: ``catalog.scans``) are made a slice at a time after each
-  turn, at most ``SCAN_SLICE`` seconds a turn for all of them together, so that
-  none holds the loop for long; at most ``MAX_SCANS`` at once, beyond which 503.
+  turn, at most ``SCAN_SLICE`` seconds a turn for all of them together (shared
+  equally), so that none holds the loop for long; at most ``MAX_SCANS`` at once,
+  beyond which 503.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ LINGER = 2.0  # after a reply, how long to wait for the client to close first
 RECV_SIZE = 64 * 1024
 SUMMARY_INTERVAL = 10.0  # repeated events (connections closed to make room) logged as counts
 SCAN_SLICE = 0.005  # seconds of scans (filtered queries and pages) per loop turn, in all
+MIN_SCAN_SHARE = 0.0005  # the least a scan gets in a turn (16 of them: 8 ms a turn)
 MAX_SCANS = 16  # replies being scanned for at once; beyond, 503
 
 
@@ -143,24 +145,24 @@ class Connections:
             self._scans.append((peer, answer))
 
     def _run_scans(self) -> bool:
-        """The turn hook that runs the scans replies wait for, oldest first, for at most
-        ``SCAN_SLICE`` seconds in all; True while some are left (the loop then does
-        not sleep)."""
-        deadline = time.perf_counter() + SCAN_SLICE
+        """The turn hook that runs the scans replies wait for: each in turn gets an equal
+        share of ``SCAN_SLICE`` (at least ``MIN_SCAN_SHARE``), so that a short one (a
+        well-behaved client's filtered query) is not stuck behind long ones (pages
+        reloaded by a crowd). True while some are left (the loop then does not sleep)."""
         scans = self._scans
-        while scans and time.perf_counter() < deadline:
-            peer, pending = scans[0]
+        share = max(SCAN_SLICE / max(1, len(scans)), MIN_SCAN_SHARE)
+        for _ in range(len(scans)):
+            peer, pending = scans.popleft()
             if peer not in self._peers or peer.state != RENDERING:
-                scans.popleft()  # the client left meanwhile
-                continue
+                continue  # the client left meanwhile
             try:
-                if not pending.scan.step(deadline):
-                    break
+                if not pending.scan.step(time.perf_counter() + share):
+                    scans.append((peer, pending))  # its next share comes next turn
+                    continue
                 answer = pending.reply()
             except Exception:  # a bug must cost one reply, never the catalog
                 log.exception("failed to answer %s", pending.target)
                 answer = self.app.error(500, "internal error")
-            scans.popleft()
             self._reply(peer, answer)
         return bool(scans)
 

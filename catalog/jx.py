@@ -62,6 +62,7 @@ _UNSUPPORTED = {
 
 class _Literal:
     __slots__ = ("depth", "value")
+    required: frozenset[str] = frozenset()
 
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -71,11 +72,14 @@ class _Literal:
         return self.value
 
 
-def _node(function: Node, *children: Node) -> Node:
+def _node(function: Node, *children: Node, required: frozenset[str] = frozenset()) -> Node:
+    """``function`` as a node: its depth, and the strings that some field must equal
+    for the whole node to be true (``required``; see ``Expression.required_strings``)."""
     depth = 1 + max((child.depth for child in children), default=0)  # type: ignore[attr-defined]
     if depth > MAX_DEPTH:
         raise JXSyntaxError(f"expression is nested more than {MAX_DEPTH} levels deep")
     function.depth = depth  # type: ignore[attr-defined]
+    function.required = required  # type: ignore[attr-defined]
     return function
 
 
@@ -86,6 +90,7 @@ def _symbol(name: str) -> Node:
         except KeyError:
             raise JXFail from None
 
+    field.symbol = name  # type: ignore[attr-defined]
     return _node(field)
 
 
@@ -93,7 +98,12 @@ def _binary(op: str, left: Node, right: Node) -> Node:
     def operate(record: Record) -> Any:
         return apply_operator(op, left(record), right(record))
 
-    return _node(operate, left, right)
+    required: frozenset[str] = frozenset()
+    if op == "==":
+        for one, other in ((left, right), (right, left)):
+            if hasattr(one, "symbol") and isinstance(other, _Literal) and type(other.value) is str:
+                required = frozenset((other.value,))
+    return _node(operate, left, right, required=required)
 
 
 def _unary(op: str, operand: Node) -> Node:
@@ -121,7 +131,8 @@ def _logical(op: str, operands: list[Node]) -> Node:
                 raise JXFail
         return combine(values)
 
-    return _node(operate, *operands)
+    required = frozenset().union(*(o.required for o in operands)) if op == "and" else frozenset()  # type: ignore[attr-defined]
+    return _node(operate, *operands, required=required)
 
 
 def _array(items: list[Node]) -> Node:
@@ -283,6 +294,13 @@ class Expression:
     def __init__(self, text: str, root: Node) -> None:
         self.text = text
         self._root = root
+
+    @property
+    def required_strings(self) -> frozenset[str]:
+        """Strings that some field of a record must equal (``field == "text"`` joined
+        by ``and``) for the expression to be true there: a record whose text holds
+        none of one of them cannot match, which is a cheap test to make first."""
+        return self._root.required  # type: ignore[attr-defined]
 
     @property
     def always_true(self) -> bool:

@@ -213,6 +213,17 @@ class RecordStore:
             self.version += 1
         return dropped
 
+    def keys(self) -> list[str]:
+        """The keys of the live records, in the order they were first heard from."""
+        self.purge()
+        return list(self._entries)
+
+    @property
+    def live(self) -> dict[str, Entry]:
+        """The records by key, for reading only (may hold some expired ones: check
+        ``expires``; ``purge`` drops them)."""
+        return self._entries
+
     def ordered(self, start: int, stop: int) -> list[Entry]:
         """The live records from ``start`` to ``stop`` in the default order."""
         self.purge()

@@ -1,9 +1,11 @@
 """Work over every record, a slice at a time, so that it never holds the event loop.
 
-A ``Scan`` visits a snapshot of the store's records (taken when it starts) in
+A ``Scan`` visits the records live when it starts (it keeps their keys, not the
+records: a record replaced or displaced meanwhile is not held in memory by it) in
 ``step(deadline)`` calls, each returning by its deadline; the server runs them
-after each loop turn within a budget (``catalog.server.SCAN_SLICE``). A record
-that expired since the snapshot is skipped: expired records are never served.
+after each loop turn within a budget (``catalog.connections.SCAN_SLICE``). Each
+record is read as it is when visited; one gone or expired since is skipped:
+expired records are never served.
 The filtered queries (``/query/<JX>``), ``/query.text`` and the table's
 filtered or re-sorted pages (``catalog.listing.PageJob``) are scans.
 """
@@ -27,7 +29,7 @@ class Scan:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self._entries = store.entries()
+        self._keys = store.keys()
         self._next = 0
         self.done = False
 
@@ -36,16 +38,17 @@ class Scan:
 
     def step(self, deadline: float, clock: Callable[[], float] = time.perf_counter) -> bool:
         """Visits records until ``deadline`` (on ``clock``) or the last; True once done."""
-        entries, visit = self._entries, self.visit
+        keys, visit, live = self._keys, self.visit, self.store.live
         now = self.store.clock()
-        while self._next < len(entries):
-            for entry in entries[self._next : self._next + _CHECK_EVERY]:
-                if entry.expires >= now:
+        while self._next < len(keys):
+            for key in keys[self._next : self._next + _CHECK_EVERY]:
+                entry = live.get(key)
+                if entry is not None and entry.expires >= now:
                     visit(entry)
             self._next += _CHECK_EVERY
             if clock() >= deadline:
                 break
-        self.done = self._next >= len(entries)
+        self.done = self._next >= len(keys)
         return self.done
 
 
@@ -55,11 +58,18 @@ class QueryScan(Scan):
     def __init__(self, store: RecordStore, expression: Expression) -> None:
         super().__init__(store)
         self.expression = expression
+        # A record where field == "text" holds the JSON of "text", byte for byte (its
+        # JSON is orjson's, as these are): without all of them, it cannot match.
+        self._needles = [orjson.dumps(text) for text in expression.required_strings]
         self._found: list[bytes] = []
 
     def visit(self, entry: Entry) -> None:
-        if self.expression.matches(orjson.loads(entry.data)):
-            self._found.append(entry.data)
+        data = entry.data
+        for needle in self._needles:
+            if needle not in data:
+                return
+        if self.expression.matches(orjson.loads(data)):
+            self._found.append(data)
 
     def body(self) -> bytes:
         """The JSON array of the matching records, once done."""

@@ -243,3 +243,27 @@ def test_the_peer_idle_for_longest_makes_room_and_busy_peers_never_do():
     finally:
         for peer in made:
             peer.sock.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'owner == "José"',
+        'owner == "a\\"b" and port > 0',
+        '"line\\nbreak" == owner',
+        'owner == "owner-3" and type == "hashtable"',
+        'owner == "owner-3" or owner == "José"',
+        'not (owner == "owner-3")',
+    ],
+)
+def test_a_filtered_query_answers_what_evaluating_every_record_answers(text):
+    """Its byte test first (field == "text" needs the JSON of "text") changes nothing."""
+    store = RecordStore(clock=Clock())
+    for port, owner in enumerate(["José", 'a"b', "line\nbreak", "owner-3", "Owner-3", "x"]):
+        for kind, offset in (("hashtable", 0), ("chirp", 100)):
+            store.put(stamped({"type": kind, "port": port + offset, "owner": owner}), START)
+    expression = compile_expression(text)
+    scan = QueryScan(store, expression)
+    scan.step(float("inf"))
+    expected = [e.data for e in store.entries() if expression.matches(orjson.loads(e.data))]
+    assert expected and orjson.loads(scan.body()) == [orjson.loads(d) for d in expected]
