@@ -5,7 +5,8 @@ the bytes is decided elsewhere (``ingest`` for updates, ``app`` for queries), so
 the loop only moves data and enforces the bounds that protect everyone from
 one peer:
 
-- UDP P: updates, up to ``UDP_BATCH`` datagrams per turn so queries are not starved;
+- UDP P: updates, up to ``UDP_BATCH`` datagrams (or ``UDP_SLICE`` seconds of them)
+  per turn so queries are not starved;
 - TCP P (HTTP) and P+1 (updates, one per connection, at most ``MAX_UPDATE_BYTES``):
   ``catalog.connections``, with its time-outs and bounds;
 - chores at their times: records expiring, updates done waiting for a host name,
@@ -43,6 +44,7 @@ log = logging.getLogger("catalog.server")
 __all__ = ["MAX_CONNECTIONS", "REQUEST_TIMEOUT", "CatalogServer", "Config"]
 
 UDP_BATCH = 512
+UDP_SLICE = 0.005  # seconds of datagrams per loop turn, at most
 LISTEN_BACKLOG = 512
 UDP_BUFFER = 8 * 1024 * 1024  # absorbs bursts of datagrams between two loop turns
 RECV_SIZE = 64 * 1024
@@ -205,7 +207,12 @@ class CatalogServer:
     # ------------------------------------------------------------------ updates
 
     def _read_datagrams(self, _events: int) -> None:
-        for _ in range(UDP_BATCH):
+        """Up to ``UDP_BATCH`` datagrams, or ``UDP_SLICE`` seconds of them: a flood
+        waits in the socket's buffer (and overflows it) rather than hold the loop."""
+        deadline = time.perf_counter() + UDP_SLICE
+        for n in range(UDP_BATCH):
+            if n % 32 == 31 and time.perf_counter() > deadline:
+                return
             try:
                 data, address = self.udp.recvfrom(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
