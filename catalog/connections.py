@@ -12,9 +12,9 @@ queries):
   beyond which replies are 503;
 - replies that need a scan of the records (filtered queries, filtered or
   re-sorted pages: ``catalog.scans``) are made a slice at a time after each
-  turn, at most ``SCAN_SLICE`` seconds a turn for all of them together (shared
-  equally), so that none holds the loop for long; at most ``MAX_SCANS`` at once,
-  beyond which 503.
+  turn, at most ``SCAN_SLICE`` seconds a turn for all of them together (the
+  one that has run least first), so that none holds the loop for long; at most
+  ``MAX_SCANS`` at once, beyond which 503.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import contextlib
 import logging
 import socket
 import time
-from collections import deque
 from functools import partial
 
 from catalog.app import CatalogApp, Pending
@@ -47,8 +46,22 @@ LINGER = 2.0  # after a reply, how long to wait for the client to close first
 RECV_SIZE = 64 * 1024
 SUMMARY_INTERVAL = 10.0  # repeated events (connections closed to make room) logged as counts
 SCAN_SLICE = 0.005  # seconds of scans (filtered queries and pages) per loop turn, in all
-MIN_SCAN_SHARE = 0.0005  # the least a scan gets in a turn (16 of them: 8 ms a turn)
 MAX_SCANS = 16  # replies being scanned for at once; beyond, 503
+
+
+class _Running:
+    """A reply being scanned for, and how long its scan has run so far."""
+
+    __slots__ = ("peer", "pending", "spent")
+
+    def __init__(self, peer: Peer, pending: Pending) -> None:
+        self.peer = peer
+        self.pending = pending
+        self.spent = 0.0
+
+
+def _spent(running: _Running) -> float:
+    return running.spent
 
 
 class Connections:
@@ -70,7 +83,7 @@ class Connections:
         self.refused = 0  # since the server's last report, which resets it
         self._peers = Peers()
         self._queued = 0
-        self._scans: deque[tuple[Peer, Pending]] = deque()
+        self._scans: list[_Running] = []
         self._events = EventSummary(log, SUMMARY_INTERVAL)
         self._acceptors: list[Acceptor] = []
 
@@ -142,28 +155,32 @@ class Connections:
         else:
             self._peers.set_state(peer, RENDERING)
             peer.deadline = self.loop.time() + SEND_TIMEOUT
-            self._scans.append((peer, answer))
+            self._scans.append(_Running(peer, answer))
 
     def _run_scans(self) -> bool:
-        """The turn hook that runs the scans replies wait for: each in turn gets an equal
-        share of ``SCAN_SLICE`` (at least ``MIN_SCAN_SHARE``), so that a short one (a
-        well-behaved client's filtered query) is not stuck behind long ones (pages
-        reloaded by a crowd). True while some are left (the loop then does not sleep)."""
+        """The turn hook that runs the scans replies wait for, for ``SCAN_SLICE`` seconds
+        in all, the one that has run least so far first (least attained service): a
+        short scan (a client's filtered query) is done in its first turns, never
+        stuck behind long ones (pages a crowd reloads), which share the rest. True
+        while some are left (the loop then does not sleep)."""
         scans = self._scans
-        share = max(SCAN_SLICE / max(1, len(scans)), MIN_SCAN_SHARE)
-        for _ in range(len(scans)):
-            peer, pending = scans.popleft()
+        deadline = time.perf_counter() + SCAN_SLICE
+        while scans and (started := time.perf_counter()) < deadline:
+            running = min(scans, key=_spent)
+            peer, pending = running.peer, running.pending
             if peer not in self._peers or peer.state != RENDERING:
-                continue  # the client left meanwhile
+                scans.remove(running)  # the client left meanwhile
+                continue
             try:
-                if not pending.scan.step(time.perf_counter() + share):
-                    scans.append((peer, pending))  # its next share comes next turn
-                    continue
-                answer = pending.reply()
+                done = pending.scan.step(deadline)
+                answer = pending.reply() if done else []
             except Exception:  # a bug must cost one reply, never the catalog
                 log.exception("failed to answer %s", pending.target)
-                answer = self.app.error(500, "internal error")
-            self._reply(peer, answer)
+                done, answer = True, self.app.error(500, "internal error")
+            running.spent += time.perf_counter() - started
+            if done:
+                scans.remove(running)
+                self._reply(peer, answer)
         return bool(scans)
 
     def _reply(self, peer: Peer, parts: list[bytes]) -> None:
