@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 from catalog_bench import record, send_paced  # noqa: E402
 
 from catalog.client import CatalogUnavailable, query  # noqa: E402
+from chaos import catalog_attacks  # noqa: E402
+from chaos.attacks import Attack  # noqa: E402
 from harness.services import start_catalog  # noqa: E402
 from netkit.cliargs import positive_int, positive_seconds  # noqa: E402
 
@@ -171,44 +173,18 @@ def page_loads(workdir: Path, records: int, loaders: int, seconds: float) -> Non
 
 
 def hold_idle(port: int, count: int, seconds: float, ready, done: multiprocessing.Queue) -> None:
-    """Keeps ``count`` idle connections open for ``seconds``, reopening closed ones."""
+    """Keeps ``count`` idle connections open for ``seconds``, reopening those the
+    catalog closes (the chaos battery's attack, ``chaos.catalog_attacks.idle``)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
-    held: list[socket.socket] = []
-    opened = closed = failed = 0
+    attack = Attack("catalog", port, time.monotonic() + 120)  # until all are held, then:
 
-    def connect() -> None:
-        nonlocal opened, failed
-        try:
-            sock = socket.create_connection((HOST, port), timeout=2)
-        except OSError:
-            failed += 1
-            return
-        sock.setblocking(False)
-        held.append(sock)
-        opened += 1
+    def held() -> None:
+        attack.deadline = time.monotonic() + seconds
+        ready.set()
 
-    while len(held) < count:
-        connect()
-    ready.set()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for sock in list(held):
-            try:
-                if sock.recv(1024) == b"":
-                    raise ConnectionResetError
-            except BlockingIOError:
-                continue
-            except OSError:
-                pass
-            held.remove(sock)
-            sock.close()
-            closed += 1
-            connect()
-        time.sleep(0.01)
-    for sock in held:
-        sock.close()
-    done.put({"opened": opened, "closed by the catalog": closed, "failed to connect": failed})
+    catalog_attacks.idle(attack, count, on_held=held)
+    done.put(dict(attack.counts))
 
 
 def idle(workdir: Path, count: int, seconds: float) -> None:
@@ -233,7 +209,7 @@ def idle(workdir: Path, count: int, seconds: float) -> None:
         holder.join()
         print(f"  alone:                  {summary(alone)}")
         print(f"  {count} idle connections held: {summary(under)}  {ratio(under, alone)}")
-        print(f"  the holder: {counts}")
+        print(f"  the holder: {counts} (connections it opened, and closed by the catalog)")
     finally:
         process.stop()
 

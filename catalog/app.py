@@ -36,6 +36,8 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 QUERY_PREFIX = "/query/"
+PAGE_FRESH = 1.0  # seconds a rendered page of the table is served again as it is
+MAX_FRESH_PAGES = 64
 
 
 class Step(Protocol):
@@ -58,6 +60,9 @@ class CatalogApp:
     def __init__(self, store: RecordStore, title: str) -> None:
         self.store = store
         self.title = title
+        # Pages rendered in the last PAGE_FRESH seconds, by query: a crowd reloading
+        # the table costs one rendering a second, not one per reload.
+        self._pages: dict[PageQuery, tuple[float, bytes]] = {}
 
     def respond(self, request: Request) -> list[bytes] | Pending:
         try:
@@ -95,16 +100,26 @@ class CatalogApp:
             return response(200, body, HTML, head, pages.SECURITY_HEADERS)
         raise HttpError(404, f"nothing here: {path}")
 
-    def _table(self, request: Request) -> Pending:
+    def _table(self, request: Request) -> list[bytes] | Pending:
         try:
             query = PageQuery.parse(request.query)
+            made, body = self._pages.get(query, (0.0, b""))
+            if self.store.clock() - made < PAGE_FRESH:
+                return response(200, body, HTML, request.head_only, pages.SECURITY_HEADERS)
             job = IndexedPage(self.store, query) if query.indexed else PageJob(self.store, query)
         except PageError as exc:
             raise HttpError(400, str(exc)) from None
-        return Pending(job, request.target, lambda: self._page(job.listing(), request.head_only))
+        return Pending(
+            job, request.target, lambda: self._page(query, job.listing(), request.head_only)
+        )
 
-    def _page(self, listing: Listing, head_only: bool) -> list[bytes]:
-        body = pages.index_page(self.title, listing, self.store.clock())
+    def _page(self, query: PageQuery, listing: Listing, head_only: bool) -> list[bytes]:
+        now = self.store.clock()
+        body = pages.index_page(self.title, listing, now)
+        self._pages.pop(query, None)
+        if len(self._pages) >= MAX_FRESH_PAGES:
+            del self._pages[next(iter(self._pages))]  # the oldest
+        self._pages[query] = (now, body)
         return response(200, body, HTML, head_only, pages.SECURITY_HEADERS)
 
     def _filtered(self, request: Request, encoded: str) -> list[bytes] | Pending:

@@ -17,6 +17,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -60,15 +61,20 @@ def _browse(attack: Attack, n: int) -> None:
             sock.close()
 
 
-def idle(attack: Attack) -> None:
+def idle(attack: Attack, count: int = IDLE_HELD, on_held: Callable[[], None] | None = None) -> None:
+    """Holds ``count`` idle connections, reopening each one the catalog closes;
+    ``on_held()`` once they are all open the first time."""
     held: list[socket.socket] = []
     while attack.running():
-        while len(held) < IDLE_HELD and attack.running():
+        while len(held) < count and attack.running():
             sock = attack.connect()
             if sock is None:
                 break
             sock.setblocking(False)
             held.append(sock)
+        if on_held is not None and len(held) >= count:
+            on_held()
+            on_held = None
         for sock in list(held):
             try:
                 if sock.recv(1) == b"":
