@@ -14,7 +14,8 @@ queries):
   re-sorted pages: ``catalog.scans``) are made a slice at a time after each
   turn, at most ``SCAN_SLICE`` seconds a turn for all of them together (the
   one that has run least first), so that none holds the loop for long; at most
-  ``MAX_SCANS`` at once, beyond which 503.
+  ``MAX_SCANS`` at once, beyond which 503; clients asking the very same request
+  line meanwhile share the scan under way.
 """
 
 from __future__ import annotations
@@ -45,17 +46,19 @@ SEND_TIMEOUT = 30.0
 LINGER = 2.0  # after a reply, how long to wait for the client to close first
 RECV_SIZE = 64 * 1024
 SUMMARY_INTERVAL = 10.0  # repeated events (connections closed to make room) logged as counts
-SCAN_SLICE = 0.005  # seconds of scans (filtered queries and pages) per loop turn, in all
+SCAN_SLICE = 0.003  # seconds of scans (filtered queries and pages) per loop turn, in all
 MAX_SCANS = 16  # replies being scanned for at once; beyond, 503
 
 
 class _Running:
-    """A reply being scanned for, and how long its scan has run so far."""
+    """A reply being scanned for, the peers waiting for it (all asked the very same
+    request line: one scan answers them all), and how long it has run so far."""
 
-    __slots__ = ("peer", "pending", "spent")
+    __slots__ = ("peers", "pending", "request", "spent")
 
-    def __init__(self, peer: Peer, pending: Pending) -> None:
-        self.peer = peer
+    def __init__(self, request: tuple[str, str], peer: Peer, pending: Pending) -> None:
+        self.request = request
+        self.peers = [peer]
         self.pending = pending
         self.spent = 0.0
 
@@ -150,12 +153,18 @@ class Connections:
             answer = self.app.error(500, "internal error", request.path)
         if not isinstance(answer, Pending):
             self._reply(peer, answer)
-        elif len(self._scans) >= MAX_SCANS:
+            return
+        line = (request.method, request.target)
+        same = next((running for running in self._scans if running.request == line), None)
+        if same is None and len(self._scans) >= MAX_SCANS:
             self._reply(peer, self.app.error(503, "the catalog is busy; try again"))
+            return
+        self._peers.set_state(peer, RENDERING)
+        peer.deadline = self.loop.time() + SEND_TIMEOUT
+        if same is not None:
+            same.peers.append(peer)  # the reply under way will do for this one too
         else:
-            self._peers.set_state(peer, RENDERING)
-            peer.deadline = self.loop.time() + SEND_TIMEOUT
-            self._scans.append(_Running(peer, answer))
+            self._scans.append(_Running(line, peer, answer))
 
     def _run_scans(self) -> bool:
         """The turn hook that runs the scans replies wait for, for ``SCAN_SLICE`` seconds
@@ -167,9 +176,10 @@ class Connections:
         deadline = time.perf_counter() + SCAN_SLICE
         while scans and (started := time.perf_counter()) < deadline:
             running = min(scans, key=_spent)
-            peer, pending = running.peer, running.pending
-            if peer not in self._peers or peer.state != RENDERING:
-                scans.remove(running)  # the client left meanwhile
+            pending = running.pending
+            running.peers = [p for p in running.peers if p in self._peers and p.state == RENDERING]
+            if not running.peers:
+                scans.remove(running)  # the clients left meanwhile
                 continue
             try:
                 done = pending.scan.step(deadline)
@@ -180,7 +190,8 @@ class Connections:
             running.spent += time.perf_counter() - started
             if done:
                 scans.remove(running)
-                self._reply(peer, answer)
+                for peer in running.peers:
+                    self._reply(peer, answer)
         return bool(scans)
 
     def _reply(self, peer: Peer, parts: list[bytes]) -> None:
