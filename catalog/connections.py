@@ -40,6 +40,7 @@ log = logging.getLogger("catalog.server")
 
 MAX_CONNECTIONS = 4096
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
+MAX_RECEIVING_BYTES = 256 * 1024 * 1024  # of updates being received over TCP, in all
 IDLE_TIMEOUT = 2.0  # a new connection that sends nothing for this long is closed
 REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
@@ -86,6 +87,7 @@ class Connections:
         self.refused = 0  # since the server's last report, which resets it
         self._peers = Peers()
         self._queued = 0
+        self._receiving = 0  # bytes of updates being received over TCP, in all
         self._scans: list[_Running] = []
         self._events = EventSummary(log, SUMMARY_INTERVAL)
         self._acceptors: list[Acceptor] = []
@@ -117,7 +119,15 @@ class Connections:
         if data is None:
             return
         if data:
+            if self._receiving + len(data) > MAX_RECEIVING_BYTES:
+                self._events.note(
+                    "updates dropped", f"from {peer.address}: updates being received fill "
+                    f"{MAX_RECEIVING_BYTES >> 20} MiB", self.loop.time(),
+                )  # fmt: skip
+                self._close(peer)
+                return
             peer.data += data
+            self._receiving += len(data)
             if len(peer.data) <= MAX_UPDATE_BYTES:
                 return
         # The sender closed (or sent too much, which decoding refuses): one update.
@@ -305,6 +315,7 @@ class Connections:
         if not self._peers.remove(peer):
             return
         self._queued -= peer.queued
+        self._receiving -= len(peer.data)
         if peer.watch is not None:
             peer.watch.close()
         if peer.timer is not None:
