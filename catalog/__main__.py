@@ -10,7 +10,7 @@ from pathlib import Path
 from catalog.client import DEFAULT_PORT
 from catalog.persist import StateDirError, default_state_dir
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
-from catalog.server import REQUEST_TIMEOUT, CatalogServer, Config
+from catalog.server import MAX_CONNECTIONS, REQUEST_TIMEOUT, CatalogServer, Config
 from netkit.cliargs import positive_int, positive_seconds, program_name
 from netkit.logs import setup_logging
 from netkit.signals import StopSignals
@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a peer has to send its whole request or update "
         f"(default {REQUEST_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        help=f"most TCP connections at once; beyond, the one idle for longest is closed "
+        f"(default {MAX_CONNECTIONS}, fewer if the open file limit is lower)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     return parser.parse_args(argv)
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=args.state_dir or default_state_dir(args.port),
         max_records=args.max_records,
         request_timeout=args.request_timeout,
+        max_connections=args.max_connections or MAX_CONNECTIONS,
+        explicit_max_connections=args.max_connections is not None,
     )
     # Handlers before the sockets: a signal from now on stops the catalog cleanly,
     # through run(), which saves the records.

@@ -1,6 +1,7 @@
 """The little HTTP/1.x the catalog speaks, sans-IO: request heads in, response bytes out.
 
-Only what a catalog needs: GET and HEAD, one request per connection, the reply
+Only what a catalog needs: GET and HEAD (in any case: ``get /query.json`` is what
+cctools' catalog_server accepts and some clients send), one request per connection, the reply
 followed by close (``Connection: close``), as cctools does. The request head
 is bounded in size and in number of lines, so a peer cannot make the server
 buffer more than ``MAX_HEAD_BYTES`` for it.
@@ -92,8 +93,9 @@ def parse_request_line(line: bytes) -> Request:
     method, target, version = (part.decode("latin-1") for part in parts)
     if not version.startswith("HTTP/1."):
         raise HttpError(505, f"unsupported protocol {version}")
-    if method not in ("GET", "HEAD"):
+    if method.upper() not in ("GET", "HEAD"):
         raise HttpError(405, f"method {method} is not supported; use GET")
+    method = method.upper()
     split = urlsplit(target)  # also handles the absolute form, http://host/path
     path = unquote(split.path, errors="replace")
     if not path.startswith("/"):

@@ -5,6 +5,11 @@ resolver: its key contains the name, so storing it under the bare address
 first would leave a duplicate record behind once the name is known. It waits
 at most ``NAME_WAIT`` seconds (then the address stands in for the name), and
 at most ``MAX_WAITING`` updates wait at once (beyond that, likewise).
+
+When the catalog serves the network, a sender on the catalog's own machine that
+reaches it through loopback (seen as 127.0.0.1 or ::1, an address no other
+machine can use) is listed under ``local``: the catalog's own network address and
+this host's name, so that clients elsewhere can connect to what it announced.
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ class Ingest:
         store: RecordStore,
         names: Names,
         clock: Callable[[], float] = time.time,
+        local: tuple[str, str] | None = None,
     ) -> None:
         self.store = store
         self.names = names
         self.clock = clock
+        self.local = local  # (address, name) for loopback senders; None: as they are
         self.stats = Stats()
         # address -> (when the first one arrived, [(record, heard), ...]); oldest first
         self._waiting: dict[str, tuple[float, list[tuple[dict[str, Any], float]]]] = {}
@@ -62,6 +69,9 @@ class Ingest:
             record = decode_update(data)
         except UpdateError as exc:
             self._reject(address, str(exc))
+            return
+        if self.local is not None and (address.startswith("127.") or address == "::1"):
+            self._keep(record, *self.local, heard)
             return
         name = self.names.name_of(address)
         if name is not None:

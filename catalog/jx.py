@@ -24,318 +24,25 @@ own parse tree before sending it, relying on JX's rules to read it back:
 
 Not supported (a clear ``JXSyntaxError``): function calls, ``.method()`` calls,
 slices, comprehensions (``for``/``in``/``if``) and ``error(...)``.
+
+The parts: ``jx_tokens`` (text to tokens), ``jx_values`` (what each operator does
+to values), this module (the parser, building a tree of closures, and ``Expression``).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from typing import Any, NoReturn
+
+from catalog.jx_tokens import END, NAME, NUMBER, OP, STRING, JXSyntaxError, Token, tokenize
+from catalog.jx_values import ABSENT, JXFail, apply_operator
+
+__all__ = ["MAX_DEPTH", "Expression", "JXSyntaxError", "compile_expression", "tokenize"]
 
 MAX_DEPTH = 100  # of the expression tree; evaluation recurses that deep
 MAX_NESTING = 40  # of brackets and unary operators; parsing recurses ~12 frames for each
 
 Record = dict[str, Any]
-
-
-class JXSyntaxError(ValueError):
-    """An expression that cannot be parsed; the message says where and why."""
-
-
-class _Fail(Exception):
-    """Evaluation failed (JX's error value): the record does not match."""
-
-
-# --------------------------------------------------------------------------- tokens
-
-_TOKEN = re.compile(
-    r"""
-    (?P<space>[ \t\n\r\f\v]+|\#[^\n\r]*)
-  | (?P<number>(?:[0-9]|\.[0-9])(?:[0-9.]|[eE][-+]?)*)
-  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<string>")
-  | (?P<op>==|!=|<=|>=|&&|\|\||[-+*/%<>!()\[\]{},:;.=&|])
-    """,
-    re.VERBOSE,
-)
-_MISTAKES = {"=": "use == to compare, not =", "&": "use && or and", "|": "use || or or"}
-_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_HEX = re.compile(r"[0-9a-fA-F]{4}")
-_SIGNED_BYTE = re.compile(r"ffffff([89a-fA-F][0-9a-fA-F])", re.IGNORECASE)
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-# Token kinds
-NUMBER, STRING, NAME, OP, END = "number", "string", "name", "op", "end"
-
-
-class Token:
-    __slots__ = ("kind", "pos", "text", "value")
-
-    def __init__(self, kind: str, text: str, pos: int, value: Any = None) -> None:
-        self.kind = kind
-        self.text = text
-        self.pos = pos
-        self.value = value
-
-    def describe(self) -> str:
-        return "the end of the expression" if self.kind == END else repr(self.text)
-
-
-def tokenize(text: str) -> list[Token]:
-    tokens = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            raise JXSyntaxError(f"unexpected character {text[pos]!r} at position {pos + 1}")
-        kind = match.lastgroup
-        if kind == "string":
-            value, end = _scan_string(text, pos + 1)
-            tokens.append(Token(STRING, text[pos:end], pos, value))
-            pos = end
-            continue
-        word = match.group()
-        if kind == "number":
-            tokens.append(Token(NUMBER, word, pos, _number(word, pos)))
-        elif kind == "name":
-            tokens.append(Token(NAME, word, pos))
-        elif kind == "op":
-            if word in _MISTAKES:
-                raise JXSyntaxError(f"{_MISTAKES[word]} (position {pos + 1})")
-            tokens.append(Token(OP, word, pos))
-        pos = match.end()
-    tokens.append(Token(END, "", len(text)))
-    return tokens
-
-
-def _number(word: str, pos: int) -> int | float:
-    if word.isdigit():
-        return max(_INT64_MIN, min(_INT64_MAX, int(word)))  # strtoll clamps, so do we
-    try:
-        return float(word)
-    except ValueError:
-        raise JXSyntaxError(f"invalid number {word!r} at position {pos + 1}") from None
-
-
-def _scan_string(text: str, pos: int) -> tuple[str, int]:
-    """Reads a string literal from after its opening quote; returns (value, end)."""
-    start = pos - 1
-    out = bytearray()
-    while pos < len(text):
-        char = text[pos]
-        pos += 1
-        if char == '"':
-            try:
-                return out.decode("utf-8"), pos
-            except UnicodeDecodeError:
-                raise JXSyntaxError(f"string at position {start + 1} is not valid UTF-8") from None
-        if char != "\\":
-            out += char.encode("utf-8", "surrogatepass")
-            continue
-        if pos >= len(text):
-            break
-        char = text[pos]
-        pos += 1
-        if char != "u":
-            out += _ESCAPES.get(char, char).encode("utf-8", "surrogatepass")
-            continue
-        # catalog_query prints each byte of non-ASCII text as a sign-extended
-        # "\uffffffXX"; read those back as the bytes they were.
-        signed = _SIGNED_BYTE.match(text, pos)
-        if signed:
-            out.append(int(signed.group(1), 16))
-            pos = signed.end()
-        elif _HEX.match(text, pos):
-            code = int(text[pos : pos + 4], 16)
-            if 0xD800 <= code <= 0xDFFF:
-                raise JXSyntaxError(f"surrogate escape \\u{text[pos : pos + 4]} is not supported")
-            out += chr(code).encode("utf-8")
-            pos += 4
-        else:
-            raise JXSyntaxError(f"invalid \\u escape at position {pos - 1}")
-    raise JXSyntaxError(f"string starting at position {start + 1} has no closing quote")
-
-
-# --------------------------------------------------------------------------- values
-
-NULL, BOOLEAN, INTEGER, DOUBLE, TEXT, ARRAY, OBJECT = range(7)
-_KIND = {type(None): NULL, bool: BOOLEAN, int: INTEGER, float: DOUBLE, str: TEXT}
-_KIND.update({list: ARRAY, dict: OBJECT})
-_ATOMIC = (NULL, BOOLEAN, INTEGER, DOUBLE)
-_ABSENT = object()  # the missing left operand of a unary operator
-
-
-def _wrap(value: int) -> int:
-    """Integer results wrap at 64 bits, as jx_int_t does (and stay bounded)."""
-    return (value - _INT64_MIN) % 2**64 + _INT64_MIN
-
-
-def _text(value: Any) -> str:
-    """An atomic value as JX prints it, for ``"string" + value``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _equals(a: Any, b: Any) -> bool:
-    """JX equality of two values: types must match, deeply (so 1 != true, [1] != [1.0])."""
-    kind = _KIND[type(a)]
-    if kind != _KIND[type(b)]:
-        return False
-    if kind == ARRAY:
-        return len(a) == len(b) and all(_equals(x, y) for x, y in zip(a, b, strict=True))
-    if kind == OBJECT:
-        return a.keys() == b.keys() and all(_equals(v, b[k]) for k, v in a.items())
-    return a == b
-
-
-def _lookup(container: Any, index: Any) -> Any:
-    if isinstance(container, dict) and isinstance(index, str):
-        if index in container:
-            return container[index]
-    elif isinstance(container, list) and type(index) is int:
-        position = index + len(container) if index < 0 else index
-        if 0 <= position < len(container):
-            return container[position]
-    raise _Fail
-
-
-def _compare(op: str, a: Any, b: Any) -> bool:
-    if op == "==":
-        return a == b
-    if op == "!=":
-        return a != b
-    if op == "<":
-        return a < b
-    if op == "<=":
-        return a <= b
-    if op == ">":
-        return a > b
-    if op == ">=":
-        return a >= b
-    raise _Fail
-
-
-def _on_null(op: str, a: Any, b: Any) -> Any:
-    if a is not _ABSENT and op in ("==", "!="):
-        return op == "=="
-    raise _Fail
-
-
-def _on_boolean(op: str, a: Any, b: Any) -> Any:
-    if a is _ABSENT:
-        if op == "not":
-            return not b
-        raise _Fail
-    if op in ("==", "!="):
-        return (a == b) == (op == "==")
-    raise _Fail
-
-
-def _on_integer(op: str, a: Any, b: Any) -> Any:
-    if a is _ABSENT:
-        a = 0  # unary - and + are 0-b and 0+b in JX
-    if op == "+":
-        return _wrap(a + b)
-    if op == "-":
-        return _wrap(a - b)
-    if op == "*":
-        return _wrap(a * b)
-    if op in ("/", "%"):
-        if b == 0:
-            raise _Fail
-        quotient = abs(a) // abs(b)  # C division truncates toward zero
-        if op == "/":
-            return _wrap(quotient if (a < 0) == (b < 0) else -quotient)
-        remainder = abs(a) - quotient * abs(b)
-        return _wrap(remainder if a >= 0 else -remainder)
-    return _compare(op, a, b)
-
-
-def _on_double(op: str, a: Any, b: Any) -> Any:
-    if a is _ABSENT:
-        a = 0.0
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if op == "/":
-        if b == 0:
-            raise _Fail
-        return a / b
-    if op == "%":
-        # JX takes the remainder of the values truncated to integers.
-        if not (math.isfinite(a) and math.isfinite(b)):
-            raise _Fail
-        return float(_on_integer("%", int(a), int(b)))
-    return _compare(op, a, b)
-
-
-def _on_text(op: str, a: Any, b: Any) -> Any:
-    if a is _ABSENT:
-        if op == "+":
-            return b
-        raise _Fail
-    if op == "+":
-        return a + b
-    return _compare(op, a, b)  # code-point order is the UTF-8 byte order strcmp uses
-
-
-def _on_array(op: str, a: Any, b: Any) -> Any:
-    if a is _ABSENT:
-        raise _Fail
-    if op == "==":
-        return _equals(a, b)
-    if op == "!=":
-        return not _equals(a, b)
-    if op == "+":
-        return a + b
-    raise _Fail
-
-
-def _on_object(op: str, a: Any, b: Any) -> Any:
-    raise _Fail  # JX objects support no operator, not even ==
-
-
-_BY_KIND = (_on_null, _on_boolean, _on_integer, _on_double, _on_text, _on_array, _on_object)
-
-
-def _apply(op: str, a: Any, b: Any) -> Any:
-    """``a op b`` under JX's rules (``a`` is ``_ABSENT`` for a unary operator).
-
-    Raises ``_Fail`` for what JX evaluates to an error.
-    """
-    kind = _KIND[type(b)]
-    if a is not _ABSENT:
-        left = _KIND[type(a)]
-        if left != kind:
-            if left == INTEGER and kind == DOUBLE:
-                a = float(a)
-            elif left == DOUBLE and kind == INTEGER:
-                b = float(b)
-                kind = DOUBLE
-            elif op == "==":
-                return False
-            elif op == "!=":
-                return True
-            elif op == "[":
-                return _lookup(a, b)
-            elif op == "+" and left == TEXT and kind in _ATOMIC:
-                b = _text(b)
-                kind = TEXT
-            elif op == "+" and kind == TEXT and left in _ATOMIC:
-                a = _text(a)
-            else:
-                raise _Fail
-    return _BY_KIND[kind](op, a, b)
-
-
-# --------------------------------------------------------------------------- parser
 
 # A compiled expression is a tree of closures, record -> value; each carries
 # its depth so that the parser can refuse trees too deep to evaluate.
@@ -355,6 +62,7 @@ _UNSUPPORTED = {
 
 class _Literal:
     __slots__ = ("depth", "value")
+    required: frozenset[str] = frozenset()
 
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -364,11 +72,14 @@ class _Literal:
         return self.value
 
 
-def _node(function: Node, *children: Node) -> Node:
+def _node(function: Node, *children: Node, required: frozenset[str] = frozenset()) -> Node:
+    """``function`` as a node: its depth, and the strings that some field must equal
+    for the whole node to be true (``required``; see ``Expression.required_strings``)."""
     depth = 1 + max((child.depth for child in children), default=0)  # type: ignore[attr-defined]
     if depth > MAX_DEPTH:
         raise JXSyntaxError(f"expression is nested more than {MAX_DEPTH} levels deep")
     function.depth = depth  # type: ignore[attr-defined]
+    function.required = required  # type: ignore[attr-defined]
     return function
 
 
@@ -377,16 +88,22 @@ def _symbol(name: str) -> Node:
         try:
             return record[name]
         except KeyError:
-            raise _Fail from None
+            raise JXFail from None
 
+    field.symbol = name  # type: ignore[attr-defined]
     return _node(field)
 
 
 def _binary(op: str, left: Node, right: Node) -> Node:
     def operate(record: Record) -> Any:
-        return _apply(op, left(record), right(record))
+        return apply_operator(op, left(record), right(record))
 
-    return _node(operate, left, right)
+    required: frozenset[str] = frozenset()
+    if op == "==":
+        for one, other in ((left, right), (right, left)):
+            if hasattr(one, "symbol") and isinstance(other, _Literal) and type(other.value) is str:
+                required = frozenset((other.value,))
+    return _node(operate, left, right, required=required)
 
 
 def _unary(op: str, operand: Node) -> Node:
@@ -396,7 +113,7 @@ def _unary(op: str, operand: Node) -> Node:
             return _Literal(-value if op == "-" else value)
 
     def operate(record: Record) -> Any:
-        return _apply(op, _ABSENT, operand(record))
+        return apply_operator(op, ABSENT, operand(record))
 
     return _node(operate, operand)
 
@@ -411,10 +128,11 @@ def _logical(op: str, operands: list[Node]) -> Node:
         values = [operand(record) for operand in operands]
         for value in values:
             if type(value) is not bool:
-                raise _Fail
+                raise JXFail
         return combine(values)
 
-    return _node(operate, *operands)
+    required = frozenset().union(*(o.required for o in operands)) if op == "and" else frozenset()  # type: ignore[attr-defined]
+    return _node(operate, *operands, required=required)
 
 
 def _array(items: list[Node]) -> Node:
@@ -578,6 +296,13 @@ class Expression:
         self._root = root
 
     @property
+    def required_strings(self) -> frozenset[str]:
+        """Strings that some field of a record must equal (``field == "text"`` joined
+        by ``and``) for the expression to be true there: a record whose text holds
+        none of one of them cannot match, which is a cheap test to make first."""
+        return self._root.required  # type: ignore[attr-defined]
+
+    @property
     def always_true(self) -> bool:
         """True for the literal ``true``, what ``catalog_query`` sends without ``-w``."""
         return isinstance(self._root, _Literal) and self._root.value is True
@@ -586,13 +311,13 @@ class Expression:
         """The value of the expression for ``record``; ``ValueError`` if JX says error."""
         try:
             return self._root(record)
-        except (_Fail, ArithmeticError, RecursionError):
+        except (JXFail, ArithmeticError, RecursionError):
             raise ValueError(f"{self.text!r} has no value for this record") from None
 
     def matches(self, record: Record) -> bool:
         try:
             return self._root(record) is True
-        except (_Fail, ArithmeticError, RecursionError):
+        except (JXFail, ArithmeticError, RecursionError):
             return False
 
 

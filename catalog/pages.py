@@ -8,17 +8,26 @@ nothing else is ever interpolated. Links to records percent-encode the key.
 from __future__ import annotations
 
 import html
-from collections import Counter
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from catalog.formats import format_age, value_text
+from catalog.listing import COLUMNS, MAX_FILTER_LENGTH, Listing, PageQuery
+from catalog.order import number_or_none
 
 Record = dict[str, Any]
 
-# Sent with every page: even if something slipped through escaping, no script runs.
-SECURITY_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),)
+# Sent with every page: even if something slipped through escaping, no script runs (the
+# pages have none), forms go nowhere but here, and no other site may frame them. The
+# one image allowed is the empty data: icon, so that browsers ask for no /favicon.ico.
+SECURITY_HEADERS = (
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'",
+    ),
+)
+_API_LINKS = "<a href='/query.json'>JSON</a> &middot; <a href='/query.text'>text</a>"
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; }
@@ -26,6 +35,7 @@ table { border-collapse: collapse; }
 th, td { padding: 0.25em 0.75em; text-align: left; border-bottom: 1px solid #ddd; }
 th { background: #eef; } th a { color: inherit; }
 td.num { text-align: right; } .muted { color: #777; }
+form { margin: 0.5em 0; } .pager { margin: 0.5em 0; }
 """
 
 
@@ -36,6 +46,7 @@ def _e(value: Any) -> str:
 def _page(title: str, body: str) -> bytes:
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        "<link rel='icon' href='data:,'>"
         f"<style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     ).encode("utf-8", "replace")
 
@@ -44,91 +55,77 @@ def detail_link(key: str) -> str:
     return "/detail/" + quote(key, safe=":@")
 
 
-def _number(value: Any) -> float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+def _link(params: dict[str, str]) -> str:
+    return "/?" + urlencode(params) if params else "/"
 
 
-class _Column:
-    def __init__(self, name: str, title: str, cell: Callable[[Record, float], str], sort) -> None:
-        self.name = name
-        self.title = title
-        self.cell = cell  # record, now -> text (not yet escaped)
-        self.sort = sort  # record, now -> sortable key
+def _summary(listing: Listing) -> str:
+    query = listing.query
+    shown = len(listing.rows)
+    where = []
+    if query.type is not None:
+        where.append(f"of type {_e(query.type)}")
+    if query.text:
+        where.append(f"containing &ldquo;{_e(query.text)}&rdquo;")
+    matched = f"{listing.matched:,} {' '.join(where)}" if where else f"{listing.matched:,}"
+    rows = f"{listing.first_row:,}&ndash;{listing.first_row + shown - 1:,}" if shown else "none"
+    return f"<p>Services {rows} of {matched} ({listing.total:,} in all).</p>"
 
 
-def _field(name: str) -> _Column:
-    def cell(record: Record, now: float) -> str:
-        return value_text(record[name]) if name in record else ""
-
-    def sort(record: Record, now: float) -> tuple:
-        value = record.get(name)
-        number = _number(value)
-        return (value is None, number is None, number or 0, cell(record, now).lower())
-
-    return _Column(name, name.capitalize(), cell, sort)
-
-
-def _since(name: str, title: str) -> _Column:
-    """A column showing how long ago the epoch-seconds field ``name`` was."""
-
-    def cell(record: Record, now: float) -> str:
-        when = _number(record.get(name))
-        return "" if when is None else format_age(now - when)
-
-    def sort(record: Record, now: float) -> tuple:
-        when = _number(record.get(name))
-        return (when is None, -(when or 0))
-
-    return _Column(name, title, cell, sort)
-
-
-COLUMNS = [
-    _field("type"),
-    _field("project"),
-    _field("owner"),
-    _field("name"),
-    _field("port"),
-    _field("address"),
-    _since("lastheardfrom", "Heard from"),
-    _since("starttime", "Up for"),
-]
-_BY_NAME = {column.name: column for column in COLUMNS}
-DEFAULT_ORDER = ("type", "project", "name", "port")
-
-
-def index_page(
-    title: str,
-    records: list[tuple[str, Record]],
-    now: float,
-    sort: str | None = None,
-    type_filter: str | None = None,
-) -> bytes:
-    """The table of services: one row per ``(key, record)``, each linking to its detail page.
-
-    ``sort`` names a column (unknown names fall back to the default order);
-    ``type_filter`` keeps one type of service.
-    """
-    counts = Counter(value_text(r.get("type", "")) for _, r in records)
-    if type_filter is not None:
-        records = [(k, r) for k, r in records if value_text(r.get("type", "")) == type_filter]
-    order = [sort] if sort in _BY_NAME else DEFAULT_ORDER
-    keys = [_BY_NAME[name].sort for name in order]
-    records = sorted(records, key=lambda item: [key(item[1], now) for key in keys])
-
-    def link(params: dict[str, str]) -> str:
-        return "/?" + urlencode({k: v for k, v in params.items() if v is not None})
-
-    by_type = " &middot; ".join(
-        f"<a href='{_e(link({'type': name, 'sort': sort}))}'>{_e(name or '(no type)')}</a> {count}"
-        for name, count in sorted(counts.items())
+def _type_links(listing: Listing) -> str:
+    query = listing.query
+    if listing.types is None:
+        return (
+            f"<p>{listing.type_count:,} types (too many to list: the filter finds one). "
+            f"<a href='/'>all</a> &middot; {_API_LINKS}</p>"
+        )
+    links = " &middot; ".join(
+        f"<a href='{_e(_link(query.params(type=name, page=None)))}'>{_e(name or '(no type)')}</a> {count:,}"
+        for name, count in listing.types
     )
-    shown = "all" if type_filter is None else f"type {_e(type_filter)}"
+    return f"<p>By type: {links or 'none'}. <a href='/'>all</a> &middot; {_API_LINKS}</p>"
+
+
+def _filter_form(query: PageQuery) -> str:
+    """The text filter; the sort order and the type chosen stay as they are."""
+    kept = "".join(
+        f"<input type='hidden' name='{name}' value='{_e(value)}'>"
+        for name, value in query.params(q=None).items()
+    )
+    return (
+        f"<form method='get' action='/'>{kept}<label>Filter: "
+        f"<input type='search' name='q' value='{_e(query.text)}' maxlength='{MAX_FILTER_LENGTH}' "
+        "placeholder='text in any column'></label> <button type='submit'>Filter</button> "
+        "<a href='/'>clear</a></form>"
+    )
+
+
+def _pager(listing: Listing) -> str:
+    query, page, pages = listing.query, listing.page, listing.pages
+    if pages == 1:
+        return ""
+
+    def to(number: int, text: str) -> str:
+        if number == page or not 1 <= number <= pages:
+            return f"<span class='muted'>{text}</span>"
+        target = _link(query.params(page=number if number > 1 else None))
+        return f"<a href='{_e(target)}' rel='{'next' if number > page else 'prev'}'>{text}</a>"
+
+    return (
+        f"<p class='pager'>{to(1, '&laquo; first')} {to(page - 1, '&lsaquo; previous')} "
+        f"page {page:,} of {pages:,} {to(page + 1, 'next &rsaquo;')} {to(pages, 'last &raquo;')}</p>"
+    )
+
+
+def index_page(title: str, listing: Listing, now: float) -> bytes:
+    """The table of services: one page of ``listing``, each row linking to its record."""
+    query = listing.query
     heads = "".join(
-        f"<th><a href='{_e(link({'type': type_filter, 'sort': c.name}))}'>{_e(c.title)}</a></th>"
-        for c in COLUMNS
+        f"<th><a href='{_e(_link(query.params(sort=column.name, page=None)))}'>{_e(column.title)}</a></th>"
+        for column in COLUMNS
     )
     rows = []
-    for key, record in records:
+    for key, record in listing.rows:
         cells = []
         for column in COLUMNS:
             text = _e(column.cell(record, now))
@@ -137,11 +134,10 @@ def index_page(
             cells.append(f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     body = (
-        f"<h1>{_e(title)}</h1>\n"
-        f"<p>{len(records)} of {sum(counts.values())} services shown ({shown}). "
-        f"By type: {by_type or 'none'}. <a href='/'>all</a> &middot; "
-        "<a href='/query.json'>JSON</a> &middot; <a href='/query.text'>text</a></p>\n"
+        f"<h1>{_e(title)}</h1>\n{_summary(listing)}\n{_type_links(listing)}\n"
+        f"{_filter_form(query)}\n{_pager(listing)}\n"
         f"<table>\n<tr>{heads}</tr>\n" + "\n".join(rows) + "\n</table>\n"
+        f"{_pager(listing)}\n"
         "<p class='muted'>Click a column to sort by it, a name for the whole record.</p>"
     )
     return _page(title, body)
@@ -153,7 +149,7 @@ def detail_page(title: str, key: str, record: Record, now: float) -> bytes:
         f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>"
         for name, value in sorted(record.items())
     )
-    heard = _number(record.get("lastheardfrom"))
+    heard = number_or_none(record.get("lastheardfrom"))
     age = "" if heard is None else f" &middot; heard from {format_age(now - heard)} ago"
     body = (
         f"<p><a href='/'>&larr; {_e(title)}</a></p>\n<h1>{_e(key)}</h1>\n"

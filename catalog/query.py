@@ -90,6 +90,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program (also the ``catalog-query`` command): Ctrl-C ends it with status 130,
+    quietly, wherever it is (waiting for a catalog, printing)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     parser, args = parse_args(argv)
     try:
         catalogs = catalog_addresses(args.catalog)
@@ -123,7 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.exit(main())

@@ -3,23 +3,37 @@
 Each record is serialized once, when its update arrives, so that answering
 ``/query.json`` is a join of ready bytes however many records there are. The
 same bytes are the persistence format: the state file is a ``/query.json`` reply.
+
+The store also keeps what the web page needs to stay cheap at any size: the
+records in the table's default order (a sorted index, so the first page is a
+slice of it), and how many records there are of each type. When full, a new
+record takes the place of another one, chosen by ``catalog.shares``.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sortedcontainers import SortedList
+
+from catalog.formats import value_text
+from catalog.order import default_order
+from catalog.shares import Shares, source_of
 
 DEFAULT_LIFETIME = 900
 # Bounds on what senders can make the catalog hold; see docs/catalog.md.
 MAX_RECORDS = 100_000
 MAX_STORE_BYTES = 256 * 1024 * 1024
 MAX_KEY_LENGTH = 512
+# Records displaced to make room for one update at most (a 256 KiB update in a
+# store full of small records); beyond that the update is refused.
+MAX_DISPLACED = 1024
 
 Record = dict[str, Any]
 
@@ -33,6 +47,9 @@ class Entry:
     key: str
     data: bytes  # the record as JSON
     expires: float  # wall-clock seconds
+    order: str = ""  # its place in the default order (catalog.order.default_order)
+    type: str = ""  # its type, as text (the page counts records by type)
+    source: str = ""  # whose share it counts against (catalog.shares.source_of)
 
 
 def record_key(record: Record) -> str:
@@ -78,12 +95,16 @@ class RecordStore:
         self.clock = clock
         # Bumped whenever the set of live records changes: caches and the saver key on it.
         self.version = 0
+        self.displaced = 0  # records that made room for others, since the start
         self._entries: dict[str, Entry] = {}
         self._bytes = 0
         # (expires, key) for every put; an item whose record was refreshed since is
         # stale and skipped when popped. Rebuilt when stale items pile up.
         self._expiry: list[tuple[float, str]] = []
         self._body: tuple[int, bytes] = (-1, b"")
+        self._ordered: SortedList = SortedList()  # (entry.order, key) of every record
+        self._types: Counter[str] = Counter()
+        self._shares = Shares()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -92,11 +113,13 @@ class RecordStore:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def put(self, record: Record, heard: float) -> tuple[str, bool]:
+    def put(self, record: Record, heard: float, *, heard_before: bool = False) -> tuple[str, bool]:
         """Keeps ``record`` (already stamped), replacing any record with its key.
 
-        Returns ``(key, is_new)``. Raises ``RecordRejected`` when a bound would be
-        exceeded; an existing key may always be refreshed within the size bounds.
+        Returns ``(key, is_new)``. When the store is full, other records make room
+        (``catalog.shares`` chooses which); ``RecordRejected`` when the record is
+        invalid or no room can be made. ``heard_before``: a new record counts as
+        one heard again (a restored one), the last to make room for others.
         """
         key = record_key(record)
         if len(key) > MAX_KEY_LENGTH:
@@ -106,20 +129,74 @@ class RecordStore:
         except orjson.JSONEncodeError as exc:
             raise RecordRejected(f"record cannot be stored as JSON: {exc}") from None
         old = self._entries.get(key)
-        if old is None and len(self._entries) >= self.max_records:
-            raise RecordRejected(f"catalog is full ({self.max_records} records)")
-        grown = self._bytes + len(data) - (len(old.data) if old else 0)
-        if grown > self.max_bytes:
-            raise RecordRejected(f"catalog is full ({self.max_bytes} bytes of records)")
+        source = old.source if old else source_of(record.get("address"))
+        growth = len(data) - (len(old.data) if old else 0)
+        if (old is None and len(self._entries) >= self.max_records) or (
+            self._bytes + growth > self.max_bytes
+        ):
+            self._make_room(source, growth, old is None)
         expires = heard + record_lifetime(record, self.lifetime)
-        self._entries[key] = Entry(key, data, expires)
-        self._bytes = grown
+        entry = Entry(
+            key, data, expires, default_order(record), value_text(record.get("type", "")), source
+        )
+        self._entries[key] = entry
+        self._bytes += growth
+        if old is None:
+            self._ordered.add((entry.order, key))
+            self._types[entry.type] += 1
+            self._shares.add(key, source, heard_before)
+        else:
+            if old.order != entry.order:
+                self._ordered.remove((old.order, key))
+                self._ordered.add((entry.order, key))
+            if old.type != entry.type:
+                self._count_type(old.type, -1)
+                self._types[entry.type] += 1
+            self._shares.heard_again(key, source)
         heapq.heappush(self._expiry, (expires, key))
         if len(self._expiry) > 2 * len(self._entries) + 1024:
             self._expiry = [(e.expires, e.key) for e in self._entries.values()]
             heapq.heapify(self._expiry)
         self.version += 1
         return key, old is None
+
+    def _make_room(self, source: str, growth: int, new: bool) -> None:
+        """Makes room for ``growth`` more bytes and, if ``new``, one more record: a new
+        record displaces others (at most ``MAX_DISPLACED``); a refresh never does."""
+
+        def full() -> bool:
+            return (new and len(self._entries) >= self.max_records) or (
+                self._bytes + growth > self.max_bytes
+            )
+
+        displaced = 0
+        while full() and new and growth <= self.max_bytes and displaced < MAX_DISPLACED:
+            victim = self._shares.victim(source)
+            if victim is None:
+                break
+            self._drop(self._entries[victim])
+            displaced += 1
+        if displaced:
+            self.displaced += displaced
+            self.version += 1
+        if new and len(self._entries) >= self.max_records:
+            raise RecordRejected(f"catalog is full ({self.max_records} records)")
+        if self._bytes + growth > self.max_bytes:
+            raise RecordRejected(f"catalog is full ({self.max_bytes} bytes of records)")
+
+    def _drop(self, entry: Entry) -> None:
+        del self._entries[entry.key]
+        self._bytes -= len(entry.data)
+        self._ordered.remove((entry.order, entry.key))
+        self._count_type(entry.type, -1)
+        self._shares.remove(entry.key, entry.source)
+
+    def _count_type(self, type_text: str, change: int) -> None:
+        left = self._types[type_text] + change
+        if left:
+            self._types[type_text] = left
+        else:
+            del self._types[type_text]
 
     def purge(self) -> int:
         """Drops the records whose lifetime has passed; returns how many."""
@@ -130,12 +207,36 @@ class RecordStore:
             _, key = heapq.heappop(expiry)
             entry = self._entries.get(key)
             if entry is not None and entry.expires < now:
-                del self._entries[key]
-                self._bytes -= len(entry.data)
+                self._drop(entry)
                 dropped += 1
         if dropped:
             self.version += 1
         return dropped
+
+    def keys(self) -> list[str]:
+        """The keys of the live records, in the order they were first heard from."""
+        self.purge()
+        return list(self._entries)
+
+    @property
+    def live(self) -> dict[str, Entry]:
+        """The records by key, for reading only (may hold some expired ones: check
+        ``expires``; ``purge`` drops them)."""
+        return self._entries
+
+    def ordered(self, start: int, stop: int) -> list[Entry]:
+        """The live records from ``start`` to ``stop`` in the default order."""
+        self.purge()
+        return [self._entries[key] for _, key in self._ordered.islice(start, stop)]
+
+    def type_counts(self) -> Counter[str]:
+        """How many live records there are of each type (the live counter: do not change it)."""
+        self.purge()
+        return self._types
+
+    def share_of(self, address: str) -> int:
+        """How many records the sender ``address`` (its share: catalog.shares) holds."""
+        return self._shares.count(source_of(address))
 
     def next_expiry(self) -> float | None:
         """When ``purge`` may next have work (wall clock; perhaps early, never late)."""
@@ -180,7 +281,7 @@ class RecordStore:
             if heard + record_lifetime(record, self.lifetime) < now:
                 continue
             try:
-                self.put(record, heard)
+                self.put(record, heard, heard_before=True)
             except RecordRejected:
                 continue
             kept += 1

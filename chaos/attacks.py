@@ -12,6 +12,8 @@ TARGET is hashtable, catalog, ts or ls. The kinds, all at once unless --only:
 - oversized: messages beyond the server's bound (a 9 MiB request line, a 1 MiB
   TS/LS query, a 1 MiB HTTP head or TCP update), over and over;
 - udp (catalog only): a flood of datagrams, valid updates and garbage;
+- pages, idle, records (catalog only): page reloads, 2,000 idle connections, a
+  flood of distinct records from one address (chaos/catalog_attacks.py);
 - regex (hash table only, not in the default mix): scans with a pattern that
   backtracks catastrophically, four always waiting (pipelined).
 
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from chaos import dns
+from chaos import catalog_attacks, dns
 from netkit.security import load_secret
 
 HOST = "127.0.0.1"
@@ -259,12 +261,16 @@ KINDS: dict[str, Callable[[Attack], None]] = {
     "oversized": Attack.oversized,
     "udp": Attack.udp,
     "regex": Attack.regex,
+    "pages": catalog_attacks.pages,
+    "idle": catalog_attacks.idle,
+    "records": catalog_attacks.records,
 }
+CATALOG_KINDS = ["udp", "pages", "idle", "records"]
 
 
 def default_kinds(target: str) -> list[str]:
     kinds = ["slowloris", "never-reading", "flood", "oversized"]
-    return [*kinds, "udp"] if target == "catalog" else kinds
+    return [*kinds, *CATALOG_KINDS] if target == "catalog" else kinds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,10 @@ For each of the hash table server, the catalog, a TS and the LS: a
 well-behaved client (the project's own client where there is one) makes
 requests one after the other, first alone, then while a hypothesis fuzzer
 (chaos/fuzz.py) and the attackers (chaos/attacks.py: slow-loris, never-reading,
-connection flood, oversized messages, and for the catalog a datagram flood) run
-as processes of their own. Then the same for catastrophic regex scans against
+connection flood, oversized messages, and for the catalog a datagram flood, page
+reloads, 2,000 idle connections and a flood of distinct records from one
+address) run as processes of their own; in the full battery, the catalog's own
+attacks once more one at a time. Then the same for catastrophic regex scans against
 the hash table server.
 
 Each server must stay up, every well-behaved request must get its right
@@ -42,6 +44,12 @@ PROBE_TIMEOUT = 10.0
 # What the well-behaved catalog client looks for, among the attack's 3,000 records
 # (on a port of its own: a record with the same address, port and name replaces it).
 PROBE_RECORD = {"type": "chaos-probe", "project": "hostile", "port": 65001}
+CATALOG_MAX_RECORDS = 10_000
+CATALOG_ALONE = [
+    ("pages", "page reloads"),
+    ("idle", "2,000 idle connections"),
+    ("records", "distinct records from one address"),
+]
 
 
 @dataclass
@@ -57,7 +65,8 @@ class Target:
 def run(lab: Lab) -> Result:
     result = Result("hostile clients", lost=None)
     seconds = 3.0 if lab.quick else 8.0
-    catalog = lab.catalog()
+    # Small enough that the distinct-records flood fills it within the attack.
+    catalog = lab.catalog("catalog-state", None, "--max-records", str(CATALOG_MAX_RECORDS))
     server = lab.server("chaos-hostile", lab.path("data"), catalog.host)
     tables = dns.write_tables(lab.root)
     tss = [dns.start_ts(lab, table, f"ts{k}") for k, table in enumerate(tables)]
@@ -78,6 +87,9 @@ def run(lab: Lab) -> Result:
     ]  # fmt: skip
     for target in targets:  # every attack kind at once, and the fuzzer
         _attack(lab, result, target, seconds)
+    if not quick:  # the catalog's own attacks one at a time, each with its figures
+        for kind, label in CATALOG_ALONE:
+            _attack(lab, result, targets[1], seconds, only=kind, label=f"catalog, {label}")
     _attack(lab, result, targets[0], seconds, only="regex", label="hashtable, catastrophic scans")
     return result
 

@@ -79,10 +79,12 @@ class Lab:
         self._processes.append(process)
         return process
 
-    def catalog(self, state: str = "catalog-state", port: int | None = None) -> Catalog:
-        """Our catalog; pass ``port`` to start it again where it was."""
+    def catalog(
+        self, state: str = "catalog-state", port: int | None = None, *options: str
+    ) -> Catalog:
+        """Our catalog (with ``options``); pass ``port`` to start it again where it was."""
         with _interrupts_deferred():
-            process, port = start_catalog(self.path(state), self.logs, port)
+            process, port = start_catalog(self.path(state), self.logs, port, *options)
             self._processes.append(process)
         return Catalog(process, port)
 

@@ -32,12 +32,21 @@ class StartFailed(RuntimeError):
     """A service exited or never became ready; the message carries its output."""
 
 
-def start_catalog(state_dir: Path, log_dir: Path, port: int | None = None) -> tuple[Process, int]:
-    """Our catalog on loopback; returns it and its port once it answers."""
+def start_catalog(
+    state_dir: Path, log_dir: Path, port: int | None = None, *options: str
+) -> tuple[Process, int]:
+    """Our catalog on loopback (with ``options``); returns it and its port once it answers."""
     port = port or free_port()
     process = Process(
         python_module(
-            "catalog", "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir)
+            "catalog",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state_dir),
+            *options,
         ),
         log_dir / f"catalog-{port}.log",
     )

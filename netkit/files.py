@@ -4,6 +4,8 @@ Shared by the hash table's storage engine and the catalog's state directory.
 Both keep a directory that exactly one process may use at a time (a lock file
 held with ``flock``, so that it is released however the process ends), and
 small files that a crash must leave either old or new, never half-written.
+Both are private to their owner (directories 0700, files 0600) whatever the
+umask: records and data are nobody else's to read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -38,11 +41,31 @@ def fsync_dir(directory: Path) -> None:
 
 
 def make_directory(directory: Path, mode: int = PRIVATE_DIR) -> None:
-    """Creates ``directory`` (and its parents) if needed, durably."""
+    """Creates ``directory`` (and the parents it lacks) with exactly ``mode``, whatever
+    the umask, durably; an existing ``directory`` more open than ``mode`` is tightened
+    to it (its existing parents are left as they are: not ours to change)."""
     if directory.is_dir():
+        if stat.S_IMODE(directory.stat().st_mode) & ~mode:
+            os.chmod(directory, mode)
         return
-    directory.mkdir(mode=mode, parents=True)
-    fsync_dir(directory.parent)
+    missing = [directory, *(p for p in directory.parents if not p.is_dir())]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by someone else
+            os.mkdir(path, mode)
+            os.chmod(path, mode)  # mkdir's mode is cut by the umask; this is not
+            fsync_dir(path.parent)
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is not a directory")
+
+
+def make_files_private(directory: Path) -> None:
+    """Tightens every regular file directly in ``directory`` to ``PRIVATE_FILE`` (files
+    an earlier version, or another umask, left readable by others)."""
+    for entry in os.scandir(directory):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) & ~PRIVATE_FILE:
+            os.chmod(entry.path, PRIVATE_FILE)
 
 
 def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
@@ -51,7 +74,8 @@ def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
 
     Waits up to ``wait`` seconds for another holder to let go. Raises
     ``DirectoryLocked`` when it does not, ``OSError`` when the directory cannot
-    be used. The lock file holds the holder's pid, for the message.
+    be used. The lock file holds the holder's pid, for the message. Once locked,
+    the directory is ``PRIVATE_DIR`` and its files ``PRIVATE_FILE``, whatever they were.
     """
     make_directory(directory)
     fd = os.open(directory / lock_name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
@@ -66,6 +90,11 @@ def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
                 os.close(fd)
                 raise DirectoryLocked(directory, holder) from None
             time.sleep(0.05)
+    try:
+        make_files_private(directory)
+    except OSError:
+        os.close(fd)
+        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -83,6 +112,7 @@ def replace_atomically(path: Path, data: bytes) -> None:
     temporary = temporary_path(path)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # the umask, or a left-over temporary, may say otherwise
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

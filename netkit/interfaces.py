@@ -35,15 +35,43 @@ def reachable_addresses(listener: socket.socket) -> list[str]:
     host = host.removeprefix("::ffff:")  # an IPv4 address in a dual-stack socket
     if host not in ("0.0.0.0", "::"):
         return [host_port(host, port)]
-    families = {listener.family}
-    if listener.family == socket.AF_INET6 and not listener.getsockopt(
+    found = [host_port(address, port) for address in _interface_addresses(_families(listener))]
+    name = host_name()
+    named = [f"{name}:{port}"] if name else []
+    return list(dict.fromkeys(named + found))[:MAX_ADDRESSES] or [host_port(host, port)]
+
+
+def host_name() -> str | None:
+    """This host's name as other machines may know it; None if it has none worth giving."""
+    name = socket.gethostname()
+    return name if _HOST_NAME.fullmatch(name) and name != "localhost" else None
+
+
+def network_address(sock: socket.socket) -> str | None:
+    """The address at which other machines reach this host through ``sock`` (bound),
+    or None when ``sock`` serves this machine only.
+
+    Bound to one address: that address, unless it is a loopback one. Bound to every
+    interface: the first global address of the socket's families (IPv4 first), or
+    None if the host has no address but loopback ones.
+    """
+    host = sock.getsockname()[0].removeprefix("::ffff:").split("%", 1)[0]
+    if host not in ("0.0.0.0", "::"):
+        try:
+            return None if ipaddress.ip_address(host).is_loopback else host
+        except ValueError:
+            return None
+    found = _interface_addresses(_families(sock))
+    return next((a for a in found if not ipaddress.ip_address(a).is_loopback), None)
+
+
+def _families(sock: socket.socket) -> set[int]:
+    families = {sock.family}
+    if sock.family == socket.AF_INET6 and not sock.getsockopt(
         socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
     ):
         families.add(socket.AF_INET)  # dual stack
-    found = [host_port(address, port) for address in _interface_addresses(families)]
-    name = socket.gethostname()
-    named = [f"{name}:{port}"] if _HOST_NAME.fullmatch(name) and name != "localhost" else []
-    return list(dict.fromkeys(named + found))[:MAX_ADDRESSES] or [host_port(host, port)]
+    return families
 
 
 def _interface_addresses(families: set[int]) -> list[str]:

@@ -97,12 +97,14 @@ def cctools_catalog(tmp_path: Path) -> Iterator[CctoolsCatalog]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In CI the compatibility tests must run (make test installs cctools): a skip there fails."""
+    """In CI the tests of real programs must run (make test installs cctools and
+    chromium): a skip there fails."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI") and report.skipped and "cctools" in str(report.longrepr):
+    needed = ("cctools", "chromium")
+    if os.environ.get("CI") and report.skipped and any(n in str(report.longrepr) for n in needed):
         report.outcome = "failed"
-        report.longrepr = f"cctools programs are required in CI: {report.longrepr}"
+        report.longrepr = f"programs required in CI: {report.longrepr}"
 
 
 __all__ = ["CatalogHandle", "wait_until"]

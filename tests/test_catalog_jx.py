@@ -105,6 +105,13 @@ def test_c_arithmetic():
     assert compile_expression("1.5 + 1").evaluate({}) == 2.5
 
 
+def test_integer_literals_of_any_length_clamp_like_strtoll():
+    assert compile_expression("9" * 5000).evaluate({}) == 2**63 - 1
+    assert compile_expression("-" + "9" * 5000).evaluate({}) == -(2**63) + 1  # -(max)
+    assert compile_expression("0" * 4000 + "42").evaluate({}) == 42
+    assert compile_expression("1" * 5000 + ".5").evaluate({}) == float("inf")
+
+
 def test_catalog_query_byte_escapes_read_back_as_utf8():
     # What catalog_query -w 'owner=="José"' sends over the wire.
     assert matches('owner=="Jos\\uffffffc3\\uffffffa9"')

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +90,29 @@ def test_expressions_are_combined_so_that_each_part_still_holds():
 def test_long_values_are_cut_to_keep_the_table_readable():
     text = table([{"type": "t", "name": "n" * 100, "port": 1, "lastheardfrom": 0}], now=65)
     assert "n" * 39 + "…" in text and "n" * 41 not in text and text.endswith("1m")
+
+
+def test_a_number_of_any_length_is_no_mistake():
+    result = run("-c", f"127.0.0.1:{free_port()}", "-t", "1", "-w", "port > " + "9" * 5000)
+    assert result.returncode == 1 and "no catalog answered" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_while_waiting_for_a_catalog_is_quiet():
+    """The installed command (its entry point is main(), not the module's __main__)."""
+    command = Path(sys.executable).with_name("catalog-query")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        process = subprocess.Popen(
+            [str(command), "-c", f"127.0.0.1:{port}", "-t", "30"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        silent.settimeout(20)
+        connection, _ = silent.accept()  # it is waiting for the reply now
+        with connection:
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr

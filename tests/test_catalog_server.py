@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import signal
 import socket
+import stat
 import threading
 import time
 import zlib
@@ -14,7 +15,8 @@ import pytest
 import requests
 
 from catalog.client import CatalogUnavailable, query
-from harness.processes import free_port, python_module, wait_until
+from harness.processes import free_port, python_module, tcp_open, wait_until
+from netkit.interfaces import host_name, network_address
 from tests.test_catalog_helpers import (
     OurCatalog,
     fill,
@@ -182,8 +184,14 @@ def test_twenty_thousand_records(catalog):
     assert len(found) == 20_000
     assert len(get(catalog, "/query/" + b64("port > 19990")).json()) == 10
     assert get(catalog, "/query.text").text.count("\n\n") == 20_000
-    page = get(catalog, "/?sort=port")
-    assert page.status_code == 200 and page.text.count("<tr>") == 20_001
+    # The table is paged: the last page of the default order, straight from its index,
+    # and the deepest page a re-sorted table serves.
+    page = get(catalog, "/?page=200")
+    assert page.status_code == 200 and page.text.count("<tr>") == 101
+    assert "page 200 of 200" in page.text and "<td>20000</td>" in page.text
+    page = get(catalog, "/?sort=port&page=100")
+    assert page.status_code == 200 and "<td>9901</td>" in page.text
+    assert get(catalog, "/?sort=port&page=101").status_code == 400
 
 
 def test_a_flood_of_datagrams_does_not_stop_queries(catalog):
@@ -299,3 +307,103 @@ def test_sigterm_and_ctrl_c_stop_the_catalog_cleanly(spawn, tmp_path):
         wait_until(lambda c=catalog: not c.process.alive(), what="catalog to stop")
         assert catalog.process.popen.returncode == 0
         assert "stopped; saved 0 records" in catalog.process.output()
+
+
+def test_the_state_directory_is_private_whatever_the_umask(spawn, tmp_path):
+    """0700 and 0600 under umask 000: for a new directory (its new parents too), and for
+    one an earlier version left open, with an open state file in it."""
+    fresh = tmp_path / "new" / "deeper" / "state"
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "records.json").write_bytes(b"[]")
+    loose.chmod(0o777)
+    (loose / "records.json").chmod(0o666)
+    for state in (fresh, loose):
+        port = free_port()
+        args = ["--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state)]
+        process = spawn(
+            ["sh", "-c", 'umask 000 && exec "$@"', "sh", *python_module("catalog", *args)]
+        )
+        wait_until(lambda p=port: tcp_open("127.0.0.1", p), what="catalog to listen")
+        send_udp(port, {"type": "private", "port": 1})
+        saved = state / "records.json"
+        wait_until(lambda f=saved: f.exists() and b'"private"' in f.read_bytes(), what="a save")
+        assert process.stop() == 0
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in state.iterdir()}
+        assert set(modes) >= {"records.json", "lock"} and set(modes.values()) == {0o600}, modes
+    for parent in (tmp_path / "new", tmp_path / "new" / "deeper"):
+        assert stat.S_IMODE(parent.stat().st_mode) == 0o700
+
+
+def raw_get(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    return data
+
+
+def test_methods_in_any_case_and_numbers_of_any_length(catalog):
+    send_udp(catalog.port, {"type": "case", "port": 1})
+    wait_for_records(catalog, lambda rs: len(rs) == 1)
+    assert raw_get(catalog.port, b"get /query.json HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    assert raw_get(catalog.port, b"Head / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    huge = get(catalog, "/query/" + b64("port < " + "9" * 5000))
+    assert huge.status_code == 200 and [r["port"] for r in huge.json()] == [1]
+
+
+def test_idle_connections_make_room_for_a_new_client_and_are_closed_soon(spawn, tmp_path):
+    catalog = OurCatalog(spawn, tmp_path / "state", "--max-connections", "40")
+    idle = [socket.create_connection(("127.0.0.1", catalog.port), timeout=5) for _ in range(60)]
+    try:
+        send_udp(catalog.port, {"type": "room", "port": 1})
+        started = time.monotonic()
+        assert [r["port"] for r in query('type=="room"', [("127.0.0.1", catalog.port)])] == [1]
+        assert time.monotonic() - started < 2  # not a time-out's worth
+        # Those that were not closed to make room are closed once silent for 2 s.
+        for sock in idle:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "idle connections closed to make room" in catalog.process.output()
+
+
+def test_one_address_filling_the_catalog_leaves_room_for_a_new_server(spawn, tmp_path):
+    catalog = OurCatalog(spawn, tmp_path / "state", "--max-records", "300")
+    fill(catalog, 300, type="flood")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))  # another address on this machine
+        sock.sendto(orjson.dumps({"type": "honest", "port": 7}), ("127.0.0.1", catalog.port))
+    wait_for_records(catalog, lambda rs: ports(rs, type="honest") == {7})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # the flood goes on
+        for port in range(1000, 1400):
+            sock.sendto(orjson.dumps({"type": "flood", "port": port}), ("127.0.0.1", catalog.port))
+    found = wait_for_records(catalog, lambda rs: 1399 in ports(rs))
+    assert len(found) == 300 and ports(found, type="honest") == {7}
+
+
+def test_a_catalog_serving_the_network_lists_local_servers_under_a_reachable_address(
+    spawn, tmp_path
+):
+    """Listening on every interface for the few seconds of the test; only loopback is
+    used to talk to it."""
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        expected = network_address(probe)
+    if expected is None:
+        pytest.skip("this machine has no address but loopback ones")
+    port = free_port()
+    args = ["--host", "0.0.0.0", "--port", str(port), "--state-dir", str(tmp_path / "state")]
+    process = spawn(python_module("catalog", *args), name="catalog")
+    wait_until(lambda: tcp_open("127.0.0.1", port), what="catalog to listen")
+    send_udp(port, {"type": "local", "port": 4})
+    catalog = type("Handle", (), {"url": f"http://127.0.0.1:{port}"})
+    (record,) = wait_for_records(catalog, lambda rs: len(rs) == 1)
+    assert record["address"] == expected and record["address"] != "127.0.0.1"
+    assert record["name"] == (host_name() or expected)
+    assert f"listed as {expected}" in process.output()
