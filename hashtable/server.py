@@ -220,6 +220,8 @@ class Server(ListeningService):
             return
         if not peer.heard and self.tls is None and self._sent_tls_hello(peer):
             return
+        if phase is Phase.HANDSHAKING:
+            self.admission.heard(peer)  # not silent: it gives way after those who are
         try:
             lines = peer.conn.read_lines()
         except EndOfInput:

@@ -44,6 +44,22 @@ def test_a_full_pool_of_unauthenticated_connections_makes_room_oldest_first():
     assert admission.authenticated == 1 and admission.unauthenticated == 3
 
 
+def test_silent_connections_give_way_before_ones_mid_handshake():
+    admission = Admission(
+        max_connections=100, max_unauthenticated=3, max_unauthenticated_per_source=3
+    )
+    admission.joined("honest", "local", authenticated=False)
+    admission.heard("honest")  # its hello arrived; the flood's never does
+    for n in range(2):
+        admission.joined(f"idle{n}", "local", authenticated=False)
+    for n in range(2, 50):  # a flood from the same address, faster than any handshake
+        admitted, evicted = admission.arriving("local")
+        assert admitted and evicted and "honest" not in evicted
+        admission.joined(f"idle{n}", "local", authenticated=False)
+    admission.authenticate("honest")
+    assert admission.authenticated == 1
+
+
 def test_one_source_cannot_take_the_whole_pool():
     admission = Admission(
         max_connections=100, max_unauthenticated=10, max_unauthenticated_per_source=4
