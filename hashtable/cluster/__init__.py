@@ -1,0 +1,10 @@
+"""The cluster: one table over N hash table servers, K copies of each key (docs/cluster.md).
+
+``ClusterClient`` (also the top-level ``ClusterClient.py``) is the client;
+``python -m hashtable.cluster start NAME N`` runs a local cluster.
+"""
+
+from hashtable.cluster.client import ClusterClient, ClusterPipeline
+from hashtable.cluster.placement import key_hash, primary, replicas
+
+__all__ = ["ClusterClient", "ClusterPipeline", "key_hash", "primary", "replicas"]
