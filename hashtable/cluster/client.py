@@ -76,7 +76,7 @@ class ClusterClient:
             servers = len(addresses)
         if copies is None:
             copies = 1
-        _check_shape(servers, copies)
+        check_shape(servers, copies)
         if addresses is not None and len(addresses) != servers:
             raise ValueError(f"{len(addresses)} addresses for {servers} servers")
         secret = client_secret(secret_file, auth)
@@ -307,7 +307,7 @@ class ClusterPipeline:
             self.execute()
 
 
-def _check_shape(servers: Any, copies: Any) -> None:
+def check_shape(servers: Any, copies: Any) -> None:
     """N and K as the course states them: ``1 <= K <= N``."""
     if type(servers) is not int or servers < 1:
         raise ValueError(f"N (the number of servers) must be a whole number >= 1, not {servers!r}")
