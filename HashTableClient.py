@@ -5,24 +5,5 @@
 See hashtable/client.py for the API and docs/protocol.md for the wire protocol.
 """
 
-from hashtable.client import (
-    AuthenticationError,
-    HashTableClient,
-    HashTableError,
-    InvalidRequestError,
-    Pipeline,
-    Reply,
-    ServerError,
-    ServiceUnavailable,
-)
-
-__all__ = [
-    "AuthenticationError",
-    "HashTableClient",
-    "HashTableError",
-    "InvalidRequestError",
-    "Pipeline",
-    "Reply",
-    "ServerError",
-    "ServiceUnavailable",
-]
+from hashtable.client import *  # noqa: F403  (the library's public names, as they are)
+from hashtable.client import __all__  # noqa: F401

@@ -1,8 +1,8 @@
 # Everything a fresh machine needs is set up by these targets; see README.md.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Real cctools programs (compatibility tests) and Redis (bench/vs_redis.py).
-SYSTEM_PROGRAMS := catalog_server catalog_query catalog_update chirp_server redis-server
+# Real cctools programs (compatibility tests), Redis (bench/vs_redis.py), nc (by-hand tests).
+SYSTEM_PROGRAMS := catalog_server catalog_query catalog_update chirp_server redis-server nc
 
 .PHONY: setup venv system demo test lint chaos bench herd herd-stop clean
 

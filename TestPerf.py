@@ -19,9 +19,10 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from catalog.client import catalog_addresses
-from hashtable.client import ServiceUnavailable
+from hashtable.client import AuthenticationError, ServiceUnavailable
 from hashtable.cluster.client import check_shape
 from netkit.addresses import AddressError, parse_address
 from netkit.cliargs import (
@@ -133,6 +134,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE.png",
         help="save throughput vs clients as a PNG plot",
     )
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the secret the server holds (default: $DHT_SECRET_FILE, else ~/.config/dht/secret)",
+    )
+    parser.add_argument(
+        "--no-auth", action="store_true", help="plain text, for a server started with --no-auth"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -145,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(exc))
         if args.server:
             parser.error("--server talks to one server; a cluster is found through the catalog")
+    if args.no_auth and args.secret_file is not None:
+        parser.error("--no-auth and --secret-file contradict each other")
     if args.catalog:
         try:
             catalog_addresses(args.catalog)
@@ -185,6 +197,8 @@ def make_client(args: argparse.Namespace, **options):
     from HashTableClient import HashTableClient
 
     options.setdefault("give_up_after", args.give_up_after)
+    options.setdefault("secret_file", args.secret_file)
+    options.setdefault("auth", not args.no_auth)
     if args.servers is not None:
         from ClusterClient import ClusterClient
 
@@ -227,6 +241,10 @@ def worker_command(args: argparse.Namespace) -> list[str]:
         command += ["--give-up-after", str(args.give_up_after)]
     if args.server:
         command += ["--server", f"{args.server[0]}:{args.server[1]}"]
+    if args.secret_file:
+        command += ["--secret-file", str(args.secret_file)]
+    if args.no_auth:
+        command += ["--no-auth"]
     return command
 
 
@@ -251,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 return worker_main(client, args.stages, workload_options(args))
         except ServiceUnavailable as exc:
             print(f"TestPerf client: gave up: {exc}", file=sys.stderr)
+            return 1
+        except AuthenticationError as exc:
+            print(f"TestPerf client: {exc}", file=sys.stderr)
             return 1
         except BrokenPipeError:  # the parent went away; it says why itself
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -297,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         progress.clear()
         print(f"TestPerf: gave up: {exc}", file=sys.stderr)
+        return 1
+    except AuthenticationError as exc:
+        progress.clear()
+        print(f"TestPerf: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         progress.clear()

@@ -52,11 +52,11 @@ def case_list(text: str) -> list[str]:
     return names
 
 
-def measure(tree: Path, case: str, seconds: float) -> tuple[float, float | None]:
+def measure(tree: Path, case: str, seconds: float, auth: bool) -> tuple[float, float | None]:
     """One run: (ops/s, server CPU us per request; None for pipelines)."""
     sync, operation, clients = CASES[case]
     with tempfile.TemporaryDirectory(prefix="ab-servers-") as workdir:
-        target = start_ours(Path(workdir), sync, tree=tree)
+        target = start_ours(Path(workdir), sync, tree=tree, auth=auth)
         try:
             if operation == "pipeline":
                 return pipelined_lookups_ours(target, seconds)[0], None
@@ -76,10 +76,17 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=positive_int, default=5, help="runs of each (default 5)")
     parser.add_argument("--seconds", type=positive_seconds, default=2.0, help="per run (default 2)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="authenticated (TLS) on both sides; by default both serve plain text (--no-auth), "
+        "which also compares with checkouts from before authentication",
+    )
     args = parser.parse_args()
 
     print(
-        f"A = {args.a}\nB = {args.b}\nmedians of {args.repeat} alternating runs of {args.seconds:g} s"
+        f"A = {args.a}\nB = {args.b}\nmedians of {args.repeat} alternating runs of {args.seconds:g} s, "
+        f"{'TLS' if args.auth else 'plain text'}"
     )
     print(
         f"{'case':<20} {'A ops/s':>10} {'B ops/s':>10} {'B/A':>6} {'A cpu us/req':>13} {'B cpu us/req':>13}"
@@ -88,7 +95,7 @@ def main() -> int:
         runs: dict[Path, list[tuple[float, float | None]]] = {args.a: [], args.b: []}
         for n in range(args.repeat):
             for tree in (args.a, args.b) if n % 2 == 0 else (args.b, args.a):
-                runs[tree].append(measure(tree, case, args.seconds))
+                runs[tree].append(measure(tree, case, args.seconds, args.auth))
         ops = {tree: statistics.median(r[0] for r in results) for tree, results in runs.items()}
         cpu = {
             tree: (

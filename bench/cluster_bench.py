@@ -61,7 +61,7 @@ class SequentialWrites(ClusterClient):
 
     def _write(self, request: Request) -> Any:
         patience = Patience(None, "sequential")
-        version = self._clock.next()
+        version = [self._clock.next(), self._id]
         calls = []
         for member in self._replicas_of(request):
             numbered = Request(request.method, request.key, request.value, version=version)
@@ -79,16 +79,17 @@ class ThreadedWrites(ClusterClient):
         self._pool = concurrent.futures.ThreadPoolExecutor(self.copies)
 
     def _write(self, request: Request) -> Any:
-        version = self._clock.next()
+        version = [self._clock.next(), self._id]
         futures = []
         for member in self._replicas_of(request):
             numbered = Request(request.method, request.key, request.value, version=version)
-            line = member.numbering.encode(numbered)
+            line = member.numbering.encode(numbered)  # one thread per member: no sharing
             futures.append((member, numbered, self._pool.submit(member.transport.call, line)))
         outcomes = []
         for member, numbered, future in futures:
-            outcomes.append(future.result())
-            member.numbering.answered(numbered)
+            outcome = member.numbering.answered(numbered, future.result())
+            assert outcome is not None, "a forgotten session: not handled in this comparison"
+            outcomes.append(outcome)
         return write_result(request.method, request.key, outcomes, self._clock)
 
     def close(self) -> None:

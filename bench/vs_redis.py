@@ -54,6 +54,7 @@ class Target:
     process: Process | subprocess.Popen
     connect: Callable[[], object]
     ops: dict[str, Callable]  # operation name -> fn(client, key, value)
+    port: int = 0
 
 
 def ours_ops() -> dict[str, Callable]:
@@ -71,11 +72,19 @@ def redis_ops() -> dict[str, Callable]:
     }
 
 
-def start_ours(workdir: Path, sync: str, *extra: str, tree: Path = ROOT) -> Target:
-    """Our server from the checkout at ``tree``, driven by this checkout's client."""
+def start_ours(
+    workdir: Path, sync: str, *extra: str, tree: Path = ROOT, auth: bool = True
+) -> Target:
+    """Our server from the checkout at ``tree``, driven by this checkout's client:
+    authenticated (TLS with the secret) unless ``auth`` is false, or the checkout
+    predates authentication."""
     from HashTableClient import HashTableClient
 
-    data = workdir / f"ours-{sync}"
+    authenticates = "--no-auth" in (tree / "HashTableServer.py").read_text()
+    if authenticates and not auth:
+        extra = (*extra, "--no-auth")
+    auth = auth and authenticates
+    data = workdir / f"ours-{sync}-{'tls' if auth else 'plain'}"
     process, port = start_hashtable_server(
         f"bench-{sync}",
         data,
@@ -88,7 +97,11 @@ def start_ours(workdir: Path, sync: str, *extra: str, tree: Path = ROOT) -> Targ
         tree=tree,
     )
     return Target(
-        f"ours ({sync})", process, lambda: HashTableClient.at("127.0.0.1", port), ours_ops()
+        f"ours ({sync}{'' if auth else ', plain'})",
+        process,
+        lambda: HashTableClient.at("127.0.0.1", port, auth=auth),
+        ours_ops(),
+        port,
     )
 
 
@@ -119,7 +132,7 @@ def start_redis(workdir: Path, durable: bool) -> Target:
     )
     wait_until(lambda: tcp_open("127.0.0.1", port), what="redis-server")
     name = "redis (aof always)" if durable else "redis (no persistence)"
-    return Target(name, process, lambda: redis.Redis(port=port), redis_ops())
+    return Target(name, process, lambda: redis.Redis(port=port), redis_ops(), port)
 
 
 def stop(target: Target) -> None:

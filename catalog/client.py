@@ -10,6 +10,7 @@ same against our catalog (``python -m catalog``) and a real cctools
 from __future__ import annotations
 
 import base64
+import getpass
 import logging
 import os
 import re
@@ -138,6 +139,14 @@ def _failure(exc: Exception) -> str:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def owner_name() -> str:
+    """The user running this program, as records' ``owner`` field names it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (containers)
+        return str(os.getuid())
 
 
 def matching(records: Iterable[Record], type: str, project: str) -> list[Record]:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import socket
+import ssl
 import sys
 import zlib
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from chaos.wire import LineConn
 from harness.processes import wait_until
 from hashtable.request import METHODS
 from netkit.security import load_secret
+from netkit.tls import TlsSession
 
 TIMEOUT = 15.0  # for one reply: generous, the machine is shared and under attack
 # A record that must stay listed; on a port of its own, as a record with the same
@@ -190,8 +193,66 @@ def fuzz_hashtable(port: int, examples: int, seed_: int) -> None:
             reply = orjson.loads(conn.call(orjson.dumps({"method": "lookup", "key": key})))
             assert reply["status"] == "failed" and reply["error"] == "KeyError", reply
 
+    hello, flight = _recorded_handshake(port, tls)
+
+    @_settings(examples)
+    @seed(seed_)
+    @given(handshake_attack(hello, flight))
+    def a_broken_handshake_gets_nothing_and_stalls_nobody(attack: bytes) -> None:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock,
+            contextlib.suppress(OSError),
+        ):
+            sock.sendall(attack)
+            sock.settimeout(0.2)
+            while sock.recv(1 << 16):  # an alert, an AuthenticationRequired line: not data
+                pass
+        with LineConn(port, TIMEOUT, tls=tls) as honest:  # the next client is served at once
+            assert orjson.loads(honest.call(b'{"method": "size"}'))["status"] == "ok"
+
     every_line_gets_one_reply()
     what_is_stored_comes_back()
+    a_broken_handshake_gets_nothing_and_stalls_nobody()
+
+
+def _recorded_handshake(port: int, tls: ssl.SSLContext) -> tuple[bytes, bytes]:
+    """A real client's hello, and its whole first flight with a request after it:
+    the material for truncated and replayed handshakes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        session = TlsSession(tls, server_side=False)
+        session.handshake()
+        hello = session.take_output()
+        sock.sendall(hello)
+        while not session.established:
+            session.feed(sock.recv(1 << 16))
+            session.handshake()
+        session.send(b'{"method": "insert", "key": "fz:replayed", "value": 1}\n')
+        flight = hello + session.take_output()
+        sock.sendall(flight[len(hello) :])
+    return hello, flight
+
+
+def handshake_attack(hello: bytes, flight: bytes) -> st.SearchStrategy[bytes]:
+    """Random bytes, TLS-looking random records, truncated or corrupted real hellos,
+    a replayed handshake with its request, and oversized records."""
+    record = st.builds(
+        lambda kind, body: bytes([kind, 3, 3]) + len(body).to_bytes(2, "big") + body,
+        st.sampled_from([0x16, 0x14, 0x15, 0x17]),
+        st.binary(max_size=300),
+    )
+    truncated = st.integers(1, len(hello) - 1).map(lambda n: hello[:n])
+    corrupted = st.tuples(st.integers(0, len(hello) - 1), st.integers(1, 255)).map(
+        lambda flip: hello[: flip[0]] + bytes([hello[flip[0]] ^ flip[1]]) + hello[flip[0] + 1 :]
+    )
+    oversized = st.integers(1, 64).map(lambda n: (b"\x16\x03\x01\xff\xff" + b"\x01" * 65535) * n)
+    return st.one_of(
+        st.binary(min_size=1, max_size=500),
+        st.lists(record, min_size=1, max_size=5).map(b"".join),
+        truncated,
+        corrupted,
+        st.just(flight),
+        oversized,
+    )
 
 
 # ---------------------------------------------------------------- catalog
@@ -263,10 +324,12 @@ def fuzz_catalog(port: int, examples: int, seed_: int) -> None:
             assert status != 500, f"{data[:200]!r} -> {head!r}"  # 500: the catalog's own fault
         catalog_serves()
 
-    _send_udp(port, orjson.dumps(PROBE_RECORD))
-    wait_until(
-        lambda: PROBE_RECORD["project"].encode() in requests.get(url, timeout=TIMEOUT).content
-    )
+    def probe_listed() -> bool:
+        # Sent again each time: under the UDP flood of the attack a datagram may be lost.
+        _send_udp(port, orjson.dumps(PROBE_RECORD))
+        return PROBE_RECORD["project"].encode() in requests.get(url, timeout=TIMEOUT).content
+
+    wait_until(probe_listed, what="the fuzzer's probe record to be listed")
     updates_never_break_it()
     every_request_gets_a_status_line()
 

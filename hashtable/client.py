@@ -19,7 +19,6 @@ A client is for one thread at a time.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +97,7 @@ class HashTableClient:
             give_up_after=give_up_after,
             secret=secret,
         )
-        self._numbering = Numbering(uuid.uuid4().hex)
+        self._numbering = Numbering()
 
     @classmethod
     def at(cls, host: str, port: int, **options: Any) -> HashTableClient:
@@ -164,9 +163,12 @@ class HashTableClient:
         return result_of(self._transport.call(encode_request(request)))
 
     def _mutate(self, request: Request) -> Any:
-        outcome = self._transport.call(self._numbering.encode(request))
-        self._numbering.answered(request)
-        return result_of(outcome, request.key)
+        while True:
+            outcome = self._numbering.answered(
+                request, self._transport.call(self._numbering.encode(request))
+            )
+            if outcome is not None:  # None: sent again under a new session
+                return result_of(outcome, request.key)
 
 
 def client_secret(secret_file: str | Path | None, auth: bool) -> Secret | None:

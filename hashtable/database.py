@@ -163,7 +163,7 @@ class Database:
         record["method"] = request.method
         refused = None
         if problem is None and request.version is not None:
-            refused = self._window.refusal(request.version)
+            refused = self._window.refusal(request.version[0])
         if problem is None and refused is None:
             record["key"] = request.key
             if request.method == "insert":
@@ -202,7 +202,7 @@ class Database:
         elif refused is not None:
             outcome = Outcome.failed(refused[0], refused[1])
         elif version is not None:
-            stamp = (version, request.client)
+            stamp = (version[0], version[1])
             if request.method == "insert":
                 outcome = self.table.insert_versioned(request.key, request.value, stamp)
             else:

@@ -143,6 +143,8 @@ class Pipeline:
                     stop = min(total, encoded + PIPELINE_CHUNK, encoded + room)
                     for index in range(encoded, stop):
                         request, reply = queued[index]
+                        if reply.error is not None:
+                            continue  # could not be sent, and counted, before a restart
                         try:
                             # A mutation is numbered when first encoded and keeps
                             # its number (and line) through every resend.
@@ -164,11 +166,22 @@ class Pipeline:
                     if len(lines) > len(unanswered):
                         raise ProtocolError("the server sent a reply to no request")
                     for line in lines:
-                        request, reply = queued[unanswered[0][1]]
-                        reply.outcome = decode_reply(line)  # may raise: then it is resent
+                        index = unanswered[0][1]
+                        request, reply = queued[index]
+                        outcome = decode_reply(line)  # may raise: then it is resent
+                        reply.outcome = numbering.answered(request, outcome)
+                        if reply.outcome is None:
+                            # The server forgot this client and applied none of its
+                            # mutations from here on: everything from here is sent
+                            # again, in order, under the new session, on a new
+                            # connection (the replies still in flight are dropped).
+                            transport.disconnect()
+                            unanswered.clear()
+                            out.clear()
+                            encoded = index
+                            break
                         popleft()
                         done += 1
-                        numbering.answered(request)
                     lines.clear()
                 except RETRYABLE as exc:
                     failing_since = transport.failed(exc, failing_since)

@@ -198,6 +198,23 @@ def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"not valid JSON ({exc})"
 
 
+# The last line a peer gets that speaks plain text to a TLS server, or TLS to a plain one.
+AUTHENTICATION_REQUIRED = encode_reply(
+    Outcome.failed(
+        "AuthenticationRequired",
+        "this server requires authentication: TLS with the project's shared secret "
+        "(HashTableClient does it; see docs/security.md); nothing was executed",
+    )
+)
+NOT_AUTHENTICATING = encode_reply(
+    Outcome.failed(
+        "AuthenticationUnsupported",
+        "this server does not authenticate (it runs with --no-auth, on loopback only): "
+        "connect without TLS (HashTableClient(..., auth=False))",
+    )
+)
+
+
 # ---------------------------------------------------------------- client side
 
 

@@ -50,10 +50,12 @@ class Request:
     by one per mutation of that client. ``ack`` tells the server that the client
     has the replies of all its mutations numbered ``<= ack``, so it may forget them.
 
-    ``version``: a versioned write (the cluster's replicas, docs/cluster.md): the
-    write's version is ``(version, client)``, and a server keeps, per key, the
-    newest version it was sent; an older one changes nothing, and a remove leaves
-    a tombstone with its version. Only with ``client`` and ``seq``.
+    ``version``: a versioned write (the cluster's replicas, docs/cluster.md):
+    ``[number, writer]``, ordered as a pair; a server keeps, per key, the newest
+    version it was sent, an older one changes nothing, and a remove leaves a
+    tombstone with its version. The writer id is the writer's own, the same on
+    every server (a session's ``client`` id may change: a server that forgot a
+    session makes the client start a new one). Only with ``client`` and ``seq``.
 
     ``problem``: set by the wire parser on a mutation whose exactly-once fields
     are good but whose other fields are not. Such a request is answered invalid
@@ -70,7 +72,7 @@ class Request:
     client: str | None = None
     seq: int | None = None
     ack: int | None = None
-    version: int | None = None
+    version: list[Any] | None = None  # [number, writer]
     problem: str | None = None
 
 
@@ -140,7 +142,13 @@ def _is_ack(value: Any) -> bool:
 
 
 def _is_version(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= MAX_VERSION
+    return (
+        type(value) is list
+        and len(value) == 2
+        and type(value[0]) is int
+        and 1 <= value[0] <= MAX_VERSION
+        and _is_client(value[1])
+    )
 
 
 FIELDS: dict[str, Field] = {
@@ -152,7 +160,11 @@ FIELDS: dict[str, Field] = {
     "client": Field(f"1 to {MAX_CLIENT_ID} printable ASCII characters", _is_client),
     "seq": Field("an integer from 1 to 2**63-1", _is_seq),
     "ack": Field("an integer from 0 to 2**63-2", _is_ack),
-    "version": Field("an integer from 1 to 2**63-1", _is_version),
+    "version": Field(
+        f"[number, writer]: an integer from 1 to 2**63-1 and 1 to {MAX_CLIENT_ID} printable "
+        "ASCII characters",
+        _is_version,
+    ),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "insert": ("key", "value"),
@@ -196,7 +208,7 @@ def session_problem(client: Any, seq: Any, ack: Any, version: Any = None) -> str
     if (client is None) != (seq is None):
         return '"client" and "seq" go together'
     if version is not None and client is None:
-        return '"version" needs "client" and "seq" (a version is ordered by its client too)'
+        return '"version" needs "client" and "seq" (versioned writes are exactly-once too)'
     if ack is not None:
         if seq is None:
             return '"ack" needs "client" and "seq"'

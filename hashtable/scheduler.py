@@ -58,8 +58,12 @@ class Limits:
     max_request_bytes: int = DEFAULT_MAX_LINE  # bytes in one request line
     high_water: int = DEFAULT_HIGH_WATER  # queued reply bytes before the server stops reading
     max_connections: int = 10_000
+    # Connections not yet authenticated, in all and from one address; past these the
+    # oldest give way to newcomers (hashtable.admission), the authenticated keep theirs.
+    max_unauthenticated: int = 1024
+    max_unauthenticated_per_source: int = 256
     request_timeout: float = 60.0  # a partial request or unread replies making no progress
-    idle_timeout: float | None = 3600.0  # a connection with nothing going on
+    idle_timeout: float | None = 300.0  # an authenticated connection with nothing going on
     # Scans and queries under way at once; each may hold a snapshot of the table
     # (jobs started between two writes share one). More wait for one to end.
     max_scans: int = 8

@@ -14,9 +14,7 @@ length, queued output, time, and connections in total.
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
 import socket
 import ssl
 import time
@@ -25,7 +23,9 @@ from functools import partial
 from typing import Any, Protocol
 
 from catalog.client import ANNOUNCE_INTERVAL, Announcer, Catalog
-from hashtable.protocol import encode_reply, is_http_request
+from hashtable.admission import Admission
+from hashtable.protocol import AUTHENTICATION_REQUIRED, NOT_AUTHENTICATING, is_http_request
+from hashtable.reporting import VERSION, Reporter
 from hashtable.request import Outcome, Request
 from hashtable.scheduler import Client, Limits, Phase, Scheduler
 from hashtable.table import ReadJob
@@ -39,36 +39,18 @@ from netkit.connection import (
     TlsConnection,
 )
 from netkit.framing import LineTooLong
-from netkit.listeners import format_address, shut_down_writing
+from netkit.listeners import format_address, host_of, shut_down_writing
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
 from netkit.tls import TLS_RECORD_HANDSHAKE, TlsSession
 
 log = logging.getLogger("hashtable.server")
 
-VERSION = "1.0"
 DEFAULT_SUMMARY_INTERVAL = 10.0
 SWEEP_INTERVAL = 1.0
 REFUSAL_LOG_INTERVAL = 10.0
-SUMMARY_TOP = 8
 # Bytes a lingering connection may read and drop per turn.
 _DISCARD = 256 * 1024
-# The last line a peer gets that speaks plain text to a TLS server, or TLS to a plain one.
-AUTHENTICATION_REQUIRED = encode_reply(
-    Outcome.failed(
-        "AuthenticationRequired",
-        "this server requires authentication: TLS with the project's shared secret "
-        "(HashTableClient does it; see docs/security.md); nothing was executed",
-    )
-)
-NOT_AUTHENTICATING = encode_reply(
-    Outcome.failed(
-        "AuthenticationUnsupported",
-        "this server does not authenticate (it runs with --no-auth, on loopback only): "
-        "connect without TLS (HashTableClient(..., auth=False))",
-    )
-)
-
 __all__ = ["VERSION", "Limits", "Server"]
 
 
@@ -98,13 +80,11 @@ class Peer(Client):
 class Server:
     """Serves the table over TCP until ``stop()``.
 
-    ``tls``: the server context (``netkit.security.Secret.server_context``):
-    every client must complete a mutual TLS handshake before any request; None
-    serves plain text (``--no-auth``, loopback only). ``sign``: signs the catalog
-    record (``Secret.sign_record``), so that clients can tell it from an
-    impostor's. ``announce``: when given, the server announces itself to ``catalogs`` at start
-    and every ``announce_interval`` seconds with these fields plus its own
-    (type, owner, port, keys, requests, connections, uptime, version).
+    ``tls``: the server context (``Secret.server_context``): a mutual TLS
+    handshake comes before any request; None serves plain text (``--no-auth``).
+    ``sign``: signs the catalog record (``Secret.sign_record``). ``announce``: the
+    record's own fields; the server announces to ``catalogs`` at start and every
+    ``announce_interval`` seconds.
     """
 
     def __init__(
@@ -132,16 +112,17 @@ class Server:
         # heard from in the same second (catalog.client.matching).
         self.start_time = round(time.time(), 3)
         self._peers: set[Peer] = set()
-        self._base_record = announce
+        self.admission = Admission.for_limits(limits)
+        self.reporter = Reporter(
+            database, port=self.port, start_time=self.start_time, base=announce, sign=sign
+        )
         self._announcer = (
             None
             if announce is None
             else Announcer(self._record, interval=announce_interval, catalogs=catalogs)
         )
         self._summary_interval = summary_interval
-        self._compactions_seen = 0
         self.tls = tls
-        self._sign = sign
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         self.acceptor = Acceptor(self.loop, listener, self._accept)
         self._maintenance = self.loop.alarm(self._maintain)
@@ -196,11 +177,14 @@ class Server:
 
     def _accept(self, sock: socket.socket, address: Any) -> None:
         name = format_address(address)
-        if len(self._peers) >= self.limits.max_connections:
+        admitted, evicted = self.admission.arriving(host_of(address))
+        for peer in evicted:
+            self._drop(peer, "made room for newer connections (too many unauthenticated)")  # type: ignore[arg-type]
+        if not admitted:
             sock.close()
             self.refusals.note(
                 "connections refused at the connection limit",
-                f"{name} ({self.limits.max_connections} connected)",
+                f"{name} ({self.limits.max_connections} authenticated clients connected)",
                 self.loop.time(),
             )
             return
@@ -220,6 +204,7 @@ class Server:
         peer = Peer(conn, self.loop.watch(sock, lambda _: None, 0), phase, self.loop.time())
         peer.watch.handler = partial(self._ready, peer)
         self._peers.add(peer)
+        self.admission.joined(peer, host_of(address), authenticated=phase is Phase.OPEN)
         peer.watch.set(READ)
         if phase is Phase.OPEN:
             log.info("client %s connected (%d connected)", peer.name, len(self._peers))
@@ -248,6 +233,9 @@ class Server:
             # A clean end of input (e.g. `nc -N` after a file of requests): the
             # requests already read still get executed and answered. A last line
             # without its newline is not a request (docs/protocol.md).
+            if phase is Phase.HANDSHAKING:
+                self._drop(peer, "closed the connection during the TLS handshake")
+                return
             self.scheduler.end_of_input(peer)
             self._update(peer)
             return
@@ -269,6 +257,7 @@ class Server:
                 self._update(peer)  # the handshake's output may wait for the socket
                 return
             self.scheduler.authenticated(peer)
+            self.admission.authenticate(peer)
             log.info("client %s connected (%d connected)", peer.name, len(self._peers))
         refusal = self.scheduler.received(peer, lines)
         if refusal is not None:
@@ -355,6 +344,7 @@ class Server:
             return
         self._peers.discard(peer)
         self.scheduler.left(peer)
+        self.admission.left(peer)
         peer.watch.close()
         peer.conn.close()
         if reason is None:
@@ -393,32 +383,11 @@ class Server:
     def _summarize(self) -> None:
         """One line showing who was served (the interleaving) and what storage did."""
         self.loop.call_later(self._summary_interval, self._summarize)
-        recent = self.scheduler.take_recent()
-        total = sum(recent.values())
-        if not total:
-            return
-        busiest = sorted(recent.items(), key=lambda item: item[1], reverse=True)
-        shown = " ".join(f"{name}={count}" for name, count in busiest[:SUMMARY_TOP])
-        if len(busiest) > SUMMARY_TOP:
-            shown += f" and {len(busiest) - SUMMARY_TOP} more"
-        stats = self.db.stats()
-        storage = f"{stats.get('keys')} keys, {len(self._peers)} connected"
-        compactions = stats.get("compactions", 0)
-        if compactions != self._compactions_seen:
-            storage += (
-                f"; {compactions - self._compactions_seen} compactions, the last took "
-                f"{stats.get('last_compaction_ms') or 0:.0f} ms and paused the loop "
-                f"{stats.get('last_pause_ms') or 0:.1f} ms"
-            )
-            self._compactions_seen = compactions
-        log.info(
-            "served %d requests in the last %g s from %d clients: %s (%s)",
-            total,
-            self._summary_interval,
-            len(busiest),
-            shown,
-            storage,
+        line = self.reporter.summary(
+            self.scheduler.take_recent(), self._summary_interval, len(self._peers)
         )
+        if line is not None:
+            log.info("%s", line)
 
     def status(self) -> dict[str, Any]:
         """Figures for the catalog record and for people."""
@@ -430,22 +399,4 @@ class Server:
         }
 
     def _record(self) -> dict[str, Any]:
-        record = {
-            "type": "hashtable",
-            "owner": _owner(),
-            "port": self.port,
-            "version": VERSION,
-            "starttime": self.start_time,
-            **(self._base_record or {}),
-            **self.status(),
-        }
-        if self._sign is None:
-            return {**record, "auth": "none"}
-        return self._sign(record)
-
-
-def _owner() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name and no passwd entry (containers)
-        return str(os.getuid())
+        return self.reporter.record(self.status())

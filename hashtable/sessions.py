@@ -15,14 +15,22 @@ answered, and such a retry is refused rather than applied twice:
 - outcomes at or below a client's ``ack`` are dropped;
 - beyond ``max_outcomes_per_client`` unacknowledged outcomes, the oldest go;
 - beyond ``max_clients`` clients or ``max_outcomes`` outcomes in all, the least
-  recently active client is forgotten. A client the server does not know may
-  only start with seq 1, so a forgotten client's later mutations are refused.
-  The one gap: a retry of a client's very first mutation, after the client was
-  forgotten between that mutation and its retry, is applied again.
+  recently active client loses its outcomes but not its number: the highest seq
+  it had applied is kept (``max_forgotten`` of them, least recently active out
+  first, each about 100 bytes). Its next mutation is applied as usual and its
+  session comes back; a retry of one it had applied is refused with
+  ``OutcomeForgotten`` (applied once, its reply no longer held).
+- A client the server knows nothing of (never seen, or forgotten twice over) may
+  only start with seq 1; a later seq is refused with ``SessionUnknown``, not
+  applied, and the client starts a new session (a new id, seq 1) and sends it
+  again. The one gap: a retry of a mutation already applied, after the client
+  was forgotten twice over between the two (``max_clients + max_forgotten``
+  other clients active meanwhile), is applied again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +45,17 @@ class SessionLimits:
     max_clients: int = 100_000
     max_outcomes_per_client: int = 10_000
     max_outcomes: int = 1_000_000
+    max_forgotten: int = 1_000_000  # clients whose highest applied seq is kept, without outcomes
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_outcomes_per_client <= self.max_outcomes or self.max_clients < 1:
             raise ValueError("session limits need 1 <= per client <= total, and clients >= 1")
+
+
+def _hash(client: str) -> int:
+    """64 bits of a client id: what is kept of a forgotten client (a collision needs
+    ~2**32 of them; the ids are random)."""
+    return int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "big")
 
 
 class _Session:
@@ -58,6 +73,8 @@ class Sessions:
         self.limits = limits or SessionLimits()
         self._clients: OrderedDict[str, _Session] = OrderedDict()
         self._outcomes = 0
+        # Forgotten clients: a hash of the id -> the highest seq it had applied, oldest first.
+        self._forgotten: OrderedDict[int, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -66,16 +83,29 @@ class Sessions:
     def outcomes(self) -> int:
         return self._outcomes
 
+    @property
+    def forgotten(self) -> int:
+        return len(self._forgotten)
+
     def earlier(self, client: str, seq: int) -> Outcome | None:
         """The answer to a mutation already seen (its first outcome, or a refusal), else None."""
         session = self._clients.get(client)
         if session is None:
+            highest = self._forgotten.get(_hash(client))
+            if highest is not None:
+                if seq > highest:
+                    return None  # a new mutation: applied, and the session comes back
+                return Outcome.failed(
+                    "OutcomeForgotten",
+                    f"seq {seq} was applied once, but its outcome is no longer held; "
+                    "not applied again",
+                )
             if seq == 1:
                 return None
-            return Outcome.invalid(
-                f"unknown or expired session {client!r}: a new client starts "
-                f"with seq 1; seq {seq} was not applied (it may have been, before the server "
-                "forgot this client)"
+            return Outcome.failed(
+                "SessionUnknown",
+                f"unknown session {client!r}: seq {seq} was not applied; start a new session "
+                "(a new client id, numbering from 1) and send it again",
             )
         outcome = session.outcomes.get(seq)
         if outcome is not None:
@@ -92,7 +122,8 @@ class Sessions:
         clients = self._clients
         session = clients.get(client)
         if session is None:
-            session = clients[client] = _Session()
+            floor = self._forgotten.pop(_hash(client), 0) if self._forgotten else 0
+            session = clients[client] = _Session(floor)
         else:
             clients.move_to_end(client)
         outcomes = session.outcomes
@@ -109,11 +140,20 @@ class Sessions:
             session.floor = max(session.floor, oldest)
             self._outcomes -= 1
         while len(clients) > self.limits.max_clients or self._outcomes > self.limits.max_outcomes:
-            _, forgotten = clients.popitem(last=False)
+            forgotten_id, forgotten = clients.popitem(last=False)
             self._outcomes -= len(forgotten.outcomes)
+            self._forget(_hash(forgotten_id), max(forgotten.floor, *forgotten.outcomes, 0))
+
+    def _forget(self, key: int, highest: int) -> None:
+        self._forgotten[key] = highest
+        while len(self._forgotten) > self.limits.max_forgotten:
+            self._forgotten.popitem(last=False)
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        """One JSON-ready row per client, least recently active first (for checkpoints)."""
+        """One JSON-ready row per client, least recently active first (for checkpoints):
+        the forgotten ones (by hash), then those with sessions."""
+        for key, highest in self._forgotten.items():
+            yield {"client": f"#{key:016x}", "floor": highest, "outcomes": [], "forgotten": True}
         for client, session in self._clients.items():
             yield {
                 "client": client,
@@ -128,6 +168,13 @@ class Sessions:
         client, floor, outcomes = row.get("client"), row.get("floor"), row.get("outcomes")
         if not isinstance(client, str) or type(floor) is not int or not isinstance(outcomes, list):
             raise ValueError("a session row needs 'client', 'floor' and 'outcomes'")
+        if row.get("forgotten") is True:
+            try:
+                key = int(client.removeprefix("#"), 16)
+            except ValueError:
+                raise ValueError("a forgotten client's row needs its hash as '#hex'") from None
+            self._forget(key, floor)
+            return
         if client in self._clients:
             raise ValueError(f"session {client!r} appears twice")
         session = _Session(floor)

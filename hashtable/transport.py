@@ -18,12 +18,13 @@ import select
 import socket
 import struct
 import time
+import uuid
 from collections import deque
 
 from catalog.client import CatalogUnavailable, catalog_addresses, matching, query, record_endpoint
 from hashtable.errors import AuthenticationError, ServiceUnavailable
 from hashtable.protocol import ProtocolError, decode_reply, encode_request
-from hashtable.request import MUTATIONS, Outcome, Request
+from hashtable.request import MUTATIONS, OK_NONE, Outcome, Request, Status
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer
 from netkit.security import AUTH_SCHEME, Secret, service_name
@@ -348,8 +349,8 @@ class Numbering:
     3, ..., and ``acked``, the highest n such that the replies of all mutations
     <= n are in hand (sent with each mutation, so the server may forget them)."""
 
-    def __init__(self, client_id: str) -> None:
-        self.client_id = client_id
+    def __init__(self, client_id: str | None = None) -> None:
+        self.client_id = client_id or uuid.uuid4().hex
         self.seq = 0
         self.acked = 0
 
@@ -364,10 +365,28 @@ class Numbering:
         self.seq += 1
         return data
 
-    def answered(self, request: Request) -> None:
-        """The reply to ``request`` is in hand (replies come in order)."""
-        if request.seq is not None:
-            self.acked = request.seq
+    def answered(self, request: Request, outcome: Outcome) -> Outcome | None:
+        """Takes the reply to ``request`` (replies come in order). Returns the outcome
+        to report, or None when the request must be sent again (re-encoded):
+
+        - ``SessionUnknown``: the server knows nothing of this client and did not
+          apply it (docs/protocol.md); a new session starts (a new id, from 1);
+        - ``OutcomeForgotten``: applied once, its outcome no longer held: for an
+          insert that is its outcome (None); a remove's removed value is lost.
+        """
+        if request.seq is None:
+            return outcome
+        error = outcome.error if outcome.status is Status.FAILED else None
+        if error == "SessionUnknown" and request.client == self.client_id:
+            log.warning(
+                "the server has forgotten this client (%s); a new session starts", outcome.message
+            )
+            self.client_id, self.seq, self.acked = uuid.uuid4().hex, 0, 0
+            return None
+        self.acked = request.seq
+        if error == "OutcomeForgotten" and request.method == "insert":
+            return OK_NONE
+        return outcome
 
 
 def describe_failure(exc: Exception) -> str:

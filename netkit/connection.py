@@ -186,6 +186,8 @@ class TlsConnection(Connection):
                     return []
                 plain = tls.feed(b"")
         except TlsError as exc:
+            with contextlib.suppress(Closed):
+                self._send_tls_output()  # the alert that tells the peer why
             raise AuthenticationFailed(str(exc)) from None
         if tls.wants_output:  # e.g. an alert, a key update
             self._send_tls_output()

@@ -75,6 +75,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_of(address: Any) -> str:
+    """The host part of a socket address, IPv4-mapped IPv6 shown as plain IPv4."""
+    host = str(address[0]) if isinstance(address, tuple) else str(address)
+    return host.removeprefix("::ffff:")
+
+
 def format_address(address: Any) -> str:
     """``host:port`` (``[v6]:port``) for a socket address, for people.
 

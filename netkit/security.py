@@ -72,22 +72,26 @@ def default_secret_file() -> Path:
     return Path(config) / "dht" / "secret"
 
 
-def load_secret(path: Path | str | None = None, *, create: bool = True) -> Secret:
+def load_secret(path: Path | str | None = None, *, create: bool | None = None) -> Secret:
     """The secret in ``path`` (default ``default_secret_file()``).
 
-    With ``create``, a missing file is made: 32 random bytes, hex, in a file of
-    mode 0600 in a directory of mode 0700 (a race with another process creating
-    it is won by one of them; both then read the same file). Raises
+    With ``create`` (by default: for the default file only, since a mistyped path
+    must not silently become a new secret), a missing file is made: 32 random
+    bytes, hex, in a file of mode 0600 in a directory of mode 0700 (a race with
+    another process creating it is won by one of them; both then read the same
+    file). Raises
     ``SecretError`` when the file cannot be used, as ssh does for a key that
     others can read: the message says what is wrong and how to mend it.
     """
+    if create is None:
+        create = path is None
     path = Path(path) if path is not None else default_secret_file()
     try:
         data = _read_private(path)
     except FileNotFoundError:
         if not create:
             raise SecretError(
-                f"no secret file {path}: create one with `python -m netkit.security new {path}`"
+                f"no secret file {path}: create one with `dht-secret new {path}`"
             ) from None
         _create(path)
         data = _read_private(path)

@@ -10,11 +10,15 @@ record header and body with a system call of its own).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 
-# TLS records hold at most 16 KiB of plaintext; reading more at once is harmless.
-_READ_SIZE = 256 * 1024
+# What one read asks for: a TLS record holds at most 16 KiB of plaintext, and
+# ssl allocates the whole size asked for on every read, so a larger size (above
+# glibc's mmap threshold, 128 KiB) costs an mmap and munmap per record: 256 KiB
+# made decrypting a small record 30 us instead of 5.
+_READ_SIZE = 64 * 1024
 
 TLS_RECORD_HANDSHAKE = 0x16  # the first byte of every TLS client hello
 
@@ -126,7 +130,16 @@ def handshake_blocking(sock: socket.socket, session: TlsSession, receive_size: i
     """Runs ``session``'s handshake over a blocking ``sock`` (its time-outs apply).
     Raises ``TlsError`` when it fails, ``ConnectionResetError`` when the peer
     closes during it, ``TimeoutError`` when it does not answer in time."""
-    while not session.handshake():
+    while True:
+        try:
+            done = session.handshake()
+        except TlsError:
+            # Tell the peer why (the alert is in the output), then fail.
+            with contextlib.suppress(OSError):
+                sock.sendall(session.take_output())
+            raise
+        if done:
+            break
         sock.sendall(session.take_output())
         try:
             data = sock.recv(receive_size)

@@ -19,7 +19,7 @@ def test_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from netkit.security import SECRET_ENV, load_secret
 
     path = tmp_path_factory.mktemp("secret") / "secret"
-    load_secret(path)  # creates it, private
+    load_secret(path, create=True)  # private
     previous = os.environ.get(SECRET_ENV)
     os.environ[SECRET_ENV] = str(path)
     yield path

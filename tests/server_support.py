@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +87,15 @@ class Wire(LineConn):
             return False
         finally:
             self.sock.settimeout(timeout)
+
+
+class OutOfFiles(socket.socket):
+    """A listener whose first accept fails as if the process had no file descriptors left."""
+
+    failures = 1
+
+    def accept(self):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()

@@ -12,7 +12,6 @@ import getpass
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -195,7 +194,7 @@ def test_a_server_killed_and_restarted_on_a_new_port_is_invisible_to_a_client(
     client = spawn([sys.executable, str(program), "failover", catalog.host, str(n)], name="client")
     wait_until(lambda: "step 300\n" in client.output(), timeout=30, what="the client to run")
     first.process.kill()
-    time.sleep(0.3)  # the client notices while nothing listens
+    wait_until(lambda: "retrying in" in client.output(), what="the client to notice")
     new_port = free_port()
     assert new_port != first.port
     second = start_server(spawn, data, project="failover", catalog=catalog.host, port=new_port)

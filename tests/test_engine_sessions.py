@@ -61,7 +61,8 @@ def test_ack_releases_outcomes_and_an_acknowledged_retry_is_refused(data):
 def test_an_unknown_client_must_start_at_seq_1(data):
     with Database(data) as db:
         refused = db.execute(mutation("insert", "k", 5, client="stranger", ack=4, value=1))
-        assert refused.status is Status.INVALID and "unknown or expired session" in refused.message
+        assert refused.status is Status.FAILED and refused.error == "SessionUnknown"
+        assert "seq 5 was not applied" in refused.message
         assert db.execute(Request("size")).result == 0
         assert db.execute(mutation("insert", "k", 1, client="stranger", value=1)) == OK_NONE
 
@@ -155,10 +156,37 @@ def test_least_recently_active_clients_are_forgotten_beyond_the_bound(data):
         db.execute(mutation("insert", "a", 2, client="old", value=2))  # old is active again
         db.execute(mutation("insert", "c", 1, client="new", value=1))  # evicts middle
         assert db.stats()["sessions"] == 2
-        later = db.execute(mutation("insert", "b", 2, client="middle", ack=1, value=9))
-        assert later.status is Status.INVALID and "expired" in later.message
-        assert db.execute(mutation("insert", "a", 2, client="old", value="x")) == OK_NONE
+        # middle lost its outcomes, not its number: a retry of seq 1 is not applied
+        # again, its next mutation is applied as if nothing had happened.
+        retry = db.execute(mutation("insert", "b", 1, client="middle", value="again"))
+        assert retry.status is Status.FAILED and retry.error == "OutcomeForgotten"
+        assert db.execute(Request("lookup", key="b")).result == 1
+        assert db.execute(mutation("insert", "b", 2, client="middle", ack=1, value=9)) == OK_NONE
+        assert db.execute(Request("lookup", key="b")).result == 9
+        # middle's return evicted old, the least recently active now: its retry is not applied
+        assert db.execute(mutation("insert", "a", 2, client="old", value="x")).error == (
+            "OutcomeForgotten"
+        )
         assert db.execute(Request("lookup", key="a")).result == 2
+
+
+def test_forgotten_twice_over_a_client_starts_a_new_session(data):
+    limits = SessionLimits(
+        max_clients=1, max_outcomes_per_client=10, max_outcomes=100, max_forgotten=1
+    )
+    with Database(data, session_limits=limits) as db:
+        db.execute(mutation("insert", "k", 1, client="a", value=1))
+        db.execute(mutation("insert", "k", 1, client="b", value=2))  # a: forgotten once
+        db.execute(mutation("insert", "k", 1, client="c", value=3))  # a: twice over
+        refused = db.execute(mutation("insert", "k", 2, client="a", ack=1, value=4))
+        assert (
+            refused.error == "SessionUnknown" and db.execute(Request("lookup", key="k")).result == 3
+        )
+        db.commit()
+    with Database(data, session_limits=limits) as db:  # the forgotten survive a restart
+        assert (
+            db.execute(mutation("insert", "k", 1, client="b", value=5)).error == "OutcomeForgotten"
+        )
 
 
 def test_total_outcome_bound_forgets_whole_clients(data):

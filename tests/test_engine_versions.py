@@ -34,7 +34,12 @@ class Writer:
 
     def request(self, method, key, version, value=None, seq=None) -> Request:
         return Request(
-            method, key=key, value=value, client=self.client, seq=seq or self.seq, version=version
+            method,
+            key=key,
+            value=value,
+            client=self.client,
+            seq=seq or self.seq,
+            version=[version, self.client],  # the writer id: here the session's
         )
 
 
@@ -168,7 +173,7 @@ def test_the_log_record_carries_the_version(data):
         Writer(db, "w").send("insert", "k", base, 1)
         db.commit()
     record = orjson.loads((data / LOG).read_bytes().split(b"\n")[0])
-    assert record["version"] == base and record["client"] == "w" and record["value"] == 1
+    assert record["version"] == [base, "w"] and record["client"] == "w" and record["value"] == 1
 
 
 # ---------------------------------------------------------------- the window
@@ -216,20 +221,28 @@ def test_purge_stops_at_the_first_tombstone_inside_the_window():
 
 
 def test_version_on_the_wire():
-    line = b'{"method":"remove","key":"k","client":"c","seq":2,"ack":1,"version":7}'
+    line = b'{"method":"remove","key":"k","client":"c","seq":2,"ack":1,"version":[7,"w"]}'
     request = parse_request(line)
-    assert isinstance(request, Request) and request.version == 7
+    assert isinstance(request, Request) and request.version == [7, "w"]
     assert parse_request(encode_request(request).rstrip()) == request
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        (b'{"method":"insert","key":"k","value":1,"version":7}', '"version" needs "client"'),
-        (b'{"method":"lookup","key":"k","version":7}', 'lookup takes no field "version"'),
+        (b'{"method":"insert","key":"k","value":1,"version":[7,"w"]}', '"version" needs "client"'),
+        (b'{"method":"lookup","key":"k","version":[7,"w"]}', 'lookup takes no field "version"'),
         (
-            b'{"method":"insert","key":"k","value":1,"client":"c","seq":1,"version":0}',
-            'field "version" must be an integer from 1',
+            b'{"method":"insert","key":"k","value":1,"client":"c","seq":1,"version":[0,"w"]}',
+            'field "version" must be [number, writer]',
+        ),
+        (
+            b'{"method":"insert","key":"k","value":1,"client":"c","seq":1,"version":7}',
+            'field "version" must be [number, writer]',
+        ),
+        (
+            b'{"method":"insert","key":"k","value":1,"client":"c","seq":1,"version":[7,""]}',
+            'field "version" must be [number, writer]',
         ),
     ],
 )
@@ -241,7 +254,9 @@ def test_version_rules(line, expected):
 
 def test_the_database_applies_the_same_rules_to_requests_built_in_python(data):
     with Database(data) as db:
-        refused = db.execute(Request("insert", key="k", value=1, version=5))
+        refused = db.execute(Request("insert", key="k", value=1, version=[5, "w"]))
         assert refused.status is Status.INVALID and '"version" needs "client"' in refused.message
-        refused = db.execute(Request("insert", key="k", value=1, client="c", seq=1, version=-1))
+        refused = db.execute(
+            Request("insert", key="k", value=1, client="c", seq=1, version=[-1, "w"])
+        )
         assert refused.status is Status.INVALID and 'field "version"' in refused.message

@@ -23,6 +23,8 @@ from harness.services import listening_port
 
 CONSOLE_SCRIPTS = [
     "hashtable-server",
+    "hashtable-cli",
+    "dht-secret",
     "testperf",
     "catalog-server",
     "catalog-query",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import signal
 import socket
 import threading
@@ -13,6 +12,7 @@ import pytest
 from netkit.accepting import Acceptor
 from netkit.listeners import open_listener
 from netkit.loop import READ, WRITE, EventLoop
+from tests.server_support import OutOfFiles
 
 
 @pytest.fixture
@@ -128,21 +128,9 @@ def test_many_cancelled_timers_do_not_pile_up(loop):
     assert len(loop._timers) < 200
 
 
-class _ExhaustedListener(socket.socket):
-    """A listener whose first accept fails as if the process had no file descriptors left."""
-
-    failures = 1
-
-    def accept(self):
-        if self.failures:
-            self.failures -= 1
-            raise OSError(errno.EMFILE, "Too many open files")
-        return super().accept()
-
-
 def test_the_acceptor_pauses_when_out_of_descriptors_then_resumes_by_itself(loop):
     plain = open_listener("127.0.0.1", 0)
-    listener = _ExhaustedListener(fileno=plain.detach())
+    listener = OutOfFiles(fileno=plain.detach())
     accepted = []
     acceptor = Acceptor(loop, listener, lambda sock, address: accepted.append(sock), pause=0.2)
     client = socket.create_connection(listener.getsockname())

@@ -9,7 +9,6 @@ tests/test_scheduler.py.
 from __future__ import annotations
 
 import contextlib
-import errno
 import socket
 import time
 from functools import partial
@@ -24,6 +23,7 @@ from hashtable.request import Request
 from hashtable.server import Limits, Server
 from netkit.listeners import open_listener
 from tests import server_support
+from tests.server_support import OutOfFiles
 
 # The in-process server here serves plain text (no TLS context): the loop's rules
 # do not depend on it, and tests/test_security.py covers the TLS side.
@@ -59,7 +59,9 @@ class SpyDatabase(Database):
 
 @pytest.fixture
 def db(tmp_path: Path):
-    database = SpyDatabase(tmp_path / "data")
+    # A scan time-out far above what the tests scan: they are about slicing, and the
+    # machine may be busy (the time-out itself: tests/test_engine_table.py).
+    database = SpyDatabase(tmp_path / "data", scan_timeout=30.0)
     yield database
     database.close()
 
@@ -276,18 +278,6 @@ def test_connections_over_the_cap_are_closed_at_once(db):
             wire.close()
     finally:
         server.close()
-
-
-class OutOfFiles(socket.socket):
-    """A listener whose first accept fails as if the process had no file descriptors left."""
-
-    failures = 1
-
-    def accept(self):
-        if self.failures:
-            self.failures -= 1
-            raise OSError(errno.EMFILE, "Too many open files")
-        return super().accept()
 
 
 def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(db):

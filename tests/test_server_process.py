@@ -84,14 +84,17 @@ def test_quiet_logs_nothing_but_still_says_where_it_listens(spawn, tmp_path: Pat
 
 
 def test_the_documented_nc_session_is_what_the_server_says(spawn, tmp_path: Path):
-    """docs/protocol.md shows a session: lines after '> ' are sent, after '< ' expected."""
+    """docs/protocol.md shows an nc session with a --no-auth server: lines after '> '
+    are sent, after '< ' expected."""
     text = DOCS.read_text()
-    session = re.search(r"```text\n(\$ nc .*?)```", text, re.S).group(1)
+    session = re.search(r"```text\n(?:\$ python .*?--no-auth &\n)(\$ nc .*?)```", text, re.S).group(
+        1
+    )
     sent = [line[2:] for line in session.splitlines() if line.startswith("> ")]
     expected = [line[2:] for line in session.splitlines() if line.startswith("< ")]
     assert len(sent) == len(expected) >= 8
-    server = start_server(spawn, tmp_path / "data")
-    with Wire(server.port) as client:
+    server = start_server(spawn, tmp_path / "data", "--no-auth")
+    with Wire(server.port, plain=True) as client:
         client.send(*[line.encode() + b"\n" for line in sent])
         for want in expected:
             got = client.reply()

@@ -90,15 +90,19 @@ def test_the_server_keeps_serving_when_its_output_cannot_be_written(tmp_path: Pa
             stderr=log,
             cwd=ROOT,
         )  # fmt: skip
+    said = "cannot print the listening line: No space left on device"
     try:
-        wait_until(lambda: tcp_open("127.0.0.1", port) or server.poll() is not None, what="port")
-        assert server.poll() is None
+        wait_until(
+            lambda: said in (tmp_path / "server.log").read_text() or server.poll() is not None,
+            what="the server to try printing its listening line",
+        )
+        assert tcp_open("127.0.0.1", port) and server.poll() is None
     finally:
         server.terminate()
         assert server.wait(timeout=10) == 0
         log.close()
     text = (tmp_path / "server.log").read_text()
-    assert "cannot print the listening line: No space left on device" in text
+    assert said in text
     assert "Traceback" not in text and "Exception ignored" not in text
 
 

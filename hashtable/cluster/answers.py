@@ -34,6 +34,8 @@ def write_result(method: str, key: str, outcomes: list[Outcome], clock: HybridCl
     results = [result_of(outcome, key) for outcome in outcomes]
     removed = []
     for result in results:
+        if result is None and method == "insert":
+            continue  # applied once, its reply forgotten by the server (OutcomeForgotten)
         if type(result) is not dict or type(result.get("applied")) is not bool:
             raise ProtocolError(f"not the result of a versioned write: {str(result)[:80]}")
         if not result["applied"]:

@@ -86,7 +86,9 @@ class ClusterClient:
         self.give_up_after = give_up_after
         self._clock = HybridClock()
         self._turn = 0  # which replica the next read asks first
-        self._id = uuid.uuid4().hex  # one id on every server; each numbers its own
+        # The writer id in every version: one on every server (each server's session
+        # has an id of its own, ``Numbering``'s, which a server that forgot it renews).
+        self._id = uuid.uuid4().hex
         self._members = [
             Member(
                 index,
@@ -99,14 +101,14 @@ class ClusterClient:
                     backoff_cap=backoff_cap,
                     secret=secret,
                 ),
-                Numbering(self._id),
+                Numbering(),
             )
             for index in range(servers)  # type: ignore[arg-type]
         ]
 
     @property
     def client_id(self) -> str:
-        """The random id this client's mutations carry on every server."""
+        """The random id in this client's write versions, on every server."""
         return self._id
 
     @property
@@ -184,7 +186,7 @@ class ClusterClient:
         targets = self._replicas_of(request)
         patience = Patience(self.give_up_after, f"cluster {self.name!r}: {request.method}")
         while True:
-            version = self._clock.next()
+            version = [self._clock.next(), self._id]
             calls = []
             for member in targets:
                 numbered = Request(request.method, request.key, request.value, version=version)

@@ -1,6 +1,6 @@
 """The versions a cluster client gives its writes: a hybrid logical clock.
 
-A version is ``(number, client id)``; the number is this clock's reading, in
+A version is ``[number, writer id]``; the number is this clock's reading, in
 microseconds since the Unix epoch. Each reading is greater than the one before
 (even if the wall clock steps back, or two writes fall in one microsecond), and
 greater than any version the client has seen a server hold (``observe``): so a

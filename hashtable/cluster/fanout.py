@@ -175,11 +175,15 @@ def _receive(call: Call) -> None:
         return
     if len(lines) > 1:
         raise ProtocolError("the server sent a reply to no request")
-    call.outcome = decode_reply(lines.popleft())
+    outcome = decode_reply(lines.popleft())
     call.deadline = call.out = None
-    if call.request is not None:
-        call.member.numbering.answered(call.request)
     call.member.up()
+    if call.request is not None:
+        outcome = call.member.numbering.answered(call.request, outcome)
+        if outcome is None:  # the server forgot this session: sent again under a new one
+            call.line = call.member.numbering.encode(call.request)
+            return
+    call.outcome = outcome
 
 
 def _failed(call: Call, exc: Exception, patience: Patience, now: float) -> None:
