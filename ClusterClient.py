@@ -7,23 +7,5 @@
 See hashtable/cluster/client.py for the API and docs/cluster.md for the design.
 """
 
-from hashtable.client import (
-    AuthenticationError,
-    HashTableError,
-    InvalidRequestError,
-    ServerError,
-    ServiceUnavailable,
-)
-from hashtable.cluster import ClusterClient, ClusterPipeline, key_hash, replicas
-
-__all__ = [
-    "AuthenticationError",
-    "ClusterClient",
-    "ClusterPipeline",
-    "HashTableError",
-    "InvalidRequestError",
-    "ServerError",
-    "ServiceUnavailable",
-    "key_hash",
-    "replicas",
-]
+from hashtable.cluster import *  # noqa: F403  (the package's public names, as they are)
+from hashtable.cluster import __all__  # noqa: F401

@@ -6,5 +6,23 @@
 
 from hashtable.cluster.client import ClusterClient, ClusterPipeline
 from hashtable.cluster.placement import key_hash, primary, replicas
+from hashtable.errors import (
+    AuthenticationError,
+    HashTableError,
+    InvalidRequestError,
+    ServerError,
+    ServiceUnavailable,
+)
 
-__all__ = ["ClusterClient", "ClusterPipeline", "key_hash", "primary", "replicas"]
+__all__ = [
+    "AuthenticationError",
+    "ClusterClient",
+    "ClusterPipeline",
+    "HashTableError",
+    "InvalidRequestError",
+    "ServerError",
+    "ServiceUnavailable",
+    "key_hash",
+    "primary",
+    "replicas",
+]
