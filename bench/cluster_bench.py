@@ -100,35 +100,28 @@ class ThreadedWrites(ClusterClient):
 # ---------------------------------------------------------------- measuring
 
 
-def timed_inserts(client: Any, prefix: str, seconds: float) -> tuple[float, float]:
-    """(inserts per second, client CPU microseconds per insert) over ``seconds``."""
-    insert = client.insert
+def timed(operation: Callable[[int], Any], seconds: float) -> tuple[float, float]:
+    """(operations per second, client CPU microseconds per operation) of
+    ``operation(0)``, ``operation(1)``, ... over ``seconds``."""
     count = 0
     cpu = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     while True:
-        insert(f"{prefix}:{count}", VALUE)
+        operation(count)
         count += 1
         if count % 16 == 0 and time.perf_counter() >= deadline:
             break
     wall = time.perf_counter() - start
     return count / wall, (time.process_time() - cpu) / count * 1e6
+
+
+def timed_inserts(client: Any, prefix: str, seconds: float) -> tuple[float, float]:
+    return timed(lambda n: client.insert(f"{prefix}:{n}", VALUE), seconds)
 
 
 def timed_lookups(client: Any, keys: list[str], seconds: float) -> tuple[float, float]:
-    lookup = client.lookup
-    count = 0
-    cpu = time.process_time()
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        lookup(keys[count % len(keys)])
-        count += 1
-        if count % 16 == 0 and time.perf_counter() >= deadline:
-            break
-    wall = time.perf_counter() - start
-    return count / wall, (time.process_time() - cpu) / count * 1e6
+    return timed(lambda n: client.lookup(keys[n % len(keys)]), seconds)
 
 
 def insert_configs(catalog: str) -> dict[str, Callable[[], Any]]:

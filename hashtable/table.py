@@ -24,8 +24,8 @@ _SHOWN_KEY_CHARS = 80  # keys may be megabytes long; messages show a prefix
 KEY_TIMEOUT = 0.05
 _OK = Status.OK
 
-# A versioned write's version: (number, client id), ordered as a tuple. Written
-# [number, "client"] in replies, checkpoints and docs/protocol.md.
+# A versioned write's version: (number, writer id), ordered as a tuple. Written
+# [number, "writer"] in requests, replies, checkpoints and docs/protocol.md.
 Version = tuple[int, str]
 APPLIED = Outcome.ok({"applied": True})
 
@@ -46,7 +46,7 @@ def _superseded(held: Version) -> Outcome:
 
 
 def _wire(version: Version | None) -> list[Any] | None:
-    """A version as JSON carries it: [number, "client"]."""
+    """A version as JSON carries it: [number, "writer"]."""
     return None if version is None else [version[0], version[1]]
 
 

@@ -206,6 +206,14 @@ def test_scan_query_and_size_count_every_key_once(cluster3):
             (k, v) for k, v in model.items() if v.get("group") == 2
         )
         assert table.size() == len(model) == 64
+        with table.pipeline() as queued:  # the same interface as HashTableClient's
+            queued.insert("piped", 1)
+            queued.lookup("piped")
+            queued.remove("absent")
+            queued.size()
+        assert queued.results()[:2] == [None, 1] and queued.results()[3] == 65
+        assert isinstance(queued.results()[2], KeyError)
+        table.remove("piped")
         cluster3.kill(2)  # then the other two are counted key by key
         assert table.size() == 64 and dict(table.scan("")) == model
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from hashtable.errors import (
     ServiceUnavailable,
     result_of,
 )
-from hashtable.pipeline import Reply
+from hashtable.pipeline import RequestQueue
 from hashtable.protocol import encode_request
 from hashtable.request import Outcome, Request, argument_problem
 from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
@@ -136,12 +135,11 @@ class ClusterClient:
 
     def scan(self, regex: str) -> list[tuple[str, Any]]:
         """The ``(key, value)`` pairs whose key ``regex`` matches (``re.search``)."""
-        return merged_pairs(self._read_all(Request("scan", regex=regex)), *self._shape)
+        return self._execute(Request("scan", regex=regex))
 
     def query(self, subkey: str, subvalue: Any) -> list[tuple[str, Any]]:
         """The ``(key, value)`` pairs whose value is an object with ``subkey == subvalue``."""
-        request = Request("query", subkey=subkey, subvalue=subvalue)
-        return merged_pairs(self._read_all(request), *self._shape)
+        return self._execute(Request("query", subkey=subkey, subvalue=subvalue))
 
     def size(self) -> int:
         """The number of distinct keys. Every server's count when all answer and
@@ -175,6 +173,17 @@ class ClusterClient:
     @property
     def _shape(self) -> tuple[int, int]:
         return self.servers, self.copies
+
+    def _execute(self, request: Request) -> Any:
+        """Any request, by its method (what a pipeline queued)."""
+        method = request.method
+        if method in ("insert", "remove"):
+            return self._write(request)
+        if method == "lookup":
+            return self._read_key(request)
+        if method == "size":
+            return self.size()
+        return merged_pairs(self._read_all(request), *self._shape)
 
     def _replicas_of(self, request: Request) -> list[Member]:
         if type(request.key) is not str:  # no placement: the servers' own answer
@@ -244,69 +253,27 @@ class ClusterClient:
             patience.sleep_until(min(left))
 
 
-class ClusterPipeline:
+class ClusterPipeline(RequestQueue):
     """``Pipeline``'s interface for a cluster: requests queued, then run by
     ``execute()`` (or at the end of a ``with`` block) one after another, each
     result or answer (``KeyError``, ...) in its ``Reply``. Not sent together
     yet: a cluster pipeline saves no round trips."""
 
     def __init__(self, client: ClusterClient) -> None:
+        super().__init__()
         self._client = client
-        self._queued: list[tuple[Callable[[], Any], Reply]] = []
-        self._replies: list[Reply] = []
-
-    def _add(self, key: str | None, operation: Callable[[], Any]) -> Reply:
-        reply = Reply(key)
-        self._queued.append((operation, reply))
-        self._replies.append(reply)
-        return reply
-
-    def insert(self, key: str, value: Any) -> Reply:
-        return self._add(key, lambda: self._client.insert(key, value))
-
-    def lookup(self, key: str) -> Reply:
-        return self._add(key, lambda: self._client.lookup(key))
-
-    def remove(self, key: str) -> Reply:
-        return self._add(key, lambda: self._client.remove(key))
-
-    def scan(self, regex: str) -> Reply:
-        return self._add(None, lambda: self._client.scan(regex))
-
-    def size(self) -> Reply:
-        return self._add(None, self._client.size)
-
-    def query(self, subkey: str, subvalue: Any) -> Reply:
-        return self._add(None, lambda: self._client.query(subkey, subvalue))
 
     def execute(self) -> list[Any]:
         """Runs the queued requests in order and returns ``results()``."""
         queued, self._queued = self._queued, []
-        for operation, reply in queued:
+        for request, reply in queued:
             try:
-                reply.outcome = Outcome.ok(operation())
+                reply.outcome = Outcome.ok(self._client._execute(request))
             except (ServiceUnavailable, AuthenticationError):
                 raise  # not an answer: as from Pipeline.execute()
             except ANSWERS as exc:
                 reply.error = exc
         return self.results()
-
-    def results(self) -> list[Any]:
-        """Every request's result in order; a failed one's exception in its place."""
-        results = []
-        for reply in self._replies:
-            try:
-                results.append(reply.result())
-            except ANSWERS as exc:
-                results.append(exc)
-        return results
-
-    def __enter__(self) -> ClusterPipeline:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.execute()
 
 
 def check_shape(servers: Any, copies: Any) -> None:
