@@ -60,7 +60,7 @@ class SequentialWrites(ClusterClient):
     """The replicas written one after another: K round trips (bench only)."""
 
     def _write(self, request: Request) -> Any:
-        patience = Patience(None, "sequential")
+        patience = Patience(None, self.name, "sequential write")
         version = [self._clock.next(), self._id]
         calls = []
         for member in self._replicas_of(request):

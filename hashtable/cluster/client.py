@@ -34,7 +34,7 @@ from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
 from .answers import merged_pairs, needs_new_version, quick_size, write_result
 from .clock import HybridClock
 from .fanout import Call, Member, Patience, run
-from .placement import covered, replicas
+from .placement import covered, key_hash, replicas
 
 
 class ClusterClient:
@@ -103,6 +103,11 @@ class ClusterClient:
                 Numbering(),
             )
             for index in range(servers)  # type: ignore[arg-type]
+        ]
+        # primary -> its K members, in order: a key's replicas are one look-up away.
+        self._replica_sets = [
+            [self._members[(first + n) % servers] for n in range(copies)]
+            for first in range(servers)  # type: ignore[arg-type]
         ]
 
     @property
@@ -188,12 +193,12 @@ class ClusterClient:
     def _replicas_of(self, request: Request) -> list[Member]:
         if type(request.key) is not str:  # no placement: the servers' own answer
             raise InvalidRequestError(argument_problem(request))
-        return [self._members[index] for index in self.where(request.key)]
+        return self._replica_sets[key_hash(request.key) % self.servers]
 
     def _write(self, request: Request) -> Any:
         """A versioned write to all the key's replicas at once (docs/cluster.md)."""
         targets = self._replicas_of(request)
-        patience = Patience(self.give_up_after, f"cluster {self.name!r}: {request.method}")
+        patience = Patience(self.give_up_after, self.name, request.method)
         while True:
             version = [self._clock.next(), self._id]
             calls = []
@@ -212,7 +217,7 @@ class ClusterClient:
         self._turn += 1
         order = targets[first:] + targets[:first]
         line = encode_request(request)
-        patience = Patience(self.give_up_after, f"cluster {self.name!r}: {request.method}")
+        patience = Patience(self.give_up_after, self.name, request.method)
         while True:
             now = time.monotonic()
             member = next((m for m in order if m.available(now)), None)
@@ -230,7 +235,7 @@ class ClusterClient:
         waited for otherwise. ``need_all``: None as soon as one fails instead
         (the caller has another way)."""
         line = encode_request(request)
-        patience = Patience(self.give_up_after, f"cluster {self.name!r}: {request.method}")
+        patience = Patience(self.give_up_after, self.name, request.method)
         results: dict[int, Any] = {}
         while True:
             now = time.monotonic()

@@ -27,6 +27,7 @@ from hashtable.request import Outcome, Request
 from hashtable.transport import RETRYABLE, Numbering, Transport, describe_failure
 
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_monotonic = time.monotonic
 
 
 class Member:
@@ -71,11 +72,15 @@ class Call:
 
 
 class Patience:
-    """How long one operation may go on failing (``give_up_after``; None: for ever)."""
+    """How long one operation may go on failing (``give_up_after``; None: for ever).
+    Made for every operation, so it costs nothing until a failure."""
 
-    def __init__(self, give_up_after: float | None, what: str) -> None:
+    __slots__ = ("cluster", "give_up_after", "method", "since")
+
+    def __init__(self, give_up_after: float | None, cluster: str, method: str) -> None:
         self.give_up_after = give_up_after
-        self.what = what
+        self.cluster = cluster
+        self.method = method
         self.since: float | None = None
 
     def failed(self, exc: Exception, now: float) -> None:
@@ -84,7 +89,8 @@ class Patience:
             self.since = now
         if self.give_up_after is not None and now - self.since >= self.give_up_after:
             raise ServiceUnavailable(
-                f"{self.what}: unreachable for {self.give_up_after:g} s: {describe_failure(exc)}"
+                f"cluster {self.cluster!r}: {self.method} unreachable for "
+                f"{self.give_up_after:g} s: {describe_failure(exc)}"
             ) from exc
 
     def sleep_until(self, when: float) -> None:
@@ -98,51 +104,54 @@ class Patience:
 
 def run(calls: Iterable[Call], patience: Patience, *, keep_trying: bool) -> None:
     """Sends every call and waits for the replies; see the module. Returns when
-    every call has an outcome, or (without ``keep_trying``) has failed once.
-    Long because it is the one loop over all the sockets."""
+    every call has an outcome, or (without ``keep_trying``) has failed once. One
+    call per member. Long because it is the one loop over all the sockets."""
     waiting = list(calls)
     try:
         while waiting:
-            now = time.monotonic()
+            now = _monotonic()
+            sent, idle = [], []  # sent: awaiting a reply; idle: to be sent when due
             for call in waiting:
-                if call.deadline is None and call.member.available(now):
+                if call.deadline is None and call.member.retry_at <= now:
                     _send(call, patience, now)
-            if not keep_trying:
-                waiting = [call for call in waiting if call.failure is None]
-            sent = [call for call in waiting if call.deadline is not None]
+                if call.deadline is not None:
+                    sent.append(call)
+                elif keep_trying or call.failure is None:
+                    idle.append(call)
+            waiting = sent + idle
             if not sent:
-                if waiting:
-                    patience.sleep_until(min(call.member.retry_at for call in waiting))
+                if idle:
+                    patience.sleep_until(min(call.member.retry_at for call in idle))
                 continue
             poller = select.poll()
             by_fd: dict[int, Call] = {}
+            until = sent[0].deadline
             for call in sent:
                 transport = call.member.transport
-                writing = call.out or transport.sending
                 fd = transport.sock.fileno()  # type: ignore[union-attr]
-                poller.register(fd, _POLLIN | (_POLLOUT if writing else 0))
+                writing = call.out or transport.sending
+                poller.register(fd, (_POLLIN | _POLLOUT) if writing else _POLLIN)
                 by_fd[fd] = call
-            until = min(call.deadline for call in sent)  # type: ignore[type-var]
-            for call in waiting:
-                if call.deadline is None:
-                    until = min(until, call.member.retry_at)
-            ready = poller.poll(max(0.0, until - now) * 1000)
-            now = time.monotonic()
+                until = min(until, call.deadline)  # type: ignore[type-var]
+            for call in idle:
+                until = min(until, call.member.retry_at)  # type: ignore[type-var]
+            ready = poller.poll(max(0.0, until - now) * 1000)  # type: ignore[operator]
+            now = _monotonic()
             for fd, _ in ready:
                 call = by_fd[fd]
                 try:
                     _receive(call)
                 except RETRYABLE as exc:
                     _failed(call, exc, patience, now)
-                    continue
-                if call.outcome is not None:
-                    waiting.remove(call)
             for call in sent:
-                if call.outcome is None and call.deadline is not None and now >= call.deadline:
+                if call.deadline is not None and now >= call.deadline:
                     timeout = call.member.transport.timeout
                     _failed(call, TimeoutError(f"no reply within {timeout:g} s"), patience, now)
-            if not keep_trying:
-                waiting = [call for call in waiting if call.failure is None]
+            waiting = [
+                call
+                for call in waiting
+                if call.outcome is None and (keep_trying or call.failure is None)
+            ]
     except BaseException:
         # Interrupted, or given up: replies may still come on these connections,
         # and must not be taken for the next requests'.
