@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[plot]'
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[plot,uvloop]'
 	touch $@
 
 system:

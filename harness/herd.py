@@ -6,7 +6,14 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.processes import Process, free_port, python_module, tcp_open, wait_until
+from harness.processes import (
+    Process,
+    free_port,
+    python_module,
+    python_script,
+    tcp_open,
+    wait_until,
+)
 from herd.config import HerdConfig, ServerAddress, load_config, write_config
 
 NAMES = ("Goloman", "Hands", "Holiday", "Welsh", "Wilkes")
@@ -16,8 +23,12 @@ def free_config(path: Path, template: HerdConfig | None = None) -> HerdConfig:
     """The shipped herd (or ``template``) on free ports: port P for clients, P+1 for peers."""
     template = template or load_config()
     servers = {}
+    taken: set[int] = set()
     for name in template.servers:
         port = free_port()
+        while {port, port + 1} & taken:  # free_port does not know the ones already chosen
+            port = free_port()
+        taken |= {port, port + 1}
         servers[name] = ServerAddress(name, "127.0.0.1", port, port + 1)
     config = HerdConfig(template.herd, servers, template.links)
     write_config(config, path)
@@ -25,37 +36,43 @@ def free_config(path: Path, template: HerdConfig | None = None) -> HerdConfig:
 
 
 class Herd:
-    """Servers of one configuration, started and stopped by name."""
+    """Servers of one configuration, started and stopped by name; ``tree``: run the
+    herd of another checkout of the project (bench/herd_bench.py --before)."""
 
-    def __init__(self, directory: Path, *extra: str, config: HerdConfig | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *extra: str,
+        config: HerdConfig | None = None,
+        tree: Path | None = None,
+        name: str = "herd",
+    ) -> None:
         self.directory = directory
-        self.config_path = directory / "herd.json"
+        self.tree = tree
+        self.config_path = directory / f"{name}.json"
         self.config = config or free_config(self.config_path)
         if config is not None:
             write_config(config, self.config_path)
         self.extra = list(extra)
+        self.prefix = "" if name == "herd" else f"{name}-"
         self.processes: dict[str, Process] = {}
 
     def port(self, name: str) -> int:
         return self.config.servers[name].port
 
     def log_file(self, name: str) -> Path:
-        return self.directory / f"{name}.log"
+        return self.directory / f"{self.prefix}{name}.log"
 
     def start(self, *names: str, extra: Iterable[str] = (), wait: bool = True) -> None:
         for name in names or self.config.servers:
+            args = [name, "--config", str(self.config_path), "--log-file", str(self.log_file(name))]
+            command = (
+                python_module("herd", *args)
+                if self.tree is None
+                else python_script("server.py", *args, tree=self.tree)
+            )
             self.processes[name] = Process(
-                python_module(
-                    "herd",
-                    name,
-                    "--config",
-                    str(self.config_path),
-                    "--log-file",
-                    str(self.log_file(name)),
-                    *self.extra,
-                    *extra,
-                ),
-                self.directory / f"{name}.out",
+                [*command, *self.extra, *extra], self.directory / f"{self.prefix}{name}.out"
             )
         if wait:
             for name in names or self.config.servers:

@@ -253,7 +253,7 @@ class Server:
             self.scheduler.refuse_line(peer, exc.lines, str(exc))
             return
         if phase is Phase.HANDSHAKING:
-            if not peer.conn.established:  # type: ignore[attr-defined]  # a TlsConnection
+            if not peer.conn.established:
                 self._update(peer)  # the handshake's output may wait for the socket
                 return
             self.scheduler.authenticated(peer)

@@ -12,7 +12,9 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from catalog.client import catalog_addresses
 from hashtable.database import RecoveryError
@@ -32,6 +34,8 @@ from netkit.cliargs import (
     positive_seconds,
     program_name,
 )
+from netkit.listeners import is_loopback
+from netkit.security import SecretError, load_secret, require_service_name, service_name
 
 log = logging.getLogger("herd")
 
@@ -70,12 +74,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-clients", type=positive_int, default=1024, help="client connections at once")
     add("--max-line", type=positive_int, default=4096, help="longest client line in bytes")
     add("--max-locations", type=positive_int, default=1_000_000, help="clients in the table")
+    add("--log-flush-interval", type=nonnegative_seconds, default=0.01,
+        help="longest the traffic log waits to be written (default 0.01 s; 0: every turn)")  # fmt: skip
+    add("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        help="event loop: uvloop when it is installed (auto), or asyncio's own")  # fmt: skip
+    add("--secret-file", type=Path, metavar="FILE",
+        help="the secret the herd's servers share: their links are mutual TLS with it "
+        "(default: $DHT_SECRET_FILE, else ~/.config/dht/secret)")  # fmt: skip
+    add("--no-auth", action="store_true",
+        help="plain-text peer links, for a herd whose servers all listen on loopback only")  # fmt: skip
     add("-v", "--verbose", action="count", default=0)
     add("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.places_key_file is not None and args.places != "google":
         parser.error("--places-key-file is for --places google")
+    if args.no_auth and args.secret_file is not None:
+        parser.error("--no-auth and --secret-file contradict each other")
     return args
+
+
+def peer_security(args: argparse.Namespace, config: HerdConfig) -> dict[str, Any]:
+    """The ``Options`` fields of the peer links' TLS: mutual, with the secret, naming
+    the herd (so that two herds of one owner never link); none with --no-auth, which
+    every server's peer address must then keep on loopback."""
+    if args.no_auth:
+        exposed = [
+            name for name, entry in config.servers.items()
+            if not is_loopback(entry.host or args.host or "127.0.0.1")
+        ]  # fmt: skip
+        if exposed or args.catalog is not None:
+            raise SecretError(
+                "--no-auth: plain-text peer links only between servers on loopback, found "
+                "through the configuration (not " + (", ".join(exposed) or "--catalog") + ")"
+            )
+        return {}
+    secret = load_secret(args.secret_file)
+    server = secret.server_context()
+    require_service_name(server, config.herd)
+    return {
+        "server_ssl": server,
+        "client_ssl": secret.client_context(),
+        "peer_server_name": service_name(config.herd),
+        "secret": secret,
+    }
 
 
 def setup_logs(name: str, log_file: Path, verbose: int, quiet: bool) -> None:
@@ -114,19 +155,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"herd: cannot open the log file: {error}", file=sys.stderr)
         return 2
     try:
+        security = peer_security(args, config)
         places = make_places(args)
         catalogs = None if args.catalog is None else catalog_addresses(args.catalog or None)
         durable = DurableLocations(args.data_dir) if args.data_dir else None
-    except (google.KeyMissing, AddressError, RecoveryError) as error:
+    except (google.KeyMissing, AddressError, RecoveryError, SecretError) as error:
         log.error("%s", error)
         return 2
+    runner = loop_runner(args.loop)
+    if runner is None:
+        log.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        return 2
     try:
-        return asyncio.run(run(args, config, places, durable, catalogs))
+        return runner(run(args, config, places, durable, catalogs, security))
     except KeyboardInterrupt:
         return 0
     finally:
         if durable is not None:
             durable.close()
+
+
+def loop_runner(choice: str) -> Callable[[Coroutine], int] | None:
+    """``asyncio.run``, or uvloop's: the same loop API, its core in C (libuv); 15% less
+    herd CPU per update here (docs/herd.md). None when uvloop was asked for but is not
+    installed; ``auto`` falls back to asyncio's own loop."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            return None if choice == "uvloop" else asyncio.run
+        return uvloop.run
+    return asyncio.run
 
 
 def make_places(args: argparse.Namespace):
@@ -138,8 +197,9 @@ def make_places(args: argparse.Namespace):
     return index.nearby_search
 
 
-async def run(args, config: HerdConfig, places, durable, catalogs) -> int:
+async def run(args, config: HerdConfig, places, durable, catalogs, security) -> int:
     """Serves until a signal (0) or a storage failure (1); 2 if it cannot listen."""
+    secret = security.pop("secret", None)
     loop = asyncio.get_running_loop()
     entry = config.servers[args.name]
     options = Options(
@@ -153,13 +213,15 @@ async def run(args, config: HerdConfig, places, durable, catalogs) -> int:
         peer_timeout=args.peer_timeout,
         backoff_initial=args.backoff_initial,
         backoff_cap=max(args.backoff_cap, args.backoff_initial),
+        log_flush_interval=args.log_flush_interval,
+        **security,
     )
     log_file = args.log_file or Path(f"{args.name}.log")
     server = HerdServer(args.name, config, options, places, durable, log_file=log_file)
     discovery = None
     if catalogs is not None:
         discovery = Discovery(config.herd, args.name, catalogs, server.status,
-                              args.announce_interval)  # fmt: skip
+                              args.announce_interval, secret)  # fmt: skip
         server._peer_address = discovery.peer_address
     server.bind_loop(loop)
     host = entry.host or args.host or "127.0.0.1"
@@ -171,7 +233,12 @@ async def run(args, config: HerdConfig, places, durable, catalogs) -> int:
     try:
         clients = await loop.create_server(lambda: ClientProtocol(server), host, port)
         peers = await loop.create_server(
-            lambda: PeerConnection(server), host, peer_port, ssl=options.server_ssl
+            lambda: PeerConnection(server),
+            host,
+            peer_port,
+            ssl=options.server_ssl,
+            # asyncio's own default is 60 s: a silent stranger would hold a slot that long.
+            ssl_handshake_timeout=options.handshake_timeout if options.server_ssl else None,
         )
     except OSError as error:
         log.error("cannot listen on %s: %s", host, error.strerror or error)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from netkit.framing import LineFramer, LineTooLong
 
 if TYPE_CHECKING:
-    from herd.server import HerdServer
+    from herd.server import HerdServer, PendingReply
 
 HIGH_WATER = 256 * 1024
 LINGER = 5.0
@@ -46,7 +46,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self._lines: deque[bytes] = deque()
-        self._waiting: asyncio.Future[bytes] | None = None
+        self._waiting: PendingReply | None = None
         self._closing = False  # EOF or a fatal line: close once the replies are out
         self._paused = False
         self._last_active = time.monotonic()
@@ -57,8 +57,7 @@ class ClientProtocol(asyncio.Protocol):
     # ---- asyncio callbacks --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.peer = prepare(transport, HIGH_WATER)
         if not self.server.client_opened(self):
             transport.abort()
@@ -130,7 +129,7 @@ class ClientProtocol(asyncio.Protocol):
                 replies.append(result)
             else:
                 self._waiting = result
-                result.add_done_callback(self._reply_ready)
+                result.on_ready = self._reply_ready
         if replies:
             transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
         if self._closing and not self._lines and self._waiting is None:
@@ -150,11 +149,11 @@ class ClientProtocol(asyncio.Protocol):
         transport.resume_reading()
         asyncio.get_running_loop().call_later(LINGER, transport.close)
 
-    def _reply_ready(self, future: asyncio.Future[bytes]) -> None:
+    def _reply_ready(self, reply: bytes) -> None:
         self._waiting = None
-        if self.transport is None or self.transport.is_closing() or future.cancelled():
+        if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(future.result())
+        self.transport.write(reply)
         self._process()
 
     def _arm_idle_timer(self) -> None:

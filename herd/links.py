@@ -9,6 +9,12 @@ and a link silent for ``peer_timeout`` is dropped. The dialer redials with
 exponential backoff (netkit.backoff), asking the catalog for the neighbour's
 address first when discovery is on.
 
+Writes: a link writes at most once per loop turn (``flush``, from the server's
+end of turn): the ACK it owes, then the UPDATE lines its neighbour has not been
+sent, in one ``write``. What the neighbour need not have at once (herd.peering:
+an ACK nobody waits for, changes its fanout says it gets from elsewhere) waits
+until something else goes that way, or ``LAZY_DELAY`` seconds at most.
+
 TLS: ``ssl`` contexts from the server's options go to ``create_server`` and
 ``create_connection`` for the peer port; nothing else here depends on them.
 """
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 MAX_PEER_LINE = 64 * 1024
 HIGH_WATER = 1024 * 1024
 LINES_PER_WRITE = 2000
+LAZY_DELAY = 0.05  # seconds an ACK nobody waits for, or a change held back, may wait
 
 
 class PeerConnection(asyncio.Protocol):
@@ -47,13 +54,13 @@ class PeerConnection(asyncio.Protocol):
         self._paused = False
         self._last_sent = self._last_received = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._why = "closed"
 
     # ---- asyncio callbacks --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.address = prepare(transport, HIGH_WATER)
         if self.dialed:
             self._send(self.server.hello_for(self.neighbour).line())
@@ -82,8 +89,9 @@ class PeerConnection(asyncio.Protocol):
             self.drop(f"protocol error: {error}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._lazy_timer):
+            if timer is not None:
+                timer.cancel()
         if exc is not None and self._why == "closed":
             self._why = str(exc) or type(exc).__name__
         self.server.peer_closed(self, self._why)
@@ -95,7 +103,7 @@ class PeerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        self.pump()
+        self.flush()
 
     # ---- the link -----------------------------------------------------------------
 
@@ -110,47 +118,64 @@ class PeerConnection(asyncio.Protocol):
             self._send(self.server.hello_for(hello.sender).line())
         self._timer.cancel()
         self._tick()
-        self.pump()
+        self.flush()
 
     def _receive(self, lines: list[bytes]) -> None:
         if not lines:
             return
         server, link = self.server, self.link
-        log, name = server.io_log, self.neighbour
+        log, prefix = server.io_log, f"in  peer {self.neighbour}: "
         for line in lines:
-            log.info("in  peer %s: %s", name, _text(line))
+            log.line(prefix + _text(line))
             location = link.receive(line, server.table)
             if location is not None:
                 server.changed(location)
-        ack = link.ack_line()
-        if ack is not None:
-            server.commit_now()
-            self._send(ack)
+        if link.ack_due:
+            server.schedule_turn()  # the ACK goes out with this turn's writes (flush)
         server.acks_changed()
 
-    def pump(self) -> None:
-        """Sends what the neighbour has not been sent, until the socket buffer is full."""
+    def flush(self, lazy_too: bool = False) -> None:
+        """One write: the ACK owed, if it is wanted now or lines go that way anyway, and
+        the changes the neighbour has not been sent (unless all of them may wait), until
+        the socket buffer is full. ``lazy_too``: what may wait goes now too."""
         link = self.link
         if link is None or self._paused or self.transport.is_closing():
             return
-        log, name, table = self.server.io_log, self.neighbour, self.server.table
-        while not self._paused:
-            lines = link.outgoing(table, LINES_PER_WRITE)
+        log, prefix, table = self.server.io_log, f"out peer {self.neighbour}: ", self.server.table
+        while True:
+            lines = link.outgoing(table, LINES_PER_WRITE, hold=not lazy_too)
+            ack = None
+            if link.ack_due and (lines or link.ack_urgent or lazy_too):
+                self.server.commit_now()  # an ACK promises stored locations
+                ack = link.ack_line()
+                log.line(prefix + ack[:-1].decode())
             if lines:
-                for line in lines:
-                    log.info("out peer %s: %s", name, line)
+                log.lines(prefix, lines)
                 lines.append("")
-                self._send("\n".join(lines).encode())
-            elif not link.has_outgoing:
-                return
+                data = "\n".join(lines).encode()
+                self._write(ack + data if ack else data)
+            elif ack:
+                self._write(ack)
+            if self._paused or not link.has_outgoing:
+                break
+        if self._lazy_timer is None and (link.ack_due or link.holding(table)):
+            loop = asyncio.get_running_loop()
+            self._lazy_timer = loop.call_later(LAZY_DELAY, self._lazy_due)
 
-    def _send(self, data: bytes) -> None:
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        self.flush(lazy_too=True)
+
+    def _write(self, data: bytes) -> None:
         self._last_sent = time.monotonic()
         self.transport.write(data)
-        if data.startswith(b"HERD") or data.startswith(b"ACK"):
-            self.server.io_log.info(
-                "out peer %s: %s", self.neighbour or self.address, _text(data.rstrip())
-            )
+
+    def _send(self, data: bytes) -> None:
+        """The HERD line, logged."""
+        self._write(data)
+        self.server.io_log.info(
+            "out peer %s: %s", self.neighbour or self.address, _text(data.rstrip())
+        )
 
     def drop(self, why: str) -> None:
         self._why = why
@@ -195,6 +220,10 @@ async def keep_dialing(server: HerdServer, neighbour: str) -> None:
                         lambda: PeerConnection(server, neighbour),
                         *address,
                         ssl=options.client_ssl,
+                        server_hostname=options.peer_server_name if options.client_ssl else None,
+                        ssl_handshake_timeout=(
+                            options.handshake_timeout if options.client_ssl else None
+                        ),
                     ),
                     timeout=options.handshake_timeout,
                 )

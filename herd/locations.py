@@ -21,11 +21,13 @@ from decimal import Decimal
 
 from herd.messages import At
 
+_NOBODY: frozenset[str] = frozenset()
+
 
 class Location:
     """One client's location as received (``at``), when and where it entered the herd."""
 
-    __slots__ = ("at", "lsn", "order", "received_ns", "via")
+    __slots__ = ("at", "covered", "fanout", "lsn", "order", "received_ns", "via")
 
     def __init__(self, at: At, received_ns: int) -> None:
         self.at = at
@@ -34,6 +36,9 @@ class Location:
         self.lsn = 0
         # The peer link this came over: it is not sent back on that same link.
         self.via: object = None
+        # herd.peering's fanout: who the sender said gets this promptly; who we say does.
+        self.covered: frozenset[str] = _NOBODY
+        self.fanout: frozenset[str] = _NOBODY
 
     @property
     def client(self) -> str:

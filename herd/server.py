@@ -5,8 +5,11 @@ here; the decisions are in the sans-IO modules (herd.messages, herd.locations,
 herd.peering). One event loop, no threads for requests: the only work handed to
 threads is what would block the loop (catalog HTTP and DNS, in herd.discovery).
 
-Per loop turn, at most one commit (every location the turn accepted, one
-fsync) and one flush to each neighbour, however many updates the turn saw.
+Per loop turn, one callback (``_end_of_turn``) does what the turn's events left
+to do: at most one commit (every location the turn accepted, one fsync), then
+at most one write to each neighbour (its ACK and the UPDATE lines it has not
+been sent), then the turn's log lines, stamped once (herd.traffic writes them
+within its flush interval), however many updates the turn saw.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from herd.messages import (
     parse_client_line,
     whatsat_reply,
 )
-from herd.peering import AckWaiters, Hello, Link, ProtocolError
+from herd.peering import AckWaiters, Hello, Link, ProtocolError, fanout
 from herd.traffic import TrafficLog
 
 PlaceSearch = Callable[[float, float, float, int], "dict[str, Any] | Awaitable[dict[str, Any]]"]
@@ -55,25 +58,30 @@ class Options:
     backoff_initial: float = 0.1
     backoff_cap: float = 5.0
     max_pending_peers: int = 64
-    server_ssl: Any = None  # ssl.SSLContext for the peer port, once netkit.security lands
+    log_flush_interval: float = 0.01  # herd.traffic: seconds the traffic log may wait
+    server_ssl: Any = None  # ssl.SSLContext for the peer port: netkit.security's
     client_ssl: Any = None
+    peer_server_name: str | None = None  # the SNI a link sends (netkit.security.service_name)
 
 
 class PendingReply:
-    """A reply that leaves once ``remaining`` conditions (commit, acks) have each been met."""
+    """A reply that leaves once ``remaining`` conditions (commit, acks) have each been met:
+    then ``on_ready`` gets it. Not an asyncio Future, whose callbacks would wait for the
+    next loop turn: the reply is written in the turn its last acknowledgement arrives."""
 
-    __slots__ = ("future", "remaining", "reply")
+    __slots__ = ("on_ready", "remaining", "reply")
 
-    def __init__(self, future: asyncio.Future[bytes], reply: bytes, remaining: int) -> None:
-        self.future, self.reply, self.remaining = future, reply, remaining
+    def __init__(self, reply: bytes, remaining: int) -> None:
+        self.reply, self.remaining = reply, remaining
+        self.on_ready: Callable[[bytes], None] | None = None
 
     def done(self) -> bool:
-        return self.future.done()
+        return self.remaining <= 0
 
     def set_result(self, _: object) -> None:
         self.remaining -= 1
-        if self.remaining <= 0 and not self.future.done():
-            self.future.set_result(self.reply)
+        if self.remaining == 0 and self.on_ready is not None:
+            self.on_ready(self.reply)
 
 
 class HerdServer:
@@ -93,6 +101,7 @@ class HerdServer:
         self.places = places
         self.durable = durable
         self.neighbours = set(config.neighbours(name))
+        self.herd_names = frozenset(config.servers)
         self.epoch = secrets.token_hex(8)
         self.table = LocationTable(options.max_locations)
         self.cursors: dict[str, tuple[str, int]] = {}  # neighbour -> (their epoch, their lsn)
@@ -101,10 +110,17 @@ class HerdServer:
         self.clients: set[Any] = set()
         self.pending_peers = 0
         self.log = logging.getLogger(f"herd.{name}")
-        self.io_log = TrafficLog(log_file)
+        self.io_log = TrafficLog(
+            log_file,
+            on_first_line=self.schedule_turn,
+            flush_interval=options.log_flush_interval,
+            call_later=lambda delay, callback: self._loop.call_later(delay, callback),
+        )
         self._peer_address = peer_address
         self._commit_waiters: list[PendingReply] = []
-        self._commit_scheduled = self._flush_scheduled = False
+        self._turn_scheduled = False
+        self._fanouts: dict[tuple[frozenset[str], str | None], frozenset[str]] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failed: BaseException | None = None  # storage failure: the server must stop
         if durable is not None:
@@ -114,7 +130,6 @@ class HerdServer:
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.io_log.bind_loop(loop)
 
     # ---- clients ------------------------------------------------------------------
 
@@ -131,8 +146,8 @@ class HerdServer:
             self.clients.discard(client)
             self.io_log.info("client %s closed", client.peer)
 
-    def handle_client_line(self, line: bytes, peer: str) -> bytes | asyncio.Future[bytes]:
-        """The reply to one line: bytes now, or a future of them."""
+    def handle_client_line(self, line: bytes, peer: str) -> bytes | PendingReply:
+        """The reply to one line: bytes now, or a reply that leaves later."""
         self.io_log.info("in  client %s: %s", peer, line.decode(errors="backslashreplace"))
         try:
             command = parse_client_line(line)
@@ -156,7 +171,7 @@ class HerdServer:
         else:
             self.io_log.info("out client %s: %s", peer, text)
 
-    def _iamat(self, command: IAmAt, peer: str) -> bytes | asyncio.Future[bytes]:
+    def _iamat(self, command: IAmAt, peer: str) -> bytes | PendingReply:
         received_ns = time.time_ns()
         at = At(
             self.name,
@@ -178,35 +193,36 @@ class HerdServer:
         if not changed:  # an older or repeated report: nothing to store or flood
             return reply
         self.changed(location)
-        future = self._loop.create_future()
-        links = self.live_links()
-        pending = PendingReply(future, reply, 2 if self.durable is not None else 1)
+        pending = PendingReply(reply, 2 if self.durable is not None else 1)
         if self.durable is not None:
             self._commit_waiters.append(pending)
-        self.waiters.add(location.lsn, pending, links)
-        if not future.done():
-            self._loop.call_later(self.options.ack_timeout, self._ack_expired, location.lsn)
-        return future
+        deadline = self._loop.time() + self.options.ack_timeout
+        self.waiters.add(location.lsn, pending, self.live_links(), deadline)
+        if pending.done():  # no neighbour to wait for, nothing to commit
+            return reply
+        if self._ack_timer is None:
+            self._arm_ack_timer()
+        return pending
 
     def _whatsat(
         self, client: str, radius_km: float, limit: int, peer: str
-    ) -> bytes | asyncio.Future[bytes]:
+    ) -> bytes | PendingReply:
         location = self.table.get(client)
         if location is None:
             raise Invalid(f"no location known for {client[:80]!r}")
         at = location.at
         answer = self.places(at.latitude, at.longitude, radius_km, limit)
         if not isinstance(answer, dict):
-            future = self._loop.create_future()
+            pending = PendingReply(b"", 1)
             task = asyncio.ensure_future(answer)
-            task.add_done_callback(lambda done: self._places_ready(done, future, at.line, peer))
-            return future
+            task.add_done_callback(lambda done: self._places_ready(done, pending, at.line, peer))
+            return pending
         reply = whatsat_reply(at.line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
         self._log_reply(peer, reply)
         return reply
 
     def _places_ready(
-        self, done: asyncio.Future[dict], future: asyncio.Future[bytes], line: str, peer: str
+        self, done: asyncio.Future[dict], pending: PendingReply, line: str, peer: str
     ) -> None:
         error = "cancelled" if done.cancelled() else done.exception()
         if error is not None:
@@ -214,23 +230,50 @@ class HerdServer:
             answer = {"html_attributions": [], "results": [], "status": "UNKNOWN_ERROR"}
         else:
             answer = done.result()
-        reply = whatsat_reply(line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
-        self._log_reply(peer, reply)
-        if not future.done():
-            future.set_result(reply)
+        pending.reply = whatsat_reply(
+            line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode()
+        )
+        self._log_reply(peer, pending.reply)
+        pending.set_result(None)
 
     # ---- changes: storing and flooding --------------------------------------------
 
     def changed(self, location: Location) -> None:
-        """A location was accepted into the table: store it, flood it (both this turn)."""
+        """A location was accepted into the table: store it and flood it, this turn."""
+        # Every change from one neighbour with one fanout field has the same fanout, until
+        # a link comes or goes: computed once for each.
+        via = location.via
+        key = (location.covered, via.neighbour if via is not None else None)
+        names = self._fanouts.get(key)
+        if names is None:
+            names = self._fanouts[key] = fanout(location, list(self.links), self.herd_names)
+        location.fanout = names
         if self.durable is not None:
             self.durable.record(location)
-            if not self._commit_scheduled:
-                self._commit_scheduled = True
-                self._loop.call_soon(self._commit)
-        if not self._flush_scheduled and self.links:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self.schedule_turn()
+
+    def schedule_turn(self) -> None:
+        if not self._turn_scheduled and self._loop is not None:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        """What this turn's events left to do, in this order: the commit (a reply or
+        an ACK promises only stored locations), one write per link (links whose
+        neighbour waits for our ACK first), the traffic log's lines (herd.traffic)."""
+        self._turn_scheduled = False
+        if self.durable is not None and self.durable.needs_commit:
+            self._commit()
+        lsn, later = self.table.lsn, []
+        for connection in list(self.links.values()):
+            link = connection.link
+            if link.ack_urgent:
+                connection.flush()
+            elif link.ack_due or link.sent_upto < lsn:
+                later.append(connection)
+        for connection in later:
+            connection.flush()
+        self.io_log.end_turn()
 
     def commit_now(self) -> None:
         """Commits what is buffered now: a neighbour's ACK must promise stored locations."""
@@ -238,7 +281,6 @@ class HerdServer:
             self._commit()
 
     def _commit(self) -> None:
-        self._commit_scheduled = False
         if self.failed is not None:
             return
         try:
@@ -251,13 +293,16 @@ class HerdServer:
         for waiter in waiters:
             waiter.set_result(None)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        for connection in list(self.links.values()):
-            connection.pump()
+    def _arm_ack_timer(self) -> None:
+        deadline = self.waiters.next_deadline()
+        if deadline is not None:
+            self._ack_timer = self._loop.call_at(deadline, self._ack_timer_fired)
 
-    def _ack_expired(self, lsn: int) -> None:
-        self.waiters.expire(lsn, self.live_links(), self.table.lsn)
+    def _ack_timer_fired(self) -> None:
+        """One timer for all waiting replies, set for the oldest one's deadline."""
+        self._ack_timer = None
+        self.waiters.expire_due(self._loop.time(), self.live_links(), self.table.lsn)
+        self._arm_ack_timer()
 
     def acks_changed(self) -> None:
         if len(self.waiters):
@@ -296,6 +341,7 @@ class HerdServer:
             self.pending_peers -= 1
         old = self.links.get(hello.sender)
         if old is not None:  # it redialled before we noticed the old link die
+            self.cursors[hello.sender] = (old.link.their_epoch, old.link.received_upto)
             old.drop("replaced by a new connection")
         epoch, lsn = self.cursors.get(hello.sender, (None, 0))
         if epoch != hello.epoch:
@@ -305,6 +351,7 @@ class HerdServer:
         if epoch == hello.epoch:
             link.received_upto = lsn
         self.links[hello.sender] = connection
+        self._fanouts.clear()
         self.log.info(
             "link to %s up (%s, %s), sending changes after %d of %d",
             hello.sender,
@@ -328,11 +375,13 @@ class HerdServer:
                 why,
             )
             return
-        self.cursors[link.neighbour] = (link.their_epoch, link.received_upto)
         if self.links.get(link.neighbour) is not connection:
+            # Its cursor went to the connection that replaced it (link_up).
             self.log.info("an older connection to %s closed: %s", link.neighbour, why)
             return
+        self.cursors[link.neighbour] = (link.their_epoch, link.received_upto)
         del self.links[link.neighbour]
+        self._fanouts.clear()
         self.waiters.release(self.live_links())
         self.log.info("link to %s dropped: %s", link.neighbour, why)
 

@@ -19,6 +19,17 @@ def add_logging_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
+def add_secret_option(parser: argparse.ArgumentParser, role: str) -> None:
+    """``--secret-file``, for a program of a project; ``role`` says what the secret does."""
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help=f"with --project: {role} (default: $DHT_SECRET_FILE, else ~/.config/dht/secret, "
+        "created if missing; see docs/lb.md, Security)",
+    )
+
+
 def start_program(args: argparse.Namespace) -> StopSignals:
     """Logging as asked, and SIGINT/SIGTERM handled (``netkit.signals``): the
     server attaches its stop to the result once its loop exists."""

@@ -1,9 +1,12 @@
 """TSs in the catalog: the record a TS announces, and the LS's watch for them.
 
 A TS started with ``--project P`` announces ``{"type": "dns-ts", "project": P,
-"port": PORT, ...}`` (``catalog.client.Announcer``). An LS started with
-``--project P`` asks the catalog every ``interval`` seconds for the records of
-that type and project and connects to each one's address and port.
+"port": PORT, ...}`` (``catalog.client.Announcer``), signed with the project's
+secret. An LS started with ``--project P`` asks the catalog every ``interval``
+seconds for the records of that type and project, keeps those its secret
+signed (anyone can write to a catalog), and connects to each one's address and
+port; the TLS handshake then proves that whoever listens there holds the
+secret (a signature cannot cover the address, which the catalog adds).
 
 The catalog query is blocking HTTP, so it runs on a thread of its own; the
 result is handed to the event loop through a socket pair that the loop watches,
@@ -14,11 +17,11 @@ keeps the TSs it has rather than dropping them all.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import math
 import socket
 import threading
+from collections.abc import Callable
 
 from catalog import client as catalog_client
 
@@ -30,6 +33,9 @@ TS_TYPE = "dns-ts"
 LIFETIME_ANNOUNCEMENTS = 3
 
 Endpoint = tuple[str, int]
+Trusted = Callable[[catalog_client.Record], bool]
+# How many ignored records a warning names.
+SHOWN_IGNORED = 5
 
 
 def ts_record(port: int, project: str, entries: int, interval: float) -> catalog_client.Record:
@@ -38,33 +44,36 @@ def ts_record(port: int, project: str, entries: int, interval: float) -> catalog
         "type": TS_TYPE,
         "project": project,
         "port": port,
-        "owner": _user(),
+        "owner": catalog_client.owner_name(),
         "entries": entries,
         "lifetime": max(1, math.ceil(LIFETIME_ANNOUNCEMENTS * interval)),
     }
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def listed_endpoints(records: list[catalog_client.Record], project: str) -> set[Endpoint]:
-    """The addresses of the project's TSs among catalog ``records``."""
-    endpoints = set()
+def listed_endpoints(
+    records: list[catalog_client.Record], project: str, trusted: Trusted | None = None
+) -> tuple[set[Endpoint], set[Endpoint]]:
+    """The addresses of the project's TSs among catalog ``records``: those whose
+    record is ``trusted`` (all, without a test), and those ignored for not being."""
+    endpoints, ignored = set(), set()
     for record in catalog_client.matching(records, TS_TYPE, project):
         try:
-            endpoints.add(catalog_client.record_endpoint(record))
+            endpoint = catalog_client.record_endpoint(record)
         except ValueError as exc:
             log.debug("ignoring record: %s", exc)
-    return endpoints
+            continue
+        if trusted is None or trusted(record):
+            endpoints.add(endpoint)
+        else:
+            ignored.add(endpoint)
+    return endpoints, ignored - endpoints
 
 
 class CatalogWatcher:
     """Polls the catalog off the event loop; the loop selects on ``wakeup``
-    and then calls ``take()`` for the newest list."""
+    and then calls ``take()`` for the newest list. With ``trusted`` (the
+    secret's ``record_signed_by_us``), only the records it accepts are listed,
+    and the others are named in a warning whenever they change."""
 
     def __init__(
         self,
@@ -72,8 +81,11 @@ class CatalogWatcher:
         interval: float,
         catalogs: list[catalog_client.Catalog] | None = None,
         timeout: float = 2.0,
+        trusted: Trusted | None = None,
     ) -> None:
         self.project = project
+        self.trusted = trusted
+        self._ignored: set[Endpoint] = set()
         self.interval = interval
         self.catalogs = catalogs if catalogs is not None else catalog_client.catalog_addresses()
         self.timeout = timeout
@@ -134,4 +146,17 @@ class CatalogWatcher:
         if self._failing:
             log.warning("the catalog answers again")
             self._failing = False
-        return listed_endpoints(records, self.project)
+        endpoints, ignored = listed_endpoints(records, self.project, self.trusted)
+        if ignored - self._ignored:
+            shown = ", ".join(f"{host}:{port}" for host, port in sorted(ignored)[:SHOWN_IGNORED])
+            more = len(ignored) - SHOWN_IGNORED
+            log.warning(
+                "ignoring %d TS records of project %r that our secret did not sign (impostors, "
+                "or TSs with another secret file): %s%s",
+                len(ignored),
+                self.project,
+                shown,
+                f" and {more} more" if more > 0 else "",
+            )
+        self._ignored = ignored
+        return endpoints

@@ -1,6 +1,10 @@
-"""The LS: one selectors loop over the clients, the TS links and the catalog watch.
+"""The LS: one selectors loop over the clients, the TS links and the catalog watch
+(its program, ``python -m lb.ls``, is ``lb.ls``).
 
-``python -m lb.ls PORT [TS_HOST TS_PORT]... [--project NAME] [--timeout 5]``
+The TSs given as pairs speak the assignment's plain text. With ``--project``, the
+LS also uses the project's TSs the catalog lists, but only those whose record
+its secret signed and that then prove the secret in a mutual TLS handshake
+(``netkit.security``): anyone can write to a catalog.
 
 The loop does the socket I/O and the time-keeping; what to send where is
 decided by ``lb.balancer.Balancer``. Per turn: wait for sockets (no longer
@@ -11,24 +15,20 @@ balancer queued.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import socket
-import sys
+import ssl
 from functools import partial
 
-from catalog.client import catalog_addresses
 from lb.balancer import Balancer
-from lb.cli import add_logging_options, start_program
 from lb.discovery import CatalogWatcher, Endpoint
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
-from lb.tslink import CONNECTING, DOWN, RESOLVING, UP, TsLink
+from lb.tslink import CONNECTING, DOWN, HANDSHAKING, RESOLVING, UP, TsLink
 from netkit.accepting import Acceptor
-from netkit.addresses import AddressError
-from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection, EndOfInput
 from netkit.framing import LineTooLong
-from netkit.listeners import format_address, open_listener
+from netkit.listeners import format_address
+from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
 
 log = logging.getLogger("lb.ls")
@@ -38,6 +38,7 @@ DEFAULT_REFRESH = 5.0
 # A client with this many queries unanswered is not read from until some are
 # answered: its queries wait in its socket, not in our memory.
 MAX_UNANSWERED = 10_000
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class Client:
@@ -57,7 +58,11 @@ class Client:
 
 class LoadBalancer:
     """The LS's event-loop policy around the sans-IO ``Balancer``: feed it what
-    arrives, wake it at its deadlines, send what it queues, keep the TS links up."""
+    arrives, wake it at its deadlines, send what it queues, keep the TS links up.
+
+    ``servers`` are linked in plain text; the TSs ``watcher`` lists, with ``tls``
+    (a client context) and ``server_name`` (the project's, for SNI), over TLS.
+    """
 
     def __init__(
         self,
@@ -67,6 +72,8 @@ class LoadBalancer:
         watcher: CatalogWatcher | None = None,
         max_unanswered: int = MAX_UNANSWERED,
         loop: EventLoop | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.loop = loop or EventLoop()
         self.listener = listener
@@ -75,6 +82,10 @@ class LoadBalancer:
         self.static = set(servers or ())
         self.wanted = set(self.static)  # the static TSs and those the catalog lists
         self.watcher = watcher
+        self.tls = tls
+        self.server_name = server_name
+        # TSs that fail the handshake: an impostor may list any number of them.
+        self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         self.max_unanswered = max_unanswered
         self.acceptor = Acceptor(self.loop, listener, self._accept)
         self.links: dict[Endpoint, TsLink] = {}
@@ -84,11 +95,12 @@ class LoadBalancer:
         # Wakes the loop at the next query deadline or TS (re)connection attempt.
         self._alarm = self.loop.alarm(lambda: None)
         self.loop.add_turn_hook(self._after_turn)
+        self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
     def serve_forever(self) -> None:
         """Serves until ``stop()``."""
         for endpoint in sorted(self.static):
-            self._add_link(endpoint)
+            self._add_link(endpoint, secure=False)  # the assignment's plain text
         if self.watcher is not None:
             self._watcher_watch = self.loop.watch(
                 self.watcher.wakeup, lambda _: self._refresh(self.loop.time()), READ
@@ -126,6 +138,10 @@ class LoadBalancer:
         self._tend_links(now)
         self._deliver(now)
         self._alarm.set(self._next_deadline())
+
+    def _summarize(self) -> None:
+        self.refusals.flush(self.loop.time())
+        self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
     def _next_deadline(self) -> float | None:
         deadlines = [link.due for link in self.links.values() if link.state != UP]
@@ -204,8 +220,11 @@ class LoadBalancer:
 
     # TSs
 
-    def _add_link(self, endpoint: Endpoint) -> None:
-        self.links[endpoint] = TsLink(*endpoint, connect_timeout=self.timeout)
+    def _add_link(self, endpoint: Endpoint, secure: bool) -> None:
+        tls = self.tls if secure else None
+        self.links[endpoint] = TsLink(
+            *endpoint, connect_timeout=self.timeout, tls=tls, server_name=self.server_name
+        )
         self._tend_links(self.loop.time())
         self._alarm.set(self._next_deadline())
 
@@ -228,7 +247,7 @@ class LoadBalancer:
         self.wanted = self.static | listed
         for endpoint in sorted(self.wanted - self.links.keys()):
             log.info("TS %s:%d is listed in the catalog; adding it", *endpoint)
-            self._add_link(endpoint)
+            self._add_link(endpoint, secure=True)
         for endpoint in sorted(self.links.keys() - self.wanted):
             if self.links[endpoint].state == UP:
                 # A catalog restarted without its records lists no TS until each
@@ -243,25 +262,45 @@ class LoadBalancer:
         if link.state == DOWN:
             return  # dropped earlier in this turn (the catalog no longer lists it)
         if link.state == CONNECTING:
-            reason = link.finish_connect()
+            reason = link.finish_connect(now)
             if reason:
                 self._link_down(link, now, reason)
-            else:
+                return
+            if link.state == UP:
                 self.balancer.open_server(link)
-                self._sync_link(link)
+            self._sync_link(link)
             return
         assert link.conn is not None
+        handshaking = link.state == HANDSHAKING
         try:
             if mask & WRITE:
                 link.conn.flush()
             if mask & READ:
-                self.balancer.server_lines(link, link.conn.read_lines(), now)
+                lines = link.read_lines()
+                if handshaking and link.state == UP:
+                    self.balancer.open_server(link)
+                self.balancer.server_lines(link, lines, now)
         except (Closed, LineTooLong) as exc:
-            self._link_down(link, now, str(exc))
+            if handshaking:
+                self._handshake_failed(link, now, str(exc))
+            else:
+                self._link_down(link, now, str(exc))
             return
         self._sync_link(link)
 
-    def _link_down(self, link: TsLink, now: float, reason: str) -> None:
+    def _handshake_failed(self, link: TsLink, now: float, reason: str) -> None:
+        """A TS that does not prove our secret: an impostor (its record copied), a
+        TS with another secret file, or one not speaking TLS. Reported once (and
+        all of them rate-limited), then retried with backoff like a TS that is down."""
+        reason = f"TLS handshake failed: {reason}"
+        if not link.refused:
+            self.refusals.note(
+                "TSs skipped: they did not prove our secret", f"{link}: {reason}", now
+            )
+            link.refused = True
+        self._link_down(link, now, reason, quietly=True)
+
+    def _link_down(self, link: TsLink, now: float, reason: str, quietly: bool = False) -> None:
         endpoint = (link.host, link.port)
         if endpoint not in self.wanted:
             log.info(
@@ -274,7 +313,7 @@ class LoadBalancer:
             return
         self._forget_socket(link)
         self.balancer.close_server(link)
-        link.fail(now, reason)
+        link.fail(now, reason, quietly)
 
     def _tend_links(self, now: float) -> None:
         """Starts due connection attempts and gives up on those taking too long."""
@@ -283,6 +322,8 @@ class LoadBalancer:
                 continue
             if link.state == CONNECTING:
                 self._link_down(link, now, "connect timed out")
+            elif link.state == HANDSHAKING:
+                self._handshake_failed(link, now, "no answer in time")
             elif link.state in (DOWN, RESOLVING):
                 link.connect(now)
                 if link.state == CONNECTING:
@@ -292,7 +333,7 @@ class LoadBalancer:
         assert link.sock is not None
         if link.state == CONNECTING:
             events = WRITE
-        else:
+        else:  # handshaking or up
             assert link.conn is not None
             events = READ | (WRITE if link.conn.wants_write else 0)
         watch = self._link_watches.get(link)
@@ -339,89 +380,3 @@ class LoadBalancer:
             self._link_down(link, now, str(exc))
             return
         self._sync_link(link)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="The load-balancing server (LS): resolves each client's host names "
-        "by asking every TS at once and relaying the first answer.",
-    )
-    parser.add_argument("port", type=port_number, help="TCP port to listen on (0: any)")
-    parser.add_argument(
-        "servers",
-        nargs="*",
-        metavar="TS_HOST TS_PORT",
-        help="the TSs, as host and port pairs (any number)",
-    )
-    parser.add_argument(
-        "--project", help="also use every TS of this project listed in the catalog (CATALOG_HOST)"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        default=DEFAULT_TIMEOUT,
-        help="seconds to wait for a TS answer before NAME - TIMED OUT (default %(default)g)",
-    )
-    parser.add_argument(
-        "--refresh",
-        type=positive_seconds,
-        default=DEFAULT_REFRESH,
-        help="seconds between catalog queries with --project (default %(default)g)",
-    )
-    parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
-    add_logging_options(parser)
-    return parser
-
-
-def server_pairs(parser: argparse.ArgumentParser, words: list[str]) -> list[Endpoint]:
-    """The ``TS_HOST TS_PORT`` pairs of the command line; exits with a message if malformed."""
-    if len(words) % 2:
-        parser.error("TSs are given as pairs: TS_HOST TS_PORT")
-    pairs = []
-    for host, port in zip(words[::2], words[1::2], strict=True):
-        try:
-            number = port_number(port)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"TS {host}: {exc}")
-        if not number:
-            parser.error(f"TS {host}: port 0 cannot be connected to")
-        pairs.append((host, number))
-    return pairs
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    servers = server_pairs(parser, args.servers)
-    if not servers and not args.project:
-        parser.error("give at least one TS_HOST TS_PORT pair, or --project")
-    signals = start_program(args)
-    watcher = None
-    if args.project:
-        try:
-            watcher = CatalogWatcher(args.project, args.refresh, catalog_addresses())
-        except AddressError as exc:
-            parser.exit(2, f"{parser.prog}: bad CATALOG_HOST: {exc}\n")
-    try:
-        listener = open_listener(args.host, args.port)
-    except OSError as exc:
-        parser.exit(1, f"{parser.prog}: {exc.strerror or exc}\n")
-    server = LoadBalancer(listener, args.timeout, servers, watcher)
-    log.info(
-        "LS listening on port %d; TSs: %s; time-out %g s",
-        listener.getsockname()[1],
-        ", ".join(f"{host}:{port}" for host, port in servers) or "none fixed",
-        args.timeout,
-    )
-    if args.project:
-        log.info("taking TSs of project %r from the catalog every %g s", args.project, args.refresh)
-    signals.attach(server.stop)
-    try:
-        server.serve_forever()
-    finally:
-        server.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -89,6 +89,14 @@ def line_too_long_answer() -> bytes:
     return b"- ERROR line too long: more than %d bytes without a newline" % MAX_QUERY_LINE
 
 
+# What a TS that serves its project's LSs over TLS says to a peer speaking plain
+# text (the assignment's LS, nc) before it closes: the reason, on one line.
+AUTHENTICATION_REQUIRED = (
+    b"- ERROR authentication required: this TS answers only the LSs of its project, "
+    b"over TLS with the project's secret (python -m lb.ls PORT --project NAME; docs/lb.md)\n"
+)
+
+
 def encode_ts_query(query_id: int, name: bytes) -> bytes:
     return b"%d %s\n" % (query_id, name)
 

@@ -1,40 +1,71 @@
 """A TS: answers the names its table holds, and says nothing about the others.
 
-``python -m lb.ts PORT TABLE_FILE [--project NAME]``
+``python -m lb.ts PORT TABLE_FILE [--project NAME [--secret-file FILE] [--also-plain]]``
 
 Runs on the event-loop core (``netkit.loop``): the listening socket and the
-connected LSs (or ``nc`` users). With ``--project`` it announces itself to the catalog (type
-``dns-ts``) at start and every ``--announce-interval`` seconds.
+connected LSs (or ``nc`` users). Without ``--project`` it speaks the
+assignment's plain text to anyone. With ``--project`` it announces itself to the
+catalog (type ``dns-ts``, the record signed with the project's secret) at start
+and every ``--announce-interval`` seconds, and serves only peers that complete a
+mutual TLS handshake with that secret (``netkit.security``): the project's LSs.
+A peer that speaks plain text gets one line saying so and is closed, unless
+``--also-plain`` lets it be answered as by a TS without ``--project``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
+import ssl
 import sys
 from functools import partial
 
 from catalog.client import Announcer, catalog_addresses
 from lb.cli import (
     add_logging_options,
+    add_secret_option,
     assignment_file,
     start_program,
 )
 from lb.discovery import ts_record
-from lb.protocol import MAX_QUERY_LINE, decode_ts_query, encode_ts_answer
+from lb.protocol import (
+    AUTHENTICATION_REQUIRED,
+    MAX_QUERY_LINE,
+    decode_ts_query,
+    encode_ts_answer,
+)
 from lb.table import DnsTable, TableError, load_table
 from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
-from netkit.connection import Closed, Connection, EndOfInput
+from netkit.connection import (
+    AuthenticationFailed,
+    Closed,
+    Connection,
+    EndOfInput,
+    NotTls,
+    TlsConnection,
+)
 from netkit.framing import LineTooLong
-from netkit.listeners import format_address, open_listener
+from netkit.listeners import format_address, open_listener, shut_down_writing
+from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
+from netkit.security import SecretError, load_secret, require_service_name
+from netkit.tls import TlsSession
 
 log = logging.getLogger("lb.ts")
 
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
+REFUSAL_LOG_INTERVAL = 10.0
+# A peer turned away is read from (and what it sends dropped) until it closes, so
+# that the kernel does not reset the connection before it reads why; this long at most.
+TURNED_AWAY_LINGER = 2.0
+# A peer that has not completed its TLS handshake by then is closed: an LS of the
+# project does it in milliseconds, and a half-open handshake must not be held forever.
+HANDSHAKE_TIMEOUT = 10.0
+_DISCARD = 64 * 1024
 
 
 def reply(table: DnsTable, line: bytes) -> bytes | None:
@@ -52,19 +83,28 @@ def reply(table: DnsTable, line: bytes) -> bytes | None:
 
 class Peer:
     """A connection to the TS; ``reading`` turns false at its EOF, and the
-    connection closes once the replies already due are sent."""
+    connection closes once the replies already due are sent. ``welcomed``: logged
+    as connected (at once in plain text, after the handshake over TLS);
+    ``turned_away``: told it must authenticate, and read from only until it goes."""
 
-    __slots__ = ("conn", "reading", "watch")
+    __slots__ = ("conn", "reading", "turned_away", "watch", "welcomed")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.reading = True
         self.watch: Watch | None = None
+        self.welcomed = False
+        self.turned_away = False
 
 
 class TopLevelServer:
     """The TS's event-loop policy: answer what the table holds, read only while
-    the replies keep flowing out."""
+    the replies keep flowing out.
+
+    ``tls``: a server context (``Secret.server_context``); every peer must then
+    complete a mutual TLS handshake before it is answered, and one that speaks
+    plain text is told so and closed, or, with ``plain_too``, answered in plain text.
+    """
 
     def __init__(
         self,
@@ -72,13 +112,20 @@ class TopLevelServer:
         table: DnsTable,
         announcer: Announcer | None = None,
         loop: EventLoop | None = None,
+        tls: ssl.SSLContext | None = None,
+        plain_too: bool = False,
     ) -> None:
         self.loop = loop or EventLoop()
         self.listener = listener
         self.table = table
         self.announcer = announcer
+        self.tls = tls
+        self.plain_too = plain_too
         self.acceptor = Acceptor(self.loop, listener, self._accept)
         self.peers: set[Peer] = set()
+        self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
+        if tls is not None:
+            self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
     def serve_forever(self) -> None:
         """Serves until ``stop()``."""
@@ -99,18 +146,43 @@ class TopLevelServer:
         self.listener.close()
         self.loop.close()
 
+    def _summarize(self) -> None:
+        self.refusals.flush(self.loop.time())
+        self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+
     def _accept(self, sock: socket.socket, address: object) -> None:
         name = format_address(address)
         try:
-            conn = Connection(sock, name, max_line=MAX_QUERY_LINE)
+            if self.tls is None:
+                conn = Connection(sock, name, max_line=MAX_QUERY_LINE)
+            else:
+                session = TlsSession(self.tls, server_side=True)
+                conn = TlsConnection(sock, name, session, max_line=MAX_QUERY_LINE)
         except OSError:  # reset before we got to it
             sock.close()
             return
         peer = Peer(conn)
         peer.watch = self.loop.watch(sock, partial(self._ready, peer), 0)
         self.peers.add(peer)
-        log.info("%s connected", name)
+        if conn.established:
+            self._welcome(peer)
+        else:
+            log.debug("%s connecting (TLS handshake)", name)
+            self.loop.call_later(HANDSHAKE_TIMEOUT, partial(self._handshake_deadline, peer))
         self._sync(peer)
+
+    def _handshake_deadline(self, peer: Peer) -> None:
+        if peer in self.peers and not peer.welcomed and not peer.turned_away:
+            self.refusals.note(
+                "failed TLS handshakes",
+                f"{peer.conn.name}: no handshake in {HANDSHAKE_TIMEOUT:g} s",
+                self.loop.time(),
+            )
+            self._drop(peer)
+
+    def _welcome(self, peer: Peer) -> None:
+        peer.welcomed = True
+        log.info("%s connected", peer.conn.name)
 
     def _ready(self, peer: Peer, events: int) -> None:
         conn = peer.conn
@@ -118,7 +190,14 @@ class TopLevelServer:
             if events & WRITE:
                 conn.flush()
             if events & READ:
+                if peer.turned_away:
+                    self._discard_input(peer)
+                    return
                 self._answer(peer)
+        except AuthenticationFailed as exc:
+            self.refusals.note("failed TLS handshakes", f"{conn.name}: {exc}", self.loop.time())
+            self._drop(peer)
+            return
         except (Closed, LineTooLong) as exc:
             log.info("%s: %s; closing", conn.name, exc)
             self._drop(peer)
@@ -132,9 +211,13 @@ class TopLevelServer:
         except EndOfInput as eof:
             # No more requests; a last line without its newline is still one,
             # and the replies already due still go out.
-            log.info("%s disconnected", conn.name)
+            log.log(logging.INFO if peer.welcomed else logging.DEBUG, "%s disconnected", conn.name)
             peer.reading = False
             lines = [eof.rest] if eof.rest else []
+        except NotTls as exc:
+            lines = self._plain_text(peer, exc.first)
+        if not peer.welcomed and peer.reading and peer.conn.established:
+            self._welcome(peer)
         replies = []
         for line in lines:
             answer = reply(self.table, line)
@@ -142,7 +225,37 @@ class TopLevelServer:
             if answer is not None:
                 replies.append(answer)
         if replies:
-            conn.send(b"".join(replies))
+            peer.conn.send(b"".join(replies))
+
+    def _plain_text(self, peer: Peer, first: bytes) -> list[bytes]:
+        """A peer of a TLS TS whose first bytes are plain text: with ``plain_too``
+        served in plain text from here on (its lines so far returned), else told
+        that it must authenticate, and turned away."""
+        conn = peer.conn
+        if self.plain_too:
+            peer.conn = Connection(conn.sock, conn.name, max_line=MAX_QUERY_LINE)
+            return peer.conn.framer.feed(first)
+        self.refusals.note(
+            "connections turned away", f"{conn.name} spoke plain text, not TLS", self.loop.time()
+        )
+        peer.turned_away = True
+        with contextlib.suppress(OSError):  # short: a socket just opened takes it whole
+            conn.sock.send(AUTHENTICATION_REQUIRED)
+        shut_down_writing(conn.sock)
+        self.loop.call_later(TURNED_AWAY_LINGER, partial(self._drop, peer))
+        return []
+
+    def _discard_input(self, peer: Peer) -> None:
+        # Unread input makes the kernel reset the connection, which can destroy
+        # the line before the peer reads it; so it is read and dropped until EOF.
+        try:
+            if peer.conn.sock.recv(_DISCARD):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._drop(peer)
 
     def _sync(self, peer: Peer) -> None:
         conn = peer.conn
@@ -156,6 +269,8 @@ class TopLevelServer:
         peer.watch.set(events)
 
     def _drop(self, peer: Peer) -> None:
+        if peer not in self.peers:
+            return  # already gone (a turned-away peer's time limit after its EOF)
         if peer.watch is not None:
             peer.watch.close()
         peer.conn.close()
@@ -178,7 +293,16 @@ def build_parser(default_table: str | None) -> argparse.ArgumentParser:
             help=f"table file (default: {default_table} here, else the shipped sample)",
         )
     parser.add_argument(
-        "--project", help="announce this TS to the catalog (CATALOG_HOST) under this project"
+        "--project",
+        help="announce this TS to the catalog (CATALOG_HOST) under this project, and serve "
+        "only the project's LSs (mutual TLS with the project's secret)",
+    )
+    add_secret_option(parser, "the secret the LSs must hold, which also signs the catalog record")
+    parser.add_argument(
+        "--also-plain",
+        action="store_true",
+        help="with --project: also answer plain-text lines (the assignment's LS, nc); "
+        "anyone who can connect can then read the table",
     )
     parser.add_argument(
         "--announce-interval",
@@ -195,6 +319,8 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
     """The TS program; ``default_table`` is the assignment's file name for ts1/ts2."""
     parser = build_parser(default_table)
     args = parser.parse_args(argv)
+    if not args.project and (args.secret_file or args.also_plain):
+        parser.error("--secret-file and --also-plain go with --project (without it, plain text)")
     signals = start_program(args)
     path = args.table
     if path is None:  # ts1.py or ts2.py without a table argument
@@ -204,26 +330,37 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
         table = load_table(path)
     except TableError as exc:
         parser.exit(1, f"{parser.prog}: {exc}\n")
+    secret = None
+    if args.project:
+        try:
+            secret = load_secret(args.secret_file)
+            catalogs = catalog_addresses()
+        except SecretError as exc:
+            parser.exit(2, f"{parser.prog}: {exc}\n")
+        except AddressError as exc:
+            parser.exit(2, f"{parser.prog}: bad CATALOG_HOST: {exc}\n")
     try:
         listener = open_listener(args.host, args.port)
     except OSError as exc:
         parser.exit(1, f"{parser.prog}: {exc.strerror or exc}\n")
     port = listener.getsockname()[1]
-    announcer = None
-    if args.project:
-        try:
-            catalogs = catalog_addresses()
-        except AddressError as exc:
-            parser.exit(2, f"{parser.prog}: bad CATALOG_HOST: {exc}\n")
+    announcer = tls = None
+    log.info("TS serving %d names from %s on port %d", len(table), path, port)
+    if secret is not None:
         announcer = Announcer(
-            lambda: ts_record(port, args.project, len(table), args.announce_interval),
+            lambda: secret.sign_record(
+                ts_record(port, args.project, len(table), args.announce_interval)
+            ),
             interval=args.announce_interval,
             catalogs=catalogs,
         )
-    log.info("TS serving %d names from %s on port %d", len(table), path, port)
-    if announcer is not None:
-        log.info("announcing project %r to %s", args.project, catalog_hosts(announcer.catalogs))
-    server = TopLevelServer(listener, table, announcer)
+        tls = secret.server_context()
+        require_service_name(tls, args.project)
+        log.info("announcing project %r to %s", args.project, catalog_hosts(catalogs))
+        log.info("LSs must hold the secret %s (%s)", secret.fingerprint, secret.path)
+        if args.also_plain:
+            log.warning("also answering plain text (--also-plain): anyone can read the table")
+    server = TopLevelServer(listener, table, announcer, tls=tls, plain_too=args.also_plain)
     signals.attach(server.stop)
     try:
         server.serve_forever()

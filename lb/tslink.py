@@ -1,4 +1,6 @@
-"""The LS's link to one TS: connects without blocking, reconnects with backoff."""
+"""The LS's link to one TS: connects without blocking (then, for a TS of the
+LS's project, runs a TLS handshake that proves the TS holds the secret),
+reconnects with backoff."""
 
 from __future__ import annotations
 
@@ -6,13 +8,15 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 from lb.protocol import MAX_ANSWER_LINE
 from netkit.backoff import Backoff
-from netkit.connection import Connection
+from netkit.connection import Closed, Connection, TlsConnection
+from netkit.tls import TlsSession
 
 log = logging.getLogger("lb.tslink")
 
@@ -30,7 +34,13 @@ SEND_HIGH_WATER = 256 * 1024
 # never holds the event loop; the loop looks at the lookup this often meanwhile.
 LOOKUP_POLL = 0.005
 
-DOWN, RESOLVING, CONNECTING, UP = "down", "resolving", "connecting", "up"
+DOWN, RESOLVING, CONNECTING, HANDSHAKING, UP = (
+    "down",
+    "resolving",
+    "connecting",
+    "handshaking",
+    "up",
+)
 
 
 class TsLink:
@@ -38,16 +48,34 @@ class TsLink:
 
     ``down`` (waiting until ``due`` to try again), ``resolving`` (its name being
     looked up in a thread; ``connect`` again at ``due`` to see), ``connecting`` (a
-    non-blocking connect in flight, given up at ``due``), or ``up`` (``conn`` is
-    a ``Connection``). The event loop selects on ``sock`` and calls
-    ``connect``, ``finish_connect`` or ``fail``; the link keeps its own schedule.
+    non-blocking connect in flight, given up at ``due``), ``handshaking`` (with
+    ``tls``: the TLS handshake in flight, given up at ``due``), or ``up``
+    (``conn`` is a ``Connection``, a ``TlsConnection`` with ``tls``). The event
+    loop selects on ``sock`` and calls ``connect``, ``finish_connect``,
+    ``read_lines`` or ``fail``; the link keeps its own schedule.
+
+    ``tls``: a client context (``Secret.client_context``), and ``server_name``
+    the project's service name (SNI); None for a TS given on the command line,
+    which speaks the assignment's plain text.
     """
 
-    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.connect_timeout = connect_timeout
+        self.tls = tls
+        self.server_name = server_name
+        # Set at a failed handshake, so that a TS that keeps failing (an impostor,
+        # or a TS with another secret) is reported once, not at every attempt.
+        self.refused = False
         self.state = DOWN
         self.due = 0.0
         self.sock: socket.socket | None = None
@@ -111,30 +139,68 @@ class TsLink:
         lookup, self._lookup = self._lookup, None
         return lookup.result()  # or raises the lookup's error (an OSError)
 
-    def finish_connect(self) -> str | None:
+    def finish_connect(self, now: float) -> str | None:
         """Called when the connecting socket is writable: None if the connection
-        is up, else why it failed (the loop then unregisters it and calls ``fail``)."""
+        is up (or, with ``tls``, its handshake under way), else why it failed (the
+        loop then unregisters it and calls ``fail``)."""
         assert self.sock is not None
         code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             return f"connect failed: {errno.errorcode.get(code, code)}"
-        self.conn = Connection(
-            self.sock, self.name, max_line=MAX_ANSWER_LINE, high_water=SEND_HIGH_WATER
+        if self.tls is None:
+            self.conn = Connection(
+                self.sock, self.name, max_line=MAX_ANSWER_LINE, high_water=SEND_HIGH_WATER
+            )
+            self._up()
+            return None
+        session = TlsSession(self.tls, server_side=False, server_hostname=self.server_name)
+        conn = TlsConnection(
+            self.sock, self.name, session, max_line=MAX_ANSWER_LINE, high_water=SEND_HIGH_WATER
         )
-        self.state = UP
-        self.dropping = False
-        self.backoff.reset()
-        log.info("connected to TS %s", self.name)
+        self.conn = conn
+        try:
+            conn.start_handshake()
+        except Closed as exc:
+            return f"TLS handshake failed: {exc}"
+        self.state = HANDSHAKING
+        self.due = now + self.connect_timeout
         return None
 
-    def fail(self, now: float, reason: str) -> None:
-        """Closes whatever is open and schedules the next attempt."""
+    def read_lines(self) -> list[bytes]:
+        """The TS's lines that arrived; while ``handshaking``, advances the handshake
+        and turns ``up`` once it is complete. Raises ``Closed`` (and its kinds) and
+        ``LineTooLong``, as ``Connection.read_lines``."""
+        assert self.conn is not None
+        lines = self.conn.read_lines()
+        if self.state == HANDSHAKING and self.conn.established:
+            self._up()
+        return lines
+
+    def _up(self) -> None:
+        self.state = UP
+        self.dropping = False
+        self.refused = False
+        self.backoff.reset()
+        if self.tls is None:
+            log.info("connected to TS %s", self.name)
+        else:
+            log.info("connected to TS %s (TLS: it holds our secret)", self.name)
+
+    def fail(self, now: float, reason: str, quietly: bool = False) -> None:
+        """Closes whatever is open and schedules the next attempt; ``quietly``: the
+        caller reports the failure (a failed handshake), so it is logged as debug."""
         was_up = self.state == UP
         self.close()
         delay = self.backoff.next_delay()
         self.due = now + delay
         level = logging.WARNING if was_up or self.backoff.attempts == 1 else logging.INFO
-        log.log(level, "TS %s unavailable (%s); next attempt in %.1f s", self.name, reason, delay)
+        log.log(
+            logging.DEBUG if quietly else level,
+            "TS %s unavailable (%s); next attempt in %.1f s",
+            self.name,
+            reason,
+            delay,
+        )
 
     def close(self) -> None:
         """Closes the connection; the link stays down until ``connect`` is called."""

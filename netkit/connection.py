@@ -8,7 +8,9 @@ from that peer, so a client that never reads its replies costs at most
 ``high_water`` bytes plus one reply, and never stalls anyone else.
 
 ``TlsConnection`` is the same over TLS (``netkit.tls``): the handshake runs as
-the first bytes arrive, and lines are framed from the decrypted stream.
+the first bytes arrive, and lines are framed from the decrypted stream. Either
+end can use it: a server's runs as the client's hello arrives; a client's
+starts with ``start_handshake()`` (the LS's links to its TSs).
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ class Connection:
             del out[:sent]
 
     @property
+    def established(self) -> bool:
+        """Whether lines can flow: at once in plain text, after the handshake over TLS."""
+        return True
+
+    @property
     def wants_write(self) -> bool:
         """True while output is queued: the loop should wait for writability."""
         return bool(self._out)
@@ -159,9 +166,20 @@ class TlsConnection(Connection):
     def established(self) -> bool:
         return self.tls.established
 
+    def start_handshake(self) -> None:
+        """The client's first move: queues its hello (the server speaks only once it
+        has one). Raises ``AuthenticationFailed`` if TLS cannot even begin."""
+        try:
+            self.tls.handshake()
+        except TlsError as exc:
+            raise AuthenticationFailed(str(exc)) from None
+        self._send_tls_output()
+
     def read_lines(self) -> list[bytes]:
-        """As ``Connection.read_lines``, through TLS. Also raises ``NotTls`` when the
-        first bytes are not a TLS handshake, and ``AuthenticationFailed``."""
+        """As ``Connection.read_lines``, through TLS. Also raises ``AuthenticationFailed``,
+        and (server side) ``NotTls`` when the first bytes are not a TLS handshake.
+        A client's peer that is not TLS fails the handshake instead: its first
+        bytes may be an alert, and the server decides what a plain peer gets."""
         try:
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -176,7 +194,7 @@ class TlsConnection(Connection):
             if tls.established:
                 plain = tls.feed(data)
             else:
-                if not self._heard and data[0] != TLS_RECORD_HANDSHAKE:
+                if not self._heard and tls.server_side and data[0] != TLS_RECORD_HANDSHAKE:
                     raise NotTls(data)
                 self._heard = True
                 tls.feed(data)

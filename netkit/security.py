@@ -48,6 +48,7 @@ SECRET_ENV = "DHT_SECRET_FILE"
 MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 4096
 SIGNATURE_FIELD = "signature"
+SIGNED_LIST_FIELD = "signed"
 SIGNATURE_VERSION = "v1"
 # The record fields a signature covers: who the service is and where it listens.
 # The catalog adds address, name and lastheardfrom itself; a server cannot know
@@ -225,26 +226,40 @@ class Secret:
     def _record_key(self) -> bytes:
         return self.derive("catalog records v1")
 
-    def sign_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` with ``auth`` and a ``signature`` over ``SIGNED_FIELDS``."""
-        signed = {**record, "auth": AUTH_SCHEME}
-        signed[SIGNATURE_FIELD] = f"{SIGNATURE_VERSION}:{self._mac(signed)}"
+    def sign_record(
+        self, record: dict[str, Any], fields: tuple[str, ...] = SIGNED_FIELDS
+    ) -> dict[str, Any]:
+        """``record`` with ``auth``, ``signed`` (the names of the fields the signature
+        covers: ``fields``, ``auth`` always among them) and ``signature``."""
+        covered = tuple(dict.fromkeys((*fields, "auth")))
+        signed = {**record, "auth": AUTH_SCHEME, SIGNED_LIST_FIELD: ",".join(covered)}
+        signed[SIGNATURE_FIELD] = f"{SIGNATURE_VERSION}:{self._mac(signed, covered)}"
         return signed
 
-    def record_signed_by_us(self, record: Mapping[str, Any]) -> bool:
-        """True when ``record`` carries a valid signature made with this secret."""
+    def record_signed_by_us(
+        self, record: Mapping[str, Any], required: tuple[str, ...] = ("type", "project", "port")
+    ) -> bool:
+        """True when ``record`` carries a valid signature made with this secret, over
+        (at least) the ``required`` fields. Fields the signature does not cover,
+        such as those a catalog adds, are the reader's to distrust."""
         signature = record.get(SIGNATURE_FIELD)
         if not isinstance(signature, str) or not signature.startswith(SIGNATURE_VERSION + ":"):
             return False
+        listed = record.get(SIGNED_LIST_FIELD)
+        covered = tuple(listed.split(",")) if isinstance(listed, str) else SIGNED_FIELDS
+        if not set(required) <= set(covered) or "auth" not in covered:
+            return False
         try:
-            expected = self._mac(record)
+            expected = self._mac(record, covered)
         except TypeError:  # a signed field JSON cannot carry: not ours
             return False
         return hmac.compare_digest(signature[len(SIGNATURE_VERSION) + 1 :], expected)
 
-    def _mac(self, record: Mapping[str, Any]) -> str:
-        covered = {name: record.get(name) for name in SIGNED_FIELDS}
-        message = orjson.dumps(covered, option=orjson.OPT_SORT_KEYS)
+    def _mac(self, record: Mapping[str, Any], covered: tuple[str, ...]) -> str:
+        message = orjson.dumps(
+            {"signed": list(covered), **{name: record.get(name) for name in covered}},
+            option=orjson.OPT_SORT_KEYS,
+        )
         return hmac.new(self._record_key, message, hashlib.sha256).hexdigest()
 
 

@@ -96,6 +96,10 @@ class TlsSession:
         return bool(self._outgoing.pending)
 
     @property
+    def server_side(self) -> bool:
+        return self._object.server_side
+
+    @property
     def peer_hostname(self) -> str | None:
         """The SNI name the client sent (server side), once known."""
         return self._object.server_hostname
@@ -121,6 +125,8 @@ def describe(exc: ssl.SSLError) -> str:
         return "the peer does not speak TLS (not an authenticating server, or not ours)"
     if reason == "TLSV1_UNRECOGNIZED_NAME":
         return "the server serves another project"
+    if reason == "CALLBACK_FAILED":  # our only callback checks the name a client asks for
+        return "the client asked for another project's server"
     if reason in ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC"):
         return "a record was altered in transit"
     return f"TLS failed: {reason or exc}"

@@ -35,3 +35,14 @@ def test_server_py_takes_the_name_and_rejects_an_unknown_one(tmp_path):
     assert process.popen.wait(timeout=30) == 2
     assert "no server 'Nobody'" in process.output() and "Traceback" not in process.output()
     process.stop()
+
+
+def test_loop_uvloop_without_uvloop_is_one_clear_error(tmp_path):
+    (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop here')\n")  # as if absent
+    process = Process(python_script("server.py", "Goloman", "--loop", "uvloop", "--log-file",
+                                    str(tmp_path / "x.log")), tmp_path / "out",
+                      env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert process.popen.wait(timeout=30) == 2
+    output = process.output()
+    assert "uvloop is not installed" in output and "Traceback" not in output
+    process.stop()

@@ -20,8 +20,10 @@ from herd.messages import (
     parse_client_line,
     whatsat_reply,
 )
-from herd.peering import AckWaiters, Hello, Link, ProtocolError, parse_hello
+from herd.peering import AckWaiters, Hello, Link, ProtocolError, fanout, parse_hello
 from herd.places import Place, PlaceIndex, distance_km
+from herd.server import HerdServer, Options
+from herd.traffic import TrafficLog
 
 # ---- client messages ------------------------------------------------------------------
 
@@ -174,7 +176,8 @@ def test_a_full_table_refuses_new_clients_but_updates_known_ones():
 def test_hello_round_trip_and_rejections():
     hello = Hello("herd", "Goloman", "Hands", "ab12", "-", 0)
     assert parse_hello(hello.line().rstrip()) == hello
-    for bad in [b"HERD 2 herd a b ab - 0", b"HELLO", b"HERD 1 herd a b - - 0", b"\xff"]:
+    # HERD 1: a server from before UPDATE carried its fanout.
+    for bad in [b"HERD 1 herd a b ab - 0", b"HELLO", b"HERD 2 herd a b - - 0", b"\xff"]:
         with pytest.raises(ProtocolError):
             parse_hello(bad)
 
@@ -206,23 +209,40 @@ def test_a_link_streams_changes_in_order_resumes_and_never_echoes():
 def test_a_link_rejects_junk_and_out_of_order_updates():
     table = LocationTable()
     link = Link("B", "e", 0, 0)
-    good = b"UPDATE 5 0 Hands +0.000000000 c +1+1 1"
+    good = b"UPDATE 5 0 Hands +0.000000000 c +1+1 1 -"
     assert link.receive(good, table) is not None
-    for junk in [good, b"UPDATE 6 0 Hands +0.1 c +1+1 1", b"HERD 1", b"GARBAGE", b"ACK x", b""]:
+    for junk in [
+        good,
+        b"UPDATE 6 0 Hands +0.1 c +1+1 1 -",
+        b"UPDATE 6 0 Hands +0.000000000 c +1+1 1",  # no fanout
+        b"UPDATE 6 0 Hands +0.000000000 c +1+1 1 a,,b",
+        b"UPDATEX 6 0 Hands +0.000000000 c +1+1 1 -",
+        b"UPDATE 6 0 Hands +0.000000000 c\td +1+1 1 -",  # no client sends an ID with a tab
+        b"UPDATE 6 0 Hands +0.000000000 " + b"x" * 300 + b" +1+1 1 -",  # client ID too long
+        "UPDATE 6 0 Hands +0.000000000 {} +1+1 1 -".format("\u00e9" * 200).encode(),  # in bytes
+        b"UPDATE 6 0 Hands +0.000000000 c +91+1 1 -",
+        b"HERD 1",
+        b"GARBAGE",
+        b"ACK x",
+        b"",
+    ]:
         with pytest.raises(ProtocolError):
             link.receive(junk, table)
 
 
+class Waiter:
+    """What AckWaiters resolves (a PendingReply in the server)."""
+
+    result = None
+
+    def done(self):
+        return self.result is not None
+
+    def set_result(self, value):
+        self.result = "done"
+
+
 def test_ack_waiters_wait_for_every_live_link_that_is_not_lagging():
-    class Waiter:
-        result = None
-
-        def done(self):
-            return self.result is not None
-
-        def set_result(self, value):
-            self.result = "done"
-
     a, b = Link("A", "e", 0, 0), Link("B", "e", 0, 0)
     waiters, first, second = AckWaiters(), Waiter(), Waiter()
     waiters.add(1, first, [a, b])
@@ -237,6 +257,137 @@ def test_ack_waiters_wait_for_every_live_link_that_is_not_lagging():
     assert second.done() and b.lagging
     b.receive(b"ACK 7", LocationTable())
     assert not b.lagging
+
+
+def test_only_an_update_the_sender_took_from_its_client_is_acknowledged_at_once():
+    table, link = LocationTable(), Link("Hands", "e", 0, 0)
+    link.receive(b"UPDATE 1 0 Wilkes +0.000000000 a +1+1 1 -", table)  # passed on by Hands
+    assert link.ack_due and not link.ack_urgent  # may wait (herd.links: LAZY_DELAY)
+    link.receive(b"UPDATE 2 0 Hands +0.000000000 b +1+1 1 -", table)  # Hands' own client
+    assert link.ack_urgent
+    assert link.ack_line() == b"ACK 2\n"  # cumulative: covers the first one too
+    assert not (link.ack_due or link.ack_urgent)
+
+
+def test_updates_carry_any_client_id_a_client_may_use():
+    sender, receiver = LocationTable(), LocationTable()
+    odd = location("a\u00a0b", "1")  # a Unicode space belongs to the ID (bytes are split)
+    sender.offer(odd)
+    (line,) = Link("B", "e", 0, 0).outgoing(sender, 10)
+    back = Link("A", "e", 0, 0)
+    assert back.receive(line.encode(), receiver).at == odd.at
+    with pytest.raises(ProtocolError):  # one space apart, as update_line writes them
+        back.receive(b"UPDATE  2 0\tHands +0.000000000 c  +1+1 1 -", receiver)
+
+
+def test_a_repeated_update_changes_nothing_but_a_changed_one_is_checked_in_full():
+    table, a, b = LocationTable(), Link("A", "e", 0, 0), Link("B", "e", 0, 0)
+    line = b"UPDATE %d 7 Hands +0.000000000 c +1+1 1 -"
+    assert a.receive(line % 1, table) is not None
+    assert b.receive(line % 1, table) is None  # the same location over another link
+    assert table.lsn == 1 and b.ack_due  # still acknowledged
+    with pytest.raises(ProtocolError):  # differs in its diff only, which is malformed
+        b.receive(b"UPDATE 2 7 Hands +0.0 c +1+1 1 -", table)
+
+
+def test_changes_a_neighbours_fanout_names_are_held_until_something_else_goes_that_way():
+    table = LocationTable()
+    to_b = Link("B", "e", 0, 0)
+    covered = location("c1", "1")
+    covered.covered = frozenset({"B", "C"})  # the sender told us B gets it promptly
+    table.offer(covered)
+    assert to_b.outgoing(table, 10, hold=True) == []
+    assert to_b.holding(table)
+    table.offer(location("c2", "1"))  # B is promised this one by nobody: all go, in order
+    lines = to_b.outgoing(table, 10, hold=True)
+    assert [line.split()[5] for line in lines] == ["c1", "c2"]
+    assert not to_b.holding(table)
+    late = location("c3", "1")
+    late.covered = frozenset({"B"})
+    table.offer(late)
+    assert to_b.outgoing(table, 10, hold=True) == []
+    assert [line.split()[5] for line in to_b.outgoing(table, 10)] == ["c3"]  # the time is up
+
+
+def test_the_fanout_names_who_gets_a_change_promptly_and_travels_with_it():
+    table, sender, receiver = LocationTable(), LocationTable(), LocationTable()
+    from_a = Link("A", "e", 0, 0)
+    came = location("c", "1")
+    came.covered = frozenset({"B", "Mallory"})
+    table.offer(came, via=from_a)
+    # Not back to A; B as we were told; C, D as we send it; nobody outside the herd.
+    assert fanout(came, ["A", "C", "D"], frozenset("ABCDE")) == {"B", "C", "D"}
+    mine = location("d", "1")
+    sender.offer(mine)
+    mine.fanout = fanout(mine, ["B", "C"], frozenset("ABC"))
+    (line,) = Link("B", "e", 0, 0).outgoing(sender, 10)
+    assert line.endswith(" B,C")
+    back = Link("A", "e", 0, 0)
+    assert back.receive(line.encode(), receiver).covered == {"B", "C"}
+
+
+def test_one_deadline_timer_expires_waiters_in_order():
+    slow = Link("A", "e", 0, 0)
+    waiters, first, second = AckWaiters(), Waiter(), Waiter()
+    waiters.add(1, first, [slow], deadline=10.0)
+    waiters.add(2, second, [slow], deadline=10.5)
+    assert waiters.next_deadline() == 10.0
+    waiters.expire_due(9.9, [slow], table_lsn=2)
+    assert not first.done() and not slow.lagging
+    waiters.expire_due(10.0, [slow], table_lsn=2)
+    # The first expired: A is lagging, so the second is not waited for either.
+    assert first.done() and second.done() and slow.lagging and waiters.next_deadline() is None
+
+
+def test_a_neighbour_that_redials_before_its_old_connection_is_gone_resumes_from_its_cursor():
+    class Connection:
+        dialed, address, link, dropped = False, "127.0.0.1:1", None, None
+
+        def drop(self, why):
+            self.dropped = why
+
+    server = HerdServer("Welsh", load_config(), Options(), places=lambda *args: {})
+    hello = Hello("herd", "Holiday", "Welsh", "e1", "-", 0)
+    old = Connection()
+    old.link = server.link_up(old, hello)
+    for lsn in (1, 2, 3):
+        old.link.receive(
+            b"UPDATE %d 0 Holiday +0.000000000 c%d +1+1 1 -" % (lsn, lsn), server.table
+        )
+    new = Connection()
+    new.link = server.link_up(new, hello)  # before the old connection's close was seen
+    assert old.dropped and new.link.received_upto == 3
+    assert server.hello_for("Holiday").cursor_lsn == 3  # Holiday resumes after 3, not 0
+    server.peer_closed(old, "reset")  # noticed late: changes nothing
+    assert server.links["Holiday"] is new and server.cursors["Holiday"] == ("e1", 3)
+
+
+def test_the_traffic_log_stamps_each_turn_and_writes_within_the_interval(tmp_path):
+    timers = []
+    path = tmp_path / "t.log"
+    log = TrafficLog(path, flush_interval=0.01, call_later=lambda d, f: timers.append(f))
+    log.info("in  client %s: %s", "1.2.3.4:5", "IAMAT a +1+1 1")
+    log.lines("out peer B: ", ["UPDATE 1", "UPDATE 2"])
+    log.end_turn()
+    assert path.read_text() == "" and len(timers) == 1  # held for the interval
+    log.line("in  peer B: ACK 2")
+    log.end_turn()
+    assert len(timers) == 1  # one timer for everything held
+    timers.pop()()
+    lines = path.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "in  client 1.2.3.4:5: IAMAT a +1+1 1",
+        "out peer B: UPDATE 1",
+        "out peer B: UPDATE 2",
+        "in  peer B: ACK 2",
+    ]
+    log.line("closing")
+    log.close()  # a stop writes what is held
+    assert path.read_text().endswith(" closing\n")
+    every_turn = TrafficLog(tmp_path / "u.log", flush_interval=0.0)
+    every_turn.line("now")
+    every_turn.end_turn()
+    assert (tmp_path / "u.log").read_text().endswith(" now\n")
 
 
 # ---- places -----------------------------------------------------------------------------

@@ -33,43 +33,14 @@ from harness.procfs import cpu_seconds
 from lb.cli import SAMPLES
 from lb.resolver import resolve
 from netkit.framing import LineFramer
-
-TIMEOUT = "1"  # the LS's time-out in these tests, to keep them short
-RIGHT = {
-    b"www.princeton.edu": b"www.princeton.edu 128.1.1.4 A IN",
-    b"rutgers.edu": b"rutgers.edu 172.34.4.6 A IN",
-    b"amazon.com": b"amazon.com 94.5.6.7 A IN",
-    b"google.com": b"GOOGLE.com 46.1.3.7 A IN",
-}
-
-
-def start_ts(
-    spawn, table: Path, *options: str, port: int | None = None, env=None
-) -> tuple[Process, int]:
-    port = free_port() if port is None else port
-    process = spawn(
-        python_module("lb.ts", str(port), str(table), "--host", "127.0.0.1", *options),
-        env=env,
-        name="ts",
-    )
-    wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="TS to listen")
-    assert process.alive(), process.output()
-    return process, port
-
-
-def start_ls(spawn, ts_ports: list[int], *options: str, env=None) -> tuple[Process, int]:
-    port = free_port()
-    pairs = [word for ts in ts_ports for word in ("127.0.0.1", str(ts))]
-    process = spawn(
-        python_module(
-            "lb.ls", str(port), *pairs, "--timeout", TIMEOUT, "--host", "127.0.0.1", *options
-        ),
-        env=env,
-        name="ls",
-    )
-    wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="LS to listen")
-    assert process.alive(), process.output()
-    return process, port
+from tests.lb_support import (
+    CATALOG_KINDS,
+    RIGHT,
+    catalog_of_kind,
+    start_ls,
+    start_ts,
+    write_table,
+)
 
 
 @dataclass
@@ -89,11 +60,6 @@ def sample_servers(spawn) -> Sample:
     ts2, ts2_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS2.txt")
     ls, port = start_ls(spawn, [ts1_port, ts2_port])
     return Sample(ls, port, ts1, ts1_port, ts2, ts2_port)
-
-
-def write_table(path: Path, entries: dict[str, str]) -> Path:
-    path.write_text("".join(f"{name} {address} A\n" for name, address in entries.items()))
-    return path
 
 
 class Session:
@@ -349,20 +315,9 @@ def test_user_mistakes_get_a_clear_message_not_a_traceback(tmp_path: Path) -> No
 # Discovery through the catalog
 
 
-def our_catalog_or_skip(request):
-    if not (ROOT / "catalog" / "__main__.py").exists():
-        pytest.skip("our catalog (python -m catalog) is not written yet")
-    return request.getfixturevalue("catalog")
-
-
-CATALOG_KINDS = ["ours", pytest.param("cctools", marks=pytest.mark.cctools)]
-
-
 @pytest.fixture(params=CATALOG_KINDS)
 def any_catalog(request):
-    if request.param == "ours":
-        return our_catalog_or_skip(request)
-    return request.getfixturevalue("cctools_catalog")
+    return catalog_of_kind(request)
 
 
 def test_the_ls_uses_every_ts_of_its_project_in_the_catalog(spawn, tmp_path, any_catalog) -> None:
@@ -424,7 +379,7 @@ class OurCatalogForgetting:
 @pytest.fixture(params=CATALOG_KINDS)
 def forgetting_catalog(request):
     if request.param == "ours":
-        yield OurCatalogForgetting(our_catalog_or_skip(request))
+        yield OurCatalogForgetting(request.getfixturevalue("catalog"))
         return
     # Skips when cctools is not installed; stopped by its fixture.
     yield CctoolsForgetting(request.getfixturevalue("cctools_catalog"))

@@ -25,6 +25,7 @@ from lb.protocol import (
 from lb.table import DnsTable, TableError, load_table
 from lb.ts import reply
 from lb.tslink import CONNECTING, DOWN, LOOKUP_POLL, RESOLVING, TsLink
+from netkit.security import load_secret
 
 SAMPLE_TS2 = b"www.princeton.edu 128.1.1.4 A\nGOOGLE.com 46.1.3.7 A\n"
 
@@ -174,7 +175,28 @@ def test_ts_record_and_which_records_the_ls_uses() -> None:
         {**record, "address": "127.0.0.4", "type": "hashtable"},
         {**record, "address": "127.0.0.5", "port": "5000"},  # unusable: ignored
     ]
-    assert listed_endpoints(records, "p") == {("127.0.0.1", 5000), ("127.0.0.2", 5001)}
+    assert listed_endpoints(records, "p") == ({("127.0.0.1", 5000), ("127.0.0.2", 5001)}, set())
+
+
+def test_the_ls_lists_only_the_records_its_secret_signed(tmp_path) -> None:
+    ours, theirs = (
+        load_secret(tmp_path / "ours", create=True),
+        load_secret(tmp_path / "theirs", create=True),
+    )
+    record = ts_record(port=5000, project="p", entries=2, interval=60)
+    records = [
+        {**ours.sign_record(record), "address": "127.0.0.1"},
+        # A copy of our record announced from elsewhere: listed; the handshake tells.
+        {**ours.sign_record(record), "address": "127.0.0.9"},
+        {**theirs.sign_record(record), "address": "127.0.0.2"},
+        {**record, "address": "127.0.0.3"},  # unsigned
+        {**ours.sign_record(record), "address": "127.0.0.4", "port": 5001},  # port altered
+        {**ours.sign_record(record), "address": "127.0.0.5", "project": "q"},  # not p at all
+    ]
+    assert listed_endpoints(records, "p", ours.record_signed_by_us) == (
+        {("127.0.0.1", 5000), ("127.0.0.9", 5000)},
+        {("127.0.0.2", 5000), ("127.0.0.3", 5000), ("127.0.0.4", 5001)},
+    )
 
 
 def test_an_unreachable_catalog_keeps_the_current_tss() -> None:

@@ -8,8 +8,10 @@ import pytest
 
 from netkit.addresses import AddressError, parse_address, parse_address_list
 from netkit.backoff import Backoff
-from netkit.connection import Closed, Connection
+from netkit.connection import AuthenticationFailed, Closed, Connection, TlsConnection
 from netkit.framing import LineFramer, LineTooLong
+from netkit.security import load_secret, require_service_name, service_name
+from netkit.tls import TlsSession
 
 
 class TestLineFramer:
@@ -153,3 +155,65 @@ class TestConnection:
             for _ in range(100):
                 conn.send(b"x" * 65536)
         conn.close()
+
+
+class TestTlsConnectionBothSides:
+    """Both ends on the loop's non-blocking sockets (the LS's link to a TS is a client)."""
+
+    @staticmethod
+    def pair(tmp_path, server_project="p", client_project="p", client_secret="secret"):
+        server_secret = load_secret(tmp_path / "secret", create=True)
+        context = server_secret.server_context()
+        require_service_name(context, server_project)
+        left, right = socket.socketpair()
+        server = TlsConnection(left, "client", TlsSession(context, server_side=True))
+        client_context = load_secret(tmp_path / client_secret, create=True).client_context()
+        session = TlsSession(
+            client_context, server_side=False, server_hostname=service_name(client_project)
+        )
+        return server, TlsConnection(right, "server", session)
+
+    @staticmethod
+    def pump(*conns, rounds=20):
+        """Reads on every end in turn; returns the lines each got."""
+        got = [[] for _ in conns]
+        for _ in range(rounds):
+            for i, conn in enumerate(conns):
+                got[i] += conn.read_lines()
+        return got
+
+    def test_a_client_starts_the_handshake_and_lines_flow_both_ways(self, tmp_path):
+        server, client = self.pair(tmp_path)
+        assert not client.established
+        client.start_handshake()
+        self.pump(server, client)
+        assert server.established and client.established
+        client.send(b"7 name\n")
+        server.send(b"7 answer\n")
+        assert self.pump(server, client) == [[b"7 name"], [b"7 answer"]]
+
+    def test_a_client_of_another_project_hears_why_it_is_refused(self, tmp_path):
+        server, client = self.pair(tmp_path, client_project="other")
+        client.start_handshake()
+        with pytest.raises(AuthenticationFailed, match="another project's server"):
+            server.read_lines()
+        with pytest.raises(AuthenticationFailed, match="the server serves another project"):
+            client.read_lines()  # the alert arrived, not a bare EOF
+
+    def test_a_client_with_another_secret_is_refused(self, tmp_path):
+        server, client = self.pair(tmp_path, client_secret="other")
+        client.start_handshake()
+        server.read_lines()
+        with pytest.raises(AuthenticationFailed, match="does not hold our secret"):
+            client.read_lines()
+
+    def test_a_plain_text_peer_fails_a_client_s_handshake(self, tmp_path):
+        context = load_secret(tmp_path / "secret", create=True).client_context()
+        plain, mine = socket.socketpair()
+        client = TlsConnection(mine, "server", TlsSession(context, server_side=False))
+        client.start_handshake()
+        plain.sendall(b"7 forged 6.6.6.6 A IN\n")
+        with pytest.raises(AuthenticationFailed, match="does not speak TLS"):
+            client.read_lines()  # an error of the handshake, not NotTls (a server's verdict)
+        client.close()
+        plain.close()
