@@ -98,26 +98,19 @@ class Transport:
         failing_since = None
         while True:
             try:
-                outcome = self.attempt(data)
+                self.send_all(data)
+                outcome = decode_reply(self.read_line())
             except RETRYABLE as exc:
                 failing_since = self.failed(exc, failing_since)
                 continue
-            if failing_since is not None:
-                self.backoff.reset()
-            return outcome
-
-    def attempt(self, data: bytes) -> Outcome:
-        """Sends one request line and returns its reply, once: raises one of
-        ``RETRYABLE`` when that fails (the caller decides what next)."""
-        try:
-            self.send_all(data)
-            return decode_reply(self.read_line())
-        except BaseException as exc:
-            if not isinstance(exc, RETRYABLE):
+            except BaseException:
                 # Interrupted (Ctrl-C, ...): a reply may still come on this
                 # connection, and must not be taken for the next call's.
                 self.disconnect()
-            raise
+                raise
+            if failing_since is not None:
+                self.backoff.reset()
+            return outcome
 
     def send_all(self, data: bytes) -> None:
         """Sends a request line (connecting first if need be), blocking."""
