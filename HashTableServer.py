@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     tls = None
     if secret is not None:
         tls = secret.server_context()
-        require_service_name(tls, args.project)
+        require_service_name(tls, "hashtable", args.project)
     server = Server(
         database,
         listener,

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from harness.processes import Process, free_port, python_module, tcp_open, wait_until  # noqa: E402
 from harness.procfs import cpu_seconds  # noqa: E402
 from harness.services import start_catalog  # noqa: E402
+from lb.discovery import TS_TYPE  # noqa: E402
 from lb.resolver import resolve  # noqa: E402
 from netkit.cliargs import number_list, positive_int  # noqa: E402
 from netkit.framing import LineFramer  # noqa: E402
@@ -83,7 +84,7 @@ class Cluster:
             self.processes.append(catalog)
             self.env = {SECRET_ENV: str(secret_file), "CATALOG_HOST": f"127.0.0.1:{catalog_port}"}
             self.connect = lambda port: context.wrap_socket(
-                loopback(port), server_hostname=service_name(PROJECT)
+                loopback(port), server_hostname=service_name(TS_TYPE, PROJECT)
             )
             project = ["--project", PROJECT]
             # Announced often: a datagram lost on a busy machine costs 2 s, not a minute.

@@ -249,7 +249,7 @@ class Transport:
         """Mutual TLS: we prove the secret and so must the server. Raises
         ``AuthenticationError`` when it cannot (not worth retrying)."""
         assert self._tls_context is not None
-        name = service_name(self.project) if self.project is not None else None
+        name = service_name("hashtable", self.project) if self.project is not None else None
         tls = TlsSession(self._tls_context, server_side=False, server_hostname=name)
         try:
             handshake_blocking(sock, tls, RECV_SIZE)

@@ -110,11 +110,11 @@ def peer_security(args: argparse.Namespace, config: HerdConfig) -> dict[str, Any
         return {}
     secret = load_secret(args.secret_file)
     server = secret.server_context()
-    require_service_name(server, config.herd)
+    require_service_name(server, "herd", config.herd)
     return {
         "server_ssl": server,
         "client_ssl": secret.client_context(),
-        "peer_server_name": service_name(config.herd),
+        "peer_server_name": service_name("herd", config.herd),
         "secret": secret,
     }
 

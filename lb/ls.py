@@ -17,7 +17,7 @@ if not __package__:  # run as a file, as the assignment does: put the repository
 
 from catalog.client import catalog_addresses
 from lb.cli import add_logging_options, add_secret_option, start_program
-from lb.discovery import CatalogWatcher, Endpoint
+from lb.discovery import TS_TYPE, CatalogWatcher, Endpoint
 from lb.lserver import DEFAULT_REFRESH, DEFAULT_TIMEOUT, LoadBalancer
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         servers,
         watcher,
         tls=secret.client_context() if secret is not None else None,
-        server_name=service_name(args.project) if args.project else None,
+        server_name=service_name(TS_TYPE, args.project) if args.project else None,
     )
     log.info(
         "LS listening on port %d; TSs: %s; time-out %g s",

@@ -29,7 +29,7 @@ from lb.cli import (
     assignment_file,
     start_program,
 )
-from lb.discovery import ts_record
+from lb.discovery import TS_TYPE, ts_record
 from lb.protocol import (
     AUTHENTICATION_REQUIRED,
     MAX_QUERY_LINE,
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None, default_table: str | None = None) -> int
             catalogs=catalogs,
         )
         tls = secret.server_context()
-        require_service_name(tls, args.project)
+        require_service_name(tls, TS_TYPE, args.project)
         log.info("announcing project %r to %s", args.project, catalog_hosts(catalogs))
         log.info("LSs must hold the secret %s (%s)", secret.fingerprint, secret.path)
         if args.also_plain:

@@ -283,18 +283,19 @@ def _private_file(data: bytes):
         yield str(path)
 
 
-def service_name(project: str) -> str:
-    """The TLS server name (SNI) a client sends for ``project``: a hash, since a
-    project name need not be a valid DNS name. The server refuses a handshake for
-    another project's name, so a forged record cannot point a client of one
-    project at the same owner's server of another."""
-    return hashlib.sha256(project.encode()).hexdigest()[:32] + ".dht"
+def service_name(kind: str, project: str) -> str:
+    """The TLS server name (SNI) a client sends for a ``kind`` of service
+    (``hashtable``, ``dns-ts``, ``herd``) of ``project``: a hash, since a project
+    name need not be a valid DNS name. A server refuses a handshake that names
+    another, so a forged record cannot point a client of one service at the same
+    owner's server of another (another project, or another kind)."""
+    return hashlib.sha256(f"{kind}:{project}".encode()).hexdigest()[:32] + ".dht"
 
 
-def require_service_name(context: ssl.SSLContext, project: str) -> None:
-    """Makes ``context`` (a server's) refuse handshakes that name another project.
+def require_service_name(context: ssl.SSLContext, kind: str, project: str) -> None:
+    """Makes ``context`` (a server's) refuse handshakes that name another service.
     A client that names none (one given an address, not a project) is served."""
-    expected = service_name(project)
+    expected = service_name(kind, project)
 
     def check(_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext):
         if server_name is not None and server_name != expected:

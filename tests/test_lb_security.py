@@ -224,7 +224,7 @@ def read_to_end(sock: socket.socket) -> bytes:
 
 def ask_over_tls(port: int, context: ssl.SSLContext, project: str) -> bytes:
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with context.wrap_socket(raw, server_hostname=service_name(project)) as sock:
+    with context.wrap_socket(raw, server_hostname=service_name(TS_TYPE, project)) as sock:
         sock.sendall(b"7 rutgers.edu\n")
         return sock.recv(4096)
 

@@ -164,12 +164,14 @@ class TestTlsConnectionBothSides:
     def pair(tmp_path, server_project="p", client_project="p", client_secret="secret"):
         server_secret = load_secret(tmp_path / "secret", create=True)
         context = server_secret.server_context()
-        require_service_name(context, server_project)
+        require_service_name(context, "hashtable", server_project)
         left, right = socket.socketpair()
         server = TlsConnection(left, "client", TlsSession(context, server_side=True))
         client_context = load_secret(tmp_path / client_secret, create=True).client_context()
         session = TlsSession(
-            client_context, server_side=False, server_hostname=service_name(client_project)
+            client_context,
+            server_side=False,
+            server_hostname=service_name("hashtable", client_project),
         )
         return server, TlsConnection(right, "server", session)
 
