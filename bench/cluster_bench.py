@@ -213,6 +213,12 @@ def main() -> int:
     parser.add_argument("--clients", type=positive_int, default=6, help="lookup client processes")
     parser.add_argument("--quick", action="store_true", help="short: for a look, not a report")
     parser.add_argument(
+        "--sync",
+        choices=("always", "everysec", "no"),
+        default="always",
+        help="the servers' --sync (default always: every write fsynced before its reply)",
+    )
+    parser.add_argument(
         "--parts",
         type=choice_list(("1", "2", "3"), "part"),
         default=["1", "2", "3"],
@@ -222,7 +228,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.clients = 0.5, 2, 4
-    print(f"cluster_bench: {load()} at the start; {args.seconds:g} s per measurement", flush=True)
+    print(
+        f"cluster_bench: {load()} at the start; {args.seconds:g} s per measurement; "
+        f"servers --sync {args.sync}",
+        flush=True,
+    )
     started: list[Process] = []
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as scratch:
         work = Path(scratch)
@@ -232,7 +242,7 @@ def main() -> int:
             catalog = f"127.0.0.1:{port}"
             for index in range(SERVERS):
                 process, _ = start_hashtable_server(
-                    f"{NAME}-{index}", work / f"data-{index}", catalog, work
+                    f"{NAME}-{index}", work / f"data-{index}", catalog, work, "--sync", args.sync
                 )
                 started.append(process)
             report(catalog, args)
