@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,40 @@ def tcp_open(host: str, port: int) -> bool:
         return False
 
 
+def program_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every program started here gets: this one's, unbuffered
+    output, the project importable (PYTHONPATH), and ``env`` on top."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+    return full_env
+
+
+def run_program(
+    args: list[str],
+    *,
+    input: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    text: bool = True,
+    **options: Any,
+) -> subprocess.CompletedProcess:
+    """Runs a program to its end and returns what it did (its output captured):
+    the way every short-lived program is started by the tests, the demo and the
+    benchmarks. ``options`` go to ``subprocess.run`` (``preexec_fn``, say).
+    Raises ``subprocess.TimeoutExpired`` past ``timeout``."""
+    return subprocess.run(
+        args,
+        input=input,
+        capture_output=True,
+        text=text,
+        env=program_environment(env),
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        **options,
+    )
+
+
 class Process:
     """A child process whose output goes to a file, stopped by ``stop()``."""
 
@@ -83,10 +118,7 @@ class Process:
     ) -> None:
         self.args = args
         self.log_path = log_path
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(ROOT), full_env.get("PYTHONPATH")])
-        )
+        full_env = program_environment(env)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             args,

@@ -29,7 +29,6 @@ from hashtable.reporting import VERSION, Reporter
 from hashtable.request import Outcome, Request
 from hashtable.scheduler import Client, Limits, Phase, Scheduler
 from hashtable.table import ReadJob
-from netkit.accepting import Acceptor
 from netkit.connection import (
     AuthenticationFailed,
     Closed,
@@ -42,6 +41,7 @@ from netkit.framing import LineTooLong
 from netkit.listeners import format_address, host_of, shut_down_writing
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
+from netkit.service import ListeningService
 from netkit.tls import TLS_RECORD_HANDSHAKE, TlsSession
 
 log = logging.getLogger("hashtable.server")
@@ -77,7 +77,7 @@ class Peer(Client):
         self.watch = watch
 
 
-class Server:
+class Server(ListeningService):
     """Serves the table over TCP until ``stop()``.
 
     ``tls``: the server context (``Secret.server_context``): a mutual TLS
@@ -101,10 +101,9 @@ class Server:
         sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         loop: EventLoop | None = None,
     ) -> None:
+        super().__init__(listener, loop)
         self.db = database
-        self.listener = listener
         self.limits = limits = limits or Limits()
-        self.loop = loop or EventLoop()
         self.scheduler = Scheduler(database.start_parsed, limits, clock=self.loop.time)
         self.port: int = listener.getsockname()[1]
         self.started = self.loop.time()
@@ -124,7 +123,6 @@ class Server:
         self._summary_interval = summary_interval
         self.tls = tls
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
-        self.acceptor = Acceptor(self.loop, listener, self._accept)
         self._maintenance = self.loop.alarm(self._maintain)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self.loop.call_later(summary_interval, self._summarize)
@@ -134,27 +132,22 @@ class Server:
     # ------------------------------------------------------------ running
 
     def serve(self) -> None:
-        """Runs the loop until ``stop()``. Exceptions from the database (a storage
-        failure, a failed mutation) end it: crash-only, the log is the truth."""
-        if self._announcer is not None:
-            self._announcer.start(self.loop)
+        """Runs the loop until ``stop()``, then closes. Exceptions from the database (a
+        storage failure, a failed mutation) end it: crash-only, the log is the truth."""
         try:
-            self.loop.run()
+            self.serve_forever()
         finally:
             self.close()
 
-    def stop(self) -> None:
-        """Ends ``serve()`` after the current turn; safe to call from a signal handler."""
-        self.loop.stop()
+    def starting(self) -> None:
+        if self._announcer is not None:
+            self._announcer.start(self.loop)
 
-    def close(self) -> None:
+    def close_connections(self) -> None:
         if self._announcer is not None:
             self._announcer.close()
         for peer in list(self._peers):
             self._drop(peer, None)
-        self.acceptor.close()
-        self.listener.close()
-        self.loop.close()
 
     def _after_turn(self) -> bool:
         """The turn's work after its input: execute, commit once, then reply."""
@@ -175,7 +168,7 @@ class Server:
 
     # ------------------------------------------------------------ connections
 
-    def _accept(self, sock: socket.socket, address: Any) -> None:
+    def on_connection(self, sock: socket.socket, address: Any) -> None:
         name = format_address(address)
         admitted, evicted = self.admission.arriving(host_of(address))
         for peer in evicted:

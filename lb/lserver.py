@@ -24,12 +24,12 @@ from lb.balancer import Balancer
 from lb.discovery import CatalogWatcher, Endpoint
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
 from lb.tslink import CONNECTING, DOWN, HANDSHAKING, RESOLVING, UP, TsLink
-from netkit.accepting import Acceptor
 from netkit.connection import Closed, Connection, EndOfInput
 from netkit.framing import LineTooLong
 from netkit.listeners import format_address
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
+from netkit.service import ListeningService
 
 log = logging.getLogger("lb.ls")
 
@@ -56,7 +56,7 @@ class Client:
         return self.conn.name
 
 
-class LoadBalancer:
+class LoadBalancer(ListeningService):
     """The LS's event-loop policy around the sans-IO ``Balancer``: feed it what
     arrives, wake it at its deadlines, send what it queues, keep the TS links up.
 
@@ -75,8 +75,7 @@ class LoadBalancer:
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
     ) -> None:
-        self.loop = loop or EventLoop()
-        self.listener = listener
+        super().__init__(listener, loop)
         self.timeout = timeout
         self.balancer = Balancer(timeout)
         self.static = set(servers or ())
@@ -87,7 +86,6 @@ class LoadBalancer:
         # TSs that fail the handshake: an impostor may list any number of them.
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         self.max_unanswered = max_unanswered
-        self.acceptor = Acceptor(self.loop, listener, self._accept)
         self.links: dict[Endpoint, TsLink] = {}
         self._link_watches: dict[TsLink, Watch] = {}
         self.clients: set[Client] = set()
@@ -97,8 +95,7 @@ class LoadBalancer:
         self.loop.add_turn_hook(self._after_turn)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
-    def serve_forever(self) -> None:
-        """Serves until ``stop()``."""
+    def starting(self) -> None:
         for endpoint in sorted(self.static):
             self._add_link(endpoint, secure=False)  # the assignment's plain text
         if self.watcher is not None:
@@ -106,22 +103,14 @@ class LoadBalancer:
                 self.watcher.wakeup, lambda _: self._refresh(self.loop.time()), READ
             )
             self.watcher.start()
-        self.loop.run()
 
-    def stop(self) -> None:
-        """Ends ``serve_forever``; safe to call from a signal handler."""
-        self.loop.stop()
-
-    def close(self) -> None:
+    def close_connections(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
         for client in list(self.clients):
             self._drop_client(client)
         for endpoint in list(self.links):
             self._remove_link(endpoint)
-        self.acceptor.close()
-        self.listener.close()
-        self.loop.close()
         stats = self.balancer.stats
         log.info(
             "LS stopped: %d answered, %d timed out, %d invalid; %d late or extra answers ignored",
@@ -152,7 +141,7 @@ class LoadBalancer:
 
     # Clients
 
-    def _accept(self, sock: socket.socket, address: object) -> None:
+    def on_connection(self, sock: socket.socket, address: object) -> None:
         name = format_address(address)
         try:
             conn = Connection(sock, name, max_line=MAX_QUERY_LINE)

@@ -37,7 +37,6 @@ from lb.protocol import (
     encode_ts_answer,
 )
 from lb.table import DnsTable, TableError, load_table
-from netkit.accepting import Acceptor
 from netkit.addresses import AddressError
 from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import (
@@ -53,6 +52,7 @@ from netkit.listeners import format_address, open_listener, shut_down_writing
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
 from netkit.security import SecretError, load_secret, require_service_name
+from netkit.service import ListeningService
 from netkit.tls import TlsSession
 
 log = logging.getLogger("lb.ts")
@@ -97,7 +97,7 @@ class Peer:
         self.turned_away = False
 
 
-class TopLevelServer:
+class TopLevelServer(ListeningService):
     """The TS's event-loop policy: answer what the table holds, read only while
     the replies keep flowing out.
 
@@ -115,42 +115,31 @@ class TopLevelServer:
         tls: ssl.SSLContext | None = None,
         plain_too: bool = False,
     ) -> None:
-        self.loop = loop or EventLoop()
-        self.listener = listener
+        super().__init__(listener, loop)
         self.table = table
         self.announcer = announcer
         self.tls = tls
         self.plain_too = plain_too
-        self.acceptor = Acceptor(self.loop, listener, self._accept)
         self.peers: set[Peer] = set()
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         if tls is not None:
             self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
-    def serve_forever(self) -> None:
-        """Serves until ``stop()``."""
+    def starting(self) -> None:
         if self.announcer is not None:
             self.announcer.start(self.loop)
-        self.loop.run()
 
-    def stop(self) -> None:
-        """Ends ``serve_forever``; safe to call from a signal handler."""
-        self.loop.stop()
-
-    def close(self) -> None:
+    def close_connections(self) -> None:
         if self.announcer is not None:
             self.announcer.close()
         for peer in list(self.peers):
             self._drop(peer)
-        self.acceptor.close()
-        self.listener.close()
-        self.loop.close()
 
     def _summarize(self) -> None:
         self.refusals.flush(self.loop.time())
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
-    def _accept(self, sock: socket.socket, address: object) -> None:
+    def on_connection(self, sock: socket.socket, address: object) -> None:
         name = format_address(address)
         try:
             if self.tls is None:

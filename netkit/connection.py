@@ -85,16 +85,22 @@ class Connection:
         Raises ``EndOfInput`` at a clean EOF, ``Closed`` on error, and
         ``LineTooLong`` (from the framer) when the peer exceeds the line bound.
         """
+        data = self._receive()
+        return self.framer.feed(data) if data else []
+
+    def _receive(self) -> bytes:
+        """What the socket has now (b"" if nothing yet). Raises ``EndOfInput`` at a
+        clean EOF and ``Closed`` on error."""
         try:
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
-            return []
+            return b""
         except OSError as exc:
             raise Closed(f"receive failed: {exc.strerror or exc}") from exc
         if not data:
             raise EndOfInput(self.framer.take_rest())
         self.last_active = time.monotonic()
-        return self.framer.feed(data)
+        return data
 
     def send(self, data: bytes) -> None:
         """Queues ``data`` and writes as much as the socket takes now.
@@ -180,15 +186,9 @@ class TlsConnection(Connection):
         and (server side) ``NotTls`` when the first bytes are not a TLS handshake.
         A client's peer that is not TLS fails the handshake instead: its first
         bytes may be an alert, and the server decides what a plain peer gets."""
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError as exc:
-            raise Closed(f"receive failed: {exc.strerror or exc}") from exc
+        data = self._receive()
         if not data:
-            raise EndOfInput(self.framer.take_rest())
-        self.last_active = time.monotonic()
+            return []
         tls = self.tls
         try:
             if tls.established:

@@ -10,7 +10,6 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 import lb.ts
 from catalog.client import query
-from harness.processes import free_port, python_module, wait_until
+from harness.processes import free_port, python_module, run_program, wait_until
 from lb.cli import SAMPLES
 from lb.discovery import TS_TYPE
 from lb.protocol import AUTHENTICATION_REQUIRED
@@ -323,9 +322,7 @@ def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
     messages = ["can be read by others", "can be read by others", "go with --project"]
     messages += ["go with --project", "goes with --project", "no secret file"]
     for (args, status), message in zip(cases, messages, strict=True):
-        done = subprocess.run(
-            python_module(*args), capture_output=True, text=True, timeout=30, env=env
-        )
+        done = run_program(python_module(*args), env=env, timeout=30)
         assert (done.returncode, message in done.stderr) == (status, True), (args, done.stderr)
         assert "Traceback" not in done.stderr
 

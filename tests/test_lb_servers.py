@@ -26,6 +26,7 @@ from harness.processes import (
     free_port,
     python_module,
     python_script,
+    run_program,
     tcp_open,
     wait_until,
 )
@@ -88,9 +89,7 @@ class Session:
 
 def run(args: list[str], cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, timeout=60, text=True, **kwargs
-    )
+    return run_program(args, cwd=cwd, env=env, **kwargs)
 
 
 # The assignment's behaviour
@@ -111,13 +110,7 @@ def test_assignment_command_lines_give_the_sample_byte_for_byte(spawn, tmp_path:
         name="ls",
     )
     wait_until(lambda: tcp_open("127.0.0.1", p3), what="LS")
-    done = subprocess.run(
-        python_script("lb/client.py", "localhost", str(p3)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_program(python_script("lb/client.py", "localhost", str(p3)), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "RESOLVED.txt").read_bytes() == (SAMPLES / "RESOLVED.txt").read_bytes()
     log = ls.output()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.processes import ROOT, free_port, python_script, wait_until
+from harness.processes import ROOT, free_port, python_script, run_program, wait_until
 from harness.services import listening_port
 from netkit.interfaces import reachable_addresses
 from netkit.listeners import open_listener
@@ -99,8 +98,6 @@ def test_the_server_bound_to_every_interface_prints_them_and_the_documented_awk_
     line = server.output().strip()
     assert line.startswith(f"listening on {socket.gethostname()}:{port} ")
     assert_all_connectable(line.split()[2:], port)
-    awk = subprocess.run(
-        ["awk", DOCUMENTED_AWK], input=line + "\n", capture_output=True, text=True, check=True
-    )
+    awk = run_program(["awk", DOCUMENTED_AWK], input=line + "\n")
     assert awk.stdout == f"{port}\n"
     assert DOCUMENTED_AWK in (ROOT / "docs" / "protocol.md").read_text()

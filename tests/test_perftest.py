@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-import subprocess
 import sys
 
 import pytest
 
-from harness.processes import ROOT
+from harness.processes import ROOT, run_program
 from perftest.stats import Histogram, StageResult, StageSum
 
 
@@ -63,12 +62,7 @@ def test_stage_sum_adds_throughputs_of_concurrent_clients():
     ],
 )
 def test_bad_arguments_get_a_clear_message_and_no_traceback(args, message):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "TestPerf.py"), "proj", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_program([sys.executable, str(ROOT / "TestPerf.py"), "proj", *args], timeout=30)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr

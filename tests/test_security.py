@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import orjson
 import pytest
 
 from catalog.client import announce, query
-from harness.processes import python_script, wait_until
+from harness.processes import python_script, run_program, wait_until
 from hashtable.client import AuthenticationError, HashTableClient, ServiceUnavailable
 from netkit.security import load_secret
 from tests.server_support import Wire, start_server
@@ -82,7 +81,7 @@ def test_a_secret_file_others_can_read_is_refused(spawn, tmp_path):
     leaky = tmp_path / "leaky"
     leaky.write_text("0123456789abcdef0123456789abcdef\n")
     leaky.chmod(0o644)
-    done = subprocess.run(
+    done = run_program(
         python_script(
             "HashTableServer.py",
             "p",
@@ -91,8 +90,6 @@ def test_a_secret_file_others_can_read_is_refused(spawn, tmp_path):
             "--data-dir",
             str(tmp_path / "d"),
         ),
-        capture_output=True,
-        text=True,
         timeout=30,
     )
     assert done.returncode == 2
@@ -318,7 +315,7 @@ def test_an_http_post_is_closed_without_executing_anything(spawn, tmp_path):
 
 
 def test_no_auth_is_for_loopback_only_and_never_a_silent_fallback(spawn, tmp_path):
-    done = subprocess.run(
+    done = run_program(
         python_script(
             "HashTableServer.py",
             "p",
@@ -328,8 +325,6 @@ def test_no_auth_is_for_loopback_only_and_never_a_silent_fallback(spawn, tmp_pat
             "--data-dir",
             str(tmp_path / "d"),
         ),
-        capture_output=True,
-        text=True,
         timeout=30,
     )
     assert done.returncode == 2 and "only on loopback" in done.stderr
@@ -346,9 +341,7 @@ def test_no_auth_is_for_loopback_only_and_never_a_silent_fallback(spawn, tmp_pat
 def test_by_hand_with_nc_on_a_no_auth_server(spawn, tmp_path):
     server = start_server(spawn, tmp_path / "data", "--no-auth")
     session = b'{"method": "insert", "key": "k", "value": 1}\n{"method": "lookup", "key": "k"}\n'
-    done = subprocess.run(
-        ["nc", "-N", "127.0.0.1", str(server.port)], input=session, capture_output=True, timeout=10
-    )
+    done = run_program(["nc", "-N", "127.0.0.1", str(server.port)], input=session, text=False)
     assert done.stdout.splitlines()[-1] == b'{"status":"ok","result":1}'
 
 
@@ -364,12 +357,8 @@ def test_impostor_claiming_no_auth_gets_nothing(spawn, tmp_path, catalog):
 def test_the_interactive_client_over_tls_and_the_secret_tool(spawn, tmp_path, test_secret):
     server = start_server(spawn, tmp_path / "data")
     typed = 'insert zebra {"weight": 100}\nlookup zebra\nbogus\n{"method": "remove", "key": "zebra"}\nlookup zebra\n'
-    done = subprocess.run(
-        [*python_script("hashtable/cli.py"), "--at", f"127.0.0.1:{server.port}"],
-        input=typed,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    done = run_program(
+        [*python_script("hashtable/cli.py"), "--at", f"127.0.0.1:{server.port}"], input=typed
     )
     assert done.returncode == 0, done.stderr
     replies = [orjson.loads(line) for line in done.stdout.splitlines()]
@@ -380,18 +369,16 @@ def test_the_interactive_client_over_tls_and_the_secret_tool(spawn, tmp_path, te
         {"status": "failed", "error": "KeyError", "message": "no such key: 'zebra'"},
     ]
     assert "unknown method 'bogus'" in done.stderr
-    shown = subprocess.run(
+    shown = run_program(
         python_script("netkit/secret_cli.py", "show", str(test_secret)),
-        capture_output=True,
-        text=True,
         timeout=30,
     )
     assert shown.returncode == 0 and load_secret(test_secret).fingerprint in shown.stdout
     rotated = tmp_path / "rotated"
     load_secret(rotated, create=True)
     before = load_secret(rotated).fingerprint
-    subprocess.run(
-        python_script("netkit/secret_cli.py", "rotate", str(rotated)), check=True, timeout=30
+    assert (
+        run_program(python_script("netkit/secret_cli.py", "rotate", str(rotated))).returncode == 0
     )
     assert load_secret(rotated).fingerprint != before
     assert load_secret(rotated.with_name("rotated.old")).fingerprint == before

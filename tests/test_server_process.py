@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -13,21 +12,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harness.processes import ROOT, python_script, wait_until
+from harness.processes import ROOT, python_script, run_program, wait_until
 from tests.server_support import Wire, start_server
 
 DOCS = ROOT / "docs" / "protocol.md"
 
 
 def run_server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        python_script("HashTableServer.py", *args),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
+    return run_program(python_script("HashTableServer.py", *args), env=env, timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import ROOT, free_port, python_script, wait_until
+from harness.processes import ROOT, free_port, python_script, run_program, wait_until
 from netkit.cliargs import writable_file
 from tests.server_support import start_server
 
@@ -19,12 +19,7 @@ QUICK = ["--stage-seconds", "0.1", "--min-ops", "10", "--stages", "insert,lookup
 
 
 def run_testperf(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "TestPerf.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_program([sys.executable, str(ROOT / "TestPerf.py"), *args], timeout=timeout)
 
 
 @pytest.mark.parametrize(

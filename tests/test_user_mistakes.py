@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import ROOT, free_port, python_script, tcp_open, wait_until
+from harness.processes import ROOT, free_port, python_script, run_program, tcp_open, wait_until
 from tests.server_support import start_server
 
 
@@ -25,14 +25,11 @@ def run(
     """``python ARGS`` (a script named relative to the repository) from ``cwd``."""
     if args[0].endswith(".py"):
         args = [str(ROOT / args[0]), *args[1:]]
-    return subprocess.run(
+    return run_program(
         [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        input="",
         cwd=cwd,
-        env=env or {**os.environ, "CATALOG_HOST": f"127.0.0.1:{free_port()}"},
-        stdin=subprocess.DEVNULL,
+        env=env or {"CATALOG_HOST": f"127.0.0.1:{free_port()}"},
         **kwargs,
     )
 
