@@ -26,6 +26,7 @@ from hashtable.database import (
     DEFAULT_COMPACT_AFTER,
     DEFAULT_SCAN_TIMEOUT,
     DEFAULT_SYNC,
+    DEFAULT_VERSION_WINDOW,
     SYNC_MODES,
     Database,
     RecoveryError,
@@ -38,6 +39,7 @@ from netkit.cliargs import (
     nonnegative_seconds,
     port_number,
     positive_int,
+    positive_seconds,
     program_name,
 )
 from netkit.interfaces import reachable_addresses
@@ -170,6 +172,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time one scan may take over the whole table (default %(default)g)",
     )
     parser.add_argument(
+        "--version-window",
+        type=positive_seconds,
+        default=DEFAULT_VERSION_WINDOW,
+        metavar="SECONDS",
+        help="versioned writes (the cluster's): versions more than this far from the "
+        "server's clock are refused, and a removed key's tombstone is kept this long "
+        "(default %(default)g)",
+    )
+    parser.add_argument(
         "--max-scans",
         type=positive_int,
         default=Limits.max_scans,
@@ -251,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             sync=args.sync,
             compact_after=args.compact_after,
             scan_timeout=args.scan_timeout,
+            version_window=args.version_window,
         )
     except RecoveryError as exc:
         log.critical("cannot recover the table in %s: %s", args.data_dir, exc)

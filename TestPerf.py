@@ -3,6 +3,8 @@
     python TestPerf.py PROJECT                      one client, in this process
     python TestPerf.py PROJECT --clients 4          4 concurrent client processes, and their sum
     python TestPerf.py PROJECT --sweep 1,2,4,8,16   the level-out table, N = 1, 2, 4, ...
+    python TestPerf.py NAME N K                     a cluster: servers NAME-0 .. NAME-(N-1),
+                                                    K copies of each key (docs/cluster.md)
 
 Copies started by hand at once (``python TestPerf.py X & python TestPerf.py X &
 wait``) work too: every client uses keys of its own. The stages are insert,
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from catalog.client import catalog_addresses
 from hashtable.client import AuthenticationError, ServiceUnavailable
+from hashtable.cluster.client import check_shape
 from netkit.addresses import AddressError, parse_address
 from netkit.cliargs import (
     choice_list,
@@ -49,6 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("project", help="the project name the server announces to the catalog")
+    parser.add_argument(
+        "servers",
+        nargs="?",
+        type=positive_int,
+        metavar="N",
+        help="measure a cluster of N servers, the projects PROJECT-0 .. PROJECT-(N-1)",
+    )
+    parser.add_argument(
+        "copies", nargs="?", type=positive_int, metavar="K", help="the cluster's copies of each key"
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--clients",
@@ -133,6 +146,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.servers is not None:
+        if args.copies is None:
+            parser.error("a cluster needs K too: TestPerf.py NAME N K")
+        try:
+            check_shape(args.servers, args.copies)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.server:
+            parser.error("--server talks to one server; a cluster is found through the catalog")
     if args.no_auth and args.secret_file is not None:
         parser.error("--no-auth and --secret-file contradict each other")
     if args.catalog:
@@ -177,6 +199,12 @@ def make_client(args: argparse.Namespace, **options):
     options.setdefault("give_up_after", args.give_up_after)
     options.setdefault("secret_file", args.secret_file)
     options.setdefault("auth", not args.no_auth)
+    if args.servers is not None:
+        from ClusterClient import ClusterClient
+
+        return ClusterClient(
+            args.project, args.servers, args.copies, catalog=args.catalog, **options
+        )
     if args.server:
         return HashTableClient.at(*args.server, **options)
     return HashTableClient(args.project, catalog=args.catalog, **options)
@@ -201,7 +229,10 @@ def workload_options(args: argparse.Namespace) -> dict:
 
 
 def worker_command(args: argparse.Namespace) -> list[str]:
-    command = [sys.executable, str(testperf_path()), args.project, "--worker", "--quiet"]
+    command = [sys.executable, str(testperf_path()), args.project]
+    if args.servers is not None:
+        command += [str(args.servers), str(args.copies)]
+    command += ["--worker", "--quiet"]
     command += ["--stage-seconds", str(args.stage_seconds), "--min-ops", str(args.min_ops)]
     command += ["--value-size", str(args.value_size), "--stages", ",".join(args.stages)]
     if args.catalog:
@@ -249,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     info = report.machine()
     meta = {
         "project": args.project,
+        "cluster": None if args.servers is None else {"N": args.servers, "K": args.copies},
         "command": " ".join(
             ["python", "TestPerf.py", *(argv if argv is not None else sys.argv[1:])]
         ),
@@ -256,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         "stage_seconds": args.stage_seconds,
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    what = args.project
+    if args.servers is not None:
+        what += f" (cluster: N={args.servers} servers, K={args.copies} copies)"
     print(
-        f"TestPerf {args.project}: {report.machine_line(info)}; stages of {args.stage_seconds:g} s",
+        f"TestPerf {what}: {report.machine_line(info)}; stages of {args.stage_seconds:g} s",
         flush=True,
     )
     progress = report.ProgressLine()

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from chaos import catalog_down, crash, hostile, lbfaults, moves
+from chaos import catalog_down, cluster, crash, hostile, lbfaults, moves
 from chaos.lab import Lab, Result
 from chaos.report import format_table
 from netkit.cliargs import choice_list, nonempty_path
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, Callable[[Lab], Result]] = {
     "catalog": catalog_down.run,
     "hostile": hostile.run,
     "lb": lbfaults.run,
+    "cluster": cluster.run,
 }
 
 

@@ -23,11 +23,19 @@ PROGRESS_TIMEOUT = 60.0
 class Writers:
     """Writer processes of one project, each with its ledger in the lab."""
 
-    def __init__(self, lab: Lab, project: str, catalog: str, keys: int = 50) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        project: str,
+        catalog: str,
+        keys: int = 50,
+        cluster: tuple[int, int] | None = None,
+    ) -> None:
         self.lab = lab
         self.project = project
         self.catalog = catalog
         self.keys = keys
+        self.cluster = cluster  # (N, K): writers of a cluster named ``project``
         self.processes: list[Process] = []
         self.paths: list[Path] = []
         self._ledgers: list[Ledger] = []
@@ -49,6 +57,7 @@ class Writers:
                         "chaos.writer", self.project, "--ledger", str(path), "--name", name,
                         "--keys", str(self.keys), "--seed", str(self.lab.seed),
                         "--catalog", self.catalog,
+                        *(("--cluster", *map(str, self.cluster)) if self.cluster else ()),
                     ),
                     name=f"writer-{name}",
                 )

@@ -1,8 +1,9 @@
 """A writer process for the crash battery: mutates its own keys and logs every one.
 
-    python -m chaos.writer PROJECT --ledger FILE --name w3 [--keys 50] [--seed S]
+    python -m chaos.writer PROJECT --ledger FILE --name w3 [--keys 50] [--seed S] [--cluster N K]
 
-It uses HashTableClient as any program would (found through the catalog,
+It uses HashTableClient (with ``--cluster``, a ClusterClient of the servers
+PROJECT-0 .. PROJECT-(N-1)) as any program would (found through the catalog,
 retrying invisibly), one operation at a time: inserts, removes of keys it holds,
 lookups. Before sending a mutation it appends a ``send`` line to its ledger, and
 an ``ack`` line once the reply is in (chaos/ledger.py), each written straight to
@@ -26,6 +27,7 @@ from typing import Any
 
 from chaos.ledger import Mutation, ack_line, send_line, wrong_line
 from hashtable.client import HashTableClient
+from hashtable.cluster import ClusterClient
 from netkit.logs import setup_logging
 
 REMOVE_SHARE = 0.15
@@ -102,6 +104,15 @@ def _brief(value: Any) -> str:
     return "nothing" if value is None else repr(value)[:80]
 
 
+def _client(args: argparse.Namespace) -> Any:
+    if args.cluster is None:
+        return HashTableClient(args.project, catalog=args.catalog)
+    # A killed server is tried again within a second: its writes wait for it.
+    return ClusterClient(
+        args.project, *args.cluster, catalog=args.catalog, backoff_initial=0.1, backoff_cap=1.0
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("project")
@@ -111,13 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pad", type=int, default=800, help="most padding bytes in a value")
     parser.add_argument("--catalog", help="catalogs (default: $CATALOG_HOST)")
+    parser.add_argument(
+        "--cluster", type=int, nargs=2, metavar=("N", "K"), help="write to a cluster"
+    )
     args = parser.parse_args(argv)
     setup_logging(0, quiet=True)  # the client's retry warnings still show
     stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _: stopping.append(signum))
     fd = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    with HashTableClient(args.project, catalog=args.catalog) as client:
+    with _client(args) as client:
         writer = Writer(client, fd, args.name, args.keys, args.seed, args.pad)
         while not stopping:
             writer.step()

@@ -34,7 +34,7 @@ from hashtable.pipeline import Pipeline, Reply
 from hashtable.protocol import encode_request
 from hashtable.request import Request
 from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
-from netkit.security import SecretError, load_secret
+from netkit.security import Secret, SecretError, load_secret
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -84,14 +84,9 @@ class HashTableClient:
     ) -> None:
         if (project is None) == (address is None):
             raise ValueError("give a project name or an address (HashTableClient.at)")
-        if not auth and secret_file is not None:
-            raise ValueError("auth=False and a secret_file contradict each other")
+        secret = client_secret(secret_file, auth)
         self.project = project
         self.address = address
-        try:
-            secret = load_secret(secret_file) if auth else None
-        except SecretError as exc:
-            raise AuthenticationError(str(exc)) from None
         self._transport = Transport(
             project,
             address=address,
@@ -174,6 +169,17 @@ class HashTableClient:
             )
             if outcome is not None:  # None: sent again under a new session
                 return result_of(outcome, request.key)
+
+
+def client_secret(secret_file: str | Path | None, auth: bool) -> Secret | None:
+    """The secret a client proves itself with (None with ``auth=False``); raises
+    ``AuthenticationError`` when it cannot be loaded (never worth retrying)."""
+    if not auth and secret_file is not None:
+        raise ValueError("auth=False and a secret_file contradict each other")
+    try:
+        return load_secret(secret_file) if auth else None
+    except SecretError as exc:
+        raise AuthenticationError(str(exc)) from None
 
 
 def _pairs(items: list[list[Any]]) -> list[tuple[str, Any]]:

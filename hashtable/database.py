@@ -34,6 +34,7 @@ from hashtable.request import MUTATIONS, Outcome, Request, numbering_problem, va
 from hashtable.sessions import SessionLimits, Sessions
 from hashtable.storage import RecoveryError, StorageFailure
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
+from hashtable.versioning import DEFAULT_VERSION_WINDOW, VersionWindow
 from netkit.backoff import Backoff
 
 log = logging.getLogger("hashtable.database")
@@ -64,6 +65,7 @@ class Database:
         key_timeout: float = KEY_TIMEOUT,
         lock_timeout: float = 5.0,
         session_limits: SessionLimits | None = None,
+        version_window: float = DEFAULT_VERSION_WINDOW,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -74,6 +76,7 @@ class Database:
         self.compact_after = compact_after
         self.scan_timeout = scan_timeout
         self.key_timeout = key_timeout
+        self._window = VersionWindow(version_window)
         self._lock = storage.open_directory(self.directory, lock_timeout)
         try:
             self.origin = storage.read_origin(self.directory)
@@ -158,31 +161,52 @@ class Database:
             if request.ack:
                 record["ack"] = request.ack
         record["method"] = request.method
-        if problem is None:
+        refused = None
+        if problem is None and request.version is not None:
+            refused = self._window.refusal(request.version[0])
+        if problem is None and refused is None:
             record["key"] = request.key
             if request.method == "insert":
                 record["value"] = request.value
+            if request.version is not None:
+                record["version"] = request.version
             try:
                 line = _dumps(record, option=_NEWLINE)
             except TypeError as error:  # orjson.JSONEncodeError: huge int, bad Unicode, a set...
                 problem = f"cannot store this {request.method}: {error}"
-        if problem is not None:
+        if problem is not None or refused is not None:
             if client is None:
                 return Outcome.invalid(problem)
             # Logged too, so that its retry gets the same answer even after a crash,
-            # and the client's next number follows this one.
+            # and the client's next number follows this one. A refusal depends on
+            # the clock, so replay must read it, not decide it again.
             record.pop("key", None)
             record.pop("value", None)
-            record["invalid"] = problem
+            record.pop("version", None)
+            if problem is not None:
+                record["invalid"] = problem
+            else:
+                record["refused"] = refused
             line = _dumps(record, option=_NEWLINE)
         self._lsn += 1
         self._log.append(line)
-        return self._apply(request, problem)
+        return self._apply(request, problem, refused)
 
-    def _apply(self, request: Request, invalid: str | None) -> Outcome:
+    def _apply(
+        self, request: Request, invalid: str | None, refused: list[str] | None = None
+    ) -> Outcome:
         """The effect of a logged mutation, live or in replay: the same code, the same result."""
+        version = request.version
         if invalid is not None:
             outcome = Outcome.invalid(invalid)
+        elif refused is not None:
+            outcome = Outcome.failed(refused[0], refused[1])
+        elif version is not None:
+            stamp = (version[0], version[1])
+            if request.method == "insert":
+                outcome = self.table.insert_versioned(request.key, request.value, stamp)
+            else:
+                outcome = self.table.remove_versioned(request.key, stamp)
         elif request.method == "insert":
             outcome = self.table.insert(request.key, request.value)
         else:
@@ -210,6 +234,9 @@ class Database:
             if result is not None:
                 self._compaction_ended(result)
         self._log.sync_if_due(now)
+        purged = self._window.purge(self.table, now)
+        if purged:
+            log.debug("forgot %d tombstones older than %d", purged, self._window.horizon)
         if not self._compactor.running and now >= self._retry_at and self._compaction_due():
             self._start_compaction()
 
@@ -224,11 +251,16 @@ class Database:
         until_sync = self._log.seconds_until_sync(now)
         if until_sync is not None:
             waits.append(until_sync)
+        until_purge = self._window.seconds_until_purge(self.table, now)
+        if until_purge is not None:
+            waits.append(until_purge)
         return min(waits, default=None)
 
     def _compaction_due(self) -> bool:
         # Amortized O(1) per write: a table of n keys is rewritten after n new records.
-        return self._lsn - self._checkpoint_lsn >= max(self.compact_after, len(self.table.data))
+        table = self.table
+        rewritten = len(table.data) + len(table.tombstones)
+        return self._lsn - self._checkpoint_lsn >= max(self.compact_after, rewritten)
 
     def _start_compaction(self) -> None:
         before = time.perf_counter()
@@ -237,16 +269,18 @@ class Database:
         if not self._log.old_exists:
             self._log.rotate()
         applied = {**self._applied, self.origin: self._lsn}
-        sessions, data, directory, origin = (
-            self.sessions,
-            self.table.data,
-            self.directory,
-            self.origin,
-        )
+        sessions, table, directory, origin = self.sessions, self.table, self.directory, self.origin
+        data = table.data
 
         def write_checkpoint() -> None:  # in the child, on its copy-on-write snapshot
             storage.write_checkpoint(
-                directory, origin=origin, applied=applied, sessions=sessions.rows(), data=data
+                directory,
+                origin=origin,
+                applied=applied,
+                sessions=sessions.rows(),
+                data=data,
+                versions=table.versions,
+                tombstones=table.tombstones,
             )
 
         try:
@@ -287,7 +321,11 @@ class Database:
     def _recover(self) -> None:
         started = time.perf_counter()
         checkpoint = storage.read_checkpoint(self.directory)
-        self.table = Table(checkpoint.data if checkpoint else None)
+        self.table = (
+            Table(checkpoint.data, checkpoint.versions, checkpoint.tombstones)
+            if checkpoint
+            else Table()
+        )
         covered: dict[str, int] = checkpoint.applied if checkpoint else {}
         for number, row in checkpoint.sessions if checkpoint else ():
             try:
@@ -332,19 +370,22 @@ class Database:
             client=record.get("client"),
             seq=record.get("seq"),
             ack=record.get("ack"),
+            version=record.get("version"),
         )
-        invalid = record.get("invalid")
+        invalid, refused = record.get("invalid"), record.get("refused")
         if not isinstance(request.method, str) or request.method not in MUTATIONS:
             problem = f"method {request.method!r} is not a mutation"
-        elif invalid is None:
+        elif invalid is None and refused is None:
             problem = validate(request)
-        elif not isinstance(invalid, str) or request.client is None:
+        elif invalid is not None and (not isinstance(invalid, str) or request.client is None):
             problem = "'invalid' must be a message, in a record with a client"
+        elif refused is not None and not _is_refusal(refused, request.client, invalid):
+            problem = "'refused' must be [error, message], in a record with a client"
         else:
             problem = numbering_problem(request)  # only its number was recorded
         if problem:
             raise RecoveryError(path, number, f"not a valid log record: {problem}")
-        self._apply(request, invalid)
+        self._apply(request, invalid, refused)
         self._applied[origin] = lsn
         return 1
 
@@ -367,6 +408,8 @@ class Database:
             "last_fork_ms": self._last_fork_ms,
             "sessions": len(self.sessions),
             "session_outcomes": self.sessions.outcomes,
+            "versioned_keys": len(self.table.versions),
+            "tombstones": len(self.table.tombstones),
         }
 
     def close(self) -> None:
@@ -385,3 +428,13 @@ class Database:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _is_refusal(refused: Any, client: Any, invalid: Any) -> bool:
+    return (
+        type(refused) is list
+        and len(refused) == 2
+        and all(type(part) is str for part in refused)
+        and client is not None
+        and invalid is None
+    )

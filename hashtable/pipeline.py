@@ -15,7 +15,7 @@ connection, exactly once for mutations, as for single calls.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Self
 
 from hashtable.errors import ANSWERS, result_of
 from hashtable.protocol import ProtocolError, decode_reply
@@ -57,14 +57,18 @@ class Reply:
         return None
 
 
-class Pipeline:
-    """Requests queued now and sent together by ``execute()``; see the module."""
+class RequestQueue:
+    """The interface of a pipeline: requests queued by the table's method names,
+    run by ``execute()`` (at the end of a ``with`` block too), each one's result
+    in its ``Reply``. ``Pipeline`` sends them together to one server; the
+    cluster's (``hashtable.cluster.client.ClusterPipeline``) runs them in turn."""
 
-    def __init__(self, transport: Transport, numbering: Numbering) -> None:
-        self._transport = transport
-        self._numbering = numbering
+    def __init__(self) -> None:
         self._queued: list[tuple[Request, Reply]] = []
         self._replies: list[Reply] = []
+
+    def execute(self) -> list[Any]:
+        raise NotImplementedError
 
     def insert(self, key: str, value: Any) -> Reply:
         """Queues ``insert(key, value)``."""
@@ -107,12 +111,21 @@ class Pipeline:
                 results.append(exc)
         return results
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:
             self.execute()
+
+
+class Pipeline(RequestQueue):
+    """Requests queued now and sent together by ``execute()``; see the module."""
+
+    def __init__(self, transport: Transport, numbering: Numbering) -> None:
+        super().__init__()
+        self._transport = transport
+        self._numbering = numbering
 
     def execute(self) -> list[Any]:
         """Sends the queued requests, waits for all their replies, and returns

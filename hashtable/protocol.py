@@ -110,7 +110,9 @@ def parse_request(line: bytes) -> Request | Outcome:
                 problem = f'{method} needs the field "{name}"'
                 break
         else:
-            problem = session_problem(obj.get("client"), obj.get("seq"), obj.get("ack"))
+            problem = session_problem(
+                obj.get("client"), obj.get("seq"), obj.get("ack"), obj.get("version")
+            )
             if problem is None:
                 return Request(method, **obj)
     return _refused(method, obj, problem)
@@ -234,6 +236,8 @@ def encode_request(request: Request) -> bytes:
         message["seq"] = request.seq
         if request.ack is not None:
             message["ack"] = request.ack
+        if request.version is not None:
+            message["version"] = request.version
     return _dumps(message, option=_NEWLINE)
 
 

@@ -28,6 +28,7 @@ METHODS = MUTATIONS | READS
 
 MAX_CLIENT_ID = 128
 MAX_SEQ = 2**63 - 1  # the log's JSON codec (orjson) holds 64-bit integers
+MAX_VERSION = MAX_SEQ
 # orjson refuses to encode deeper than 254 levels; a stored value is wrapped by the
 # log record and by replies (scan: object > array > array > value), so values get a margin.
 MAX_VALUE_DEPTH = 200
@@ -49,6 +50,13 @@ class Request:
     by one per mutation of that client. ``ack`` tells the server that the client
     has the replies of all its mutations numbered ``<= ack``, so it may forget them.
 
+    ``version``: a versioned write (the cluster's replicas, docs/cluster.md):
+    ``[number, writer]``, ordered as a pair; a server keeps, per key, the newest
+    version it was sent, an older one changes nothing, and a remove leaves a
+    tombstone with its version. The writer id is the writer's own, the same on
+    every server (a session's ``client`` id may change: a server that forgot a
+    session makes the client start a new one). Only with ``client`` and ``seq``.
+
     ``problem``: set by the wire parser on a mutation whose exactly-once fields
     are good but whose other fields are not. Such a request is answered invalid
     and still recorded under its number, so that the client's later mutations
@@ -64,6 +72,7 @@ class Request:
     client: str | None = None
     seq: int | None = None
     ack: int | None = None
+    version: list[Any] | None = None  # [number, writer]
     problem: str | None = None
 
 
@@ -132,6 +141,16 @@ def _is_ack(value: Any) -> bool:
     return type(value) is int and 0 <= value < MAX_SEQ
 
 
+def _is_version(value: Any) -> bool:
+    return (
+        type(value) is list
+        and len(value) == 2
+        and type(value[0]) is int
+        and 1 <= value[0] <= MAX_VERSION
+        and _is_client(value[1])
+    )
+
+
 FIELDS: dict[str, Field] = {
     "key": Field("a string", _is_string),
     "value": Field("any JSON value", _is_anything),
@@ -141,6 +160,11 @@ FIELDS: dict[str, Field] = {
     "client": Field(f"1 to {MAX_CLIENT_ID} printable ASCII characters", _is_client),
     "seq": Field("an integer from 1 to 2**63-1", _is_seq),
     "ack": Field("an integer from 0 to 2**63-2", _is_ack),
+    "version": Field(
+        f"[number, writer]: an integer from 1 to 2**63-1 and 1 to {MAX_CLIENT_ID} printable "
+        "ASCII characters",
+        _is_version,
+    ),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "insert": ("key", "value"),
@@ -151,10 +175,14 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "query": ("subkey", "subvalue"),
 }
 SESSION_FIELDS = ("client", "seq", "ack")
+# Fields a method may carry besides its required ones and the session's.
+OPTIONAL: dict[str, tuple[str, ...]] = {"insert": ("version",), "remove": ("version",)}
 assert set(REQUIRED) == METHODS
 # method -> the names of every field it accepts
 ACCEPTED: dict[str, frozenset[str]] = {
-    method: frozenset(required + (SESSION_FIELDS if method in MUTATIONS else ()))
+    method: frozenset(
+        required + (SESSION_FIELDS if method in MUTATIONS else ()) + OPTIONAL.get(method, ())
+    )
     for method, required in REQUIRED.items()
 }
 METHOD_LIST = ", ".join(REQUIRED)
@@ -174,11 +202,13 @@ def field_problem(method: str, name: str, value: Any) -> str:
     return f'{method}: field "{name}" must be {FIELDS[name].kind}, not {describe(value)}'
 
 
-def session_problem(client: Any, seq: Any, ack: Any) -> str | None:
-    """Why the exactly-once fields (each already of a valid kind, or None for
-    absent) do not go together, or None when they do."""
+def session_problem(client: Any, seq: Any, ack: Any, version: Any = None) -> str | None:
+    """Why the exactly-once fields and ``version`` (each already of a valid kind,
+    or None for absent) do not go together, or None when they do."""
     if (client is None) != (seq is None):
         return '"client" and "seq" go together'
+    if version is not None and client is None:
+        return '"version" needs "client" and "seq" (versioned writes are exactly-once too)'
     if ack is not None:
         if seq is None:
             return '"ack" needs "client" and "seq"'
@@ -223,6 +253,10 @@ def argument_problem(request: Request) -> str | None:
             return field_problem(method, name, value)
     if method == "insert" and type(request.value) in (dict, list) and too_deep(request.value):
         return f'"value" nests deeper than {MAX_VALUE_DEPTH} levels'
+    for name in OPTIONAL.get(method, ()):
+        value = getattr(request, name)
+        if value is not None and not FIELDS[name].check(value):
+            return field_problem(method, name, value)
     for name in FIELDS:
         if name not in accepted and getattr(request, name) is not None:
             return f"{method} takes no field {quote(name)}"
@@ -238,7 +272,7 @@ def numbering_problem(request: Request) -> str | None:
         value = getattr(request, name)
         if value is not None and not FIELDS[name].check(value):
             return field_problem(request.method, name, value)
-    return session_problem(request.client, request.seq, request.ack)
+    return session_problem(request.client, request.seq, request.ack, request.version)
 
 
 # ---------------------------------------------------------------- messages

@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,6 +48,7 @@ PREALLOCATE = 1 << 20  # bytes the log file grows by at a time, ahead of the wri
 
 _ORIGIN_SHAPE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 _dump_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+_NONE: Mapping[str, Any] = {}
 _TORN = object()
 
 
@@ -126,6 +127,10 @@ class Checkpoint:
     applied: dict[str, int]  # per origin, the last lsn whose effect the checkpoint holds
     data: dict[str, Any]
     sessions: list[tuple[int, Any]] = field(default_factory=list)  # (line number, row)
+    # Versioned writes (docs/cluster.md): key -> (number, client), for live keys and
+    # for tombstones (removed keys), each in the order written.
+    versions: dict[str, tuple[int, str]] = field(default_factory=dict)
+    tombstones: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def write_checkpoint(
@@ -135,8 +140,15 @@ def write_checkpoint(
     applied: dict[str, int],
     sessions: Iterable[dict[str, Any]],
     data: dict[str, Any],
+    versions: Mapping[str, tuple[int, str]] = _NONE,
+    tombstones: Mapping[str, tuple[int, str]] = _NONE,
 ) -> None:
-    """Writes ``table.ckpt`` atomically: temporary file, fsync, rename, fsync directory."""
+    """Writes ``table.ckpt`` atomically: temporary file, fsync, rename, fsync directory.
+
+    ``versions`` and ``tombstones`` (key -> (number, client)) are the versioned
+    writes' bookkeeping, one ``{"version": [key, number, client]}`` or
+    ``{"tombstone": [...]}`` line each after the entries; a table without them
+    is written as before."""
     path = directory / CHECKPOINT
     temporary = files.temporary_path(path)
     header = {
@@ -154,7 +166,12 @@ def write_checkpoint(
             file.write(_dump_line(row))
             count += 1
         file.writelines(map(_dump_line, data.items()))
-        file.write(_dump_line({"footer": True, "keys": len(data), "sessions": count}))
+        footer = {"footer": True, "keys": len(data), "sessions": count}
+        for kind, stamps in (("version", versions), ("tombstone", tombstones)):
+            if stamps:
+                file.writelines(_dump_line({kind: [k, n, c]}) for k, (n, c) in stamps.items())
+                footer[f"{kind}s"] = len(stamps)
+        file.write(_dump_line(footer))
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -187,10 +204,16 @@ def read_checkpoint(directory: Path) -> Checkpoint | None:
                 data[item[0]] = item[1]
             elif type(item) is dict and "client" in item:
                 checkpoint.sessions.append((number, item))
+            elif (
+                type(item) is dict and len(item) == 1 and ("version" in item or "tombstone" in item)
+            ):
+                _read_stamp(path, number, item, checkpoint)
             elif type(item) is dict and item.get("footer") is True:
                 footer, footer_line = item, number
             else:
-                raise RecoveryError(path, number, "neither an entry, a session nor the footer")
+                raise RecoveryError(
+                    path, number, "neither an entry, a session, a version nor the footer"
+                )
     if footer is None:
         raise RecoveryError(path, None, "no footer: the file is incomplete")
     if footer.get("keys") != len(data) or footer.get("sessions") != len(checkpoint.sessions):
@@ -200,7 +223,34 @@ def read_checkpoint(directory: Path) -> Checkpoint | None:
             f"the footer counts {footer.get('keys')} keys and {footer.get('sessions')} sessions "
             f"but the file holds {len(data)} distinct keys and {len(checkpoint.sessions)} sessions",
         )
+    for kind, stamps in (("versions", checkpoint.versions), ("tombstones", checkpoint.tombstones)):
+        if footer.get(kind, 0) != len(stamps):
+            raise RecoveryError(
+                path,
+                footer_line,
+                f"the footer counts {footer.get(kind, 0)} {kind} but the file holds {len(stamps)}",
+            )
     return checkpoint
+
+
+def _read_stamp(path: Path, number: int, item: dict[str, Any], checkpoint: Checkpoint) -> None:
+    """A ``{"version": [key, n, client]}`` or ``{"tombstone": [...]}`` line."""
+    kind, stamp = next(iter(item.items()))
+    if not (
+        type(stamp) is list
+        and len(stamp) == 3
+        and type(stamp[0]) is str
+        and type(stamp[1]) is int
+        and type(stamp[2]) is str
+    ):
+        raise RecoveryError(path, number, f"a {kind} must be [key, number, client]")
+    key = stamp[0]
+    if kind == "version" and key not in checkpoint.data:
+        raise RecoveryError(path, number, f"a version for a key the file does not hold: {key!r}")
+    if kind == "tombstone" and key in checkpoint.data:
+        raise RecoveryError(path, number, f"a tombstone for a key the file holds: {key!r}")
+    stamps = checkpoint.versions if kind == "version" else checkpoint.tombstones
+    stamps[key] = (stamp[1], stamp[2])
 
 
 def _checkpoint_header(path: Path, line: bytes) -> Checkpoint:

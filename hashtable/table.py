@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,11 @@ _SHOWN_KEY_CHARS = 80  # keys may be megabytes long; messages show a prefix
 # The longest one key's regex search may take: no search holds the loop longer.
 KEY_TIMEOUT = 0.05
 _OK = Status.OK
+
+# A versioned write's version: (number, writer id), ordered as a tuple. Written
+# [number, "writer"] in requests, replies, checkpoints and docs/protocol.md.
+Version = tuple[int, str]
+APPLIED = Outcome.ok({"applied": True})
 
 
 def describe_key(key: str) -> str:
@@ -35,6 +41,15 @@ def _missing(key: str) -> Outcome:
     return Outcome.failed("KeyError", f"no such key: {describe_key(key)}")
 
 
+def _superseded(held: Version) -> Outcome:
+    return Outcome.ok({"applied": False, "newer": _wire(held)})
+
+
+def _wire(version: Version | None) -> list[Any] | None:
+    """A version as JSON carries it: [number, "writer"]."""
+    return None if version is None else [version[0], version[1]]
+
+
 def _same_json(stored: Any, wanted: Any) -> bool:
     # JSON equality: true is not 1 (Python says True == 1), but 1 equals 1.0.
     return stored == wanted and isinstance(stored, bool) == isinstance(wanted, bool)
@@ -43,14 +58,29 @@ def _same_json(stored: Any, wanted: Any) -> bool:
 class Table:
     """The key-value dict and the operations of the protocol on it.
 
-    Change it through ``insert`` and ``remove`` only: they count the changes, and
-    reads that visit the whole table share one snapshot until the next change.
+    Change it through ``insert``, ``remove`` and their versioned forms only: they
+    count the changes, and reads that visit the whole table share one snapshot
+    until the next change.
+
+    A key written with a version (docs/cluster.md) has it in ``versions``; a key
+    removed with one leaves a tombstone, its version in ``tombstones`` (oldest
+    first, roughly: see ``purge_tombstones``), and is absent for every read. A
+    key is in at most one of the two. A plain write clears both: plain and
+    versioned writes to the same key are not meant to be mixed.
     """
 
-    __slots__ = ("_changes", "_snapshot", "data")
+    __slots__ = ("_changes", "_snapshot", "data", "tombstones", "versions")
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any] | None = None,
+        versions: dict[str, Version] | None = None,
+        tombstones: dict[str, Version] | None = None,
+    ) -> None:
         self.data: dict[str, Any] = {} if data is None else data
+        self.versions: dict[str, Version] = versions or {}
+        # Ordered: purged from the front, and a key tombstoned again moves to the end.
+        self.tombstones: OrderedDict[str, Version] = OrderedDict(tombstones or {})
         self._changes = 0
         # The latest snapshot, while a read job still holds it (weak: not kept for nobody).
         self._snapshot: tuple[int, weakref.ref[Snapshot]] | None = None
@@ -58,7 +88,64 @@ class Table:
     def insert(self, key: str, value: Any) -> Outcome:
         self.data[key] = value
         self._changes += 1
+        if self.versions or self.tombstones:
+            self._forget_version(key)
         return OK_NONE
+
+    def _forget_version(self, key: str) -> None:
+        self.versions.pop(key, None)
+        self.tombstones.pop(key, None)
+
+    # ---- versioned writes (the cluster's replicas) ------------------------------
+
+    def held(self, key: str) -> Version | None:
+        """The version of what the table holds for ``key`` (a value or a tombstone)."""
+        return self.versions.get(key) or self.tombstones.get(key)
+
+    def insert_versioned(self, key: str, value: Any, version: Version) -> Outcome:
+        """Sets ``key`` unless the table holds a version at least as new; then nothing
+        changes, and the result names that newer version."""
+        held = self.held(key)
+        if held is not None and held >= version:
+            return _superseded(held)
+        self.tombstones.pop(key, None)
+        self.data[key] = value
+        self.versions[key] = version
+        self._changes += 1
+        return APPLIED
+
+    def remove_versioned(self, key: str, version: Version) -> Outcome:
+        """Removes ``key`` and leaves a tombstone of ``version``, even when the key
+        is absent (the insert it removes may come later, and must then change
+        nothing); nothing changes if the table holds a version at least as new.
+        The result says what was removed, with that value's version (None for a
+        plain one)."""
+        held = self.held(key)
+        if held is not None and held >= version:
+            return _superseded(held)
+        tombstones = self.tombstones
+        tombstones.pop(key, None)  # moved to the end: the newest
+        tombstones[key] = version
+        if key not in self.data:
+            return APPLIED
+        value = self.data.pop(key)
+        was = self.versions.pop(key, None)
+        self._changes += 1
+        return Outcome.ok({"applied": True, "removed": value, "was": _wire(was)})
+
+    def purge_tombstones(self, horizon: int) -> int:
+        """Forgets the tombstones older than ``horizon`` (a version number) from the
+        front, stopping at the first newer one: one that arrived late with an old
+        version is kept a little longer, which is always safe. Returns how many."""
+        tombstones = self.tombstones
+        purged = 0
+        while tombstones:
+            key = next(iter(tombstones))
+            if tombstones[key][0] >= horizon:
+                break
+            del tombstones[key]
+            purged += 1
+        return purged
 
     def lookup(self, key: str) -> Outcome:
         try:
@@ -72,6 +159,8 @@ class Table:
         except KeyError:
             return _missing(key)
         self._changes += 1
+        if self.versions:
+            self.versions.pop(key, None)
         return Outcome.ok(value)
 
     def snapshot(self) -> Snapshot:

@@ -153,23 +153,36 @@ class Transport:
         to the time-out for either to be possible. Leaves the socket non-blocking
         (``end_exchange`` makes it blocking again)."""
         sock = self.connected()
-        if sock.gettimeout() != 0.0:
-            sock.setblocking(False)
-        if self.tls is not None and out:
-            self.tls.send(out)
-            out.clear()
-            self._cipher_out += self.tls.take_output()
-        wire = self._cipher_out if self.tls is not None else out
         if wait:
             poller = select.poll()
-            poller.register(sock, select.POLLIN | (select.POLLOUT if wire else 0))
+            writing = out or self._cipher_out
+            poller.register(sock, select.POLLIN | (select.POLLOUT if writing else 0))
             if not poller.poll(self.timeout * 1000):
                 raise TimeoutError(f"no reply within {self.timeout:g} s")
-        if wire:
+        self.push(out)
+        self.pull()
+
+    def push(self, out: bytearray) -> None:
+        """Sends what the socket takes of ``out`` now (removing it; with TLS, its
+        records wait in the transport until sent: ``sending``). Non-blocking, on a
+        connected transport (``connected()``)."""
+        sock = self.sock
+        if sock.gettimeout() != 0.0:  # type: ignore[union-attr]
+            sock.setblocking(False)  # type: ignore[union-attr]
+        if self.tls is not None:
+            if out:
+                self.tls.send(out)
+                out.clear()
+                self._cipher_out += self.tls.take_output()
+            out = self._cipher_out
+        if out:
             with contextlib.suppress(BlockingIOError, InterruptedError):
-                del wire[: sock.send(wire)]
+                del out[: sock.send(out)]  # type: ignore[union-attr]
+
+    def pull(self) -> None:
+        """Adds the reply lines that have come to ``lines``, without waiting."""
         try:
-            data = sock.recv(RECV_SIZE)
+            data = self.sock.recv(RECV_SIZE)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
             return
         if not data:
@@ -179,6 +192,11 @@ class Transport:
     def end_exchange(self) -> None:
         if self.sock is not None:
             self.sock.setblocking(True)
+
+    @property
+    def sending(self) -> bool:
+        """Whether bytes given to ``exchange`` still wait for the socket (TLS records)."""
+        return bool(self._cipher_out)
 
     # ------------------------------------------------------------ connection and failure
 
@@ -286,6 +304,14 @@ class Transport:
     def failed(self, exc: Exception, failing_since: float | None) -> float:
         """After a failed attempt: drops the connection, logs, waits; returns when
         the failures began. Raises ``ServiceUnavailable`` past ``give_up_after``."""
+        failing_since, delay = self.retry_after(exc, failing_since)
+        time.sleep(delay)
+        return failing_since
+
+    def retry_after(self, exc: Exception, failing_since: float | None) -> tuple[float, float]:
+        """``failed`` without the wait: drops the connection, logs, and returns when
+        the failures began and how long to wait before the next attempt (for a
+        caller with other servers to talk to meanwhile, ``hashtable.cluster``)."""
         self.disconnect()
         now = time.monotonic()
         if failing_since is None:
@@ -301,8 +327,7 @@ class Transport:
         log.warning(
             "hash table %s: %s; retrying in %.1f s", self.target(), describe_failure(exc), delay
         )
-        time.sleep(delay)
-        return failing_since
+        return failing_since, delay
 
     def target(self) -> str:
         """Which server, for messages."""

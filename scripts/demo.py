@@ -1,15 +1,17 @@
 """`make demo`: the whole system, end to end, on this machine, then nothing left running.
 
 Starts a local catalog and a hash table server on free loopback ports, uses the
-service through the client library, runs a short TestPerf sweep, shows what the
-catalog lists, resolves the lb sample through two TS servers and an LS, and
-stops everything. Pass --keep to leave the services up until Ctrl-C.
+service through the client library, runs a short TestPerf sweep, starts a small
+cluster (three servers, two copies of each key: python -m hashtable.cluster)
+and uses it with one server stopped, shows what the catalog lists, resolves the
+lb sample through two TS servers and an LS, and stops everything. Pass --keep to leave the services up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,38 @@ def use_the_client(catalog: str) -> None:
         except KeyError as missing:
             print("lookup('ant')              -> KeyError", missing)
         table.remove("zebra")
+
+
+def use_a_cluster(catalog: str, workdir: Path) -> None:
+    """A cluster of 3 servers, 2 copies of each key, started with one command; one
+    server is stopped and the cluster goes on reading; a write waits for it."""
+    from ClusterClient import ClusterClient
+
+    name = f"{PROJECT}-cluster"
+    where = ["--dir", str(workdir / "cluster-run")]
+    command = [sys.executable, "-m", "hashtable.cluster"]
+    print(f"$ python -m hashtable.cluster start {name} 3 --catalog {catalog}", flush=True)
+    subprocess.run(
+        [*command, "start", name, "3", *where, "--catalog", catalog], cwd=ROOT, check=True
+    )
+    try:
+        options = {"catalog": catalog, "backoff_initial": 0.2, "backoff_cap": 1.0}
+        with ClusterClient(name, 3, 2, **options) as table:
+            animals = {"zebra": 100, "ant": 0.001, "horse": 500, "lynx": 20, "okapi": 250}
+            for animal, weight in animals.items():
+                table.insert(animal, {"weight": weight})
+            for animal in animals:
+                print(f"{animal:8} lives on servers {table.where(animal)}")
+            print("size()                     ->", table.size())
+            pid_file = workdir / "cluster-run" / f"{name}-1.pid"
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            print(f"(server {name}-1 killed)")
+            print("lookup of every animal     ->", [table.lookup(a)["weight"] for a in animals])
+            print("size() with one server down ->", table.size())
+            print("scan('^[hl]')              ->", sorted(table.scan("^[hl]")))
+    finally:
+        subprocess.run([*command, "stop", name, *where], cwd=ROOT, check=False)
 
 
 def run_lb_sample(workdir: Path, logs: Path, started: list[Process]) -> None:
@@ -149,6 +183,9 @@ def main() -> int:
                 check=True,
                 timeout=600,
             )
+
+            banner("a cluster: 3 servers, 2 copies of each key, one of them killed")
+            use_a_cluster(catalog, workdir)
 
             banner("what the catalog lists (python -m catalog.query)")
             subprocess.run(

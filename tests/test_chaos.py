@@ -248,12 +248,13 @@ def test_a_mistake_on_the_command_line_is_one_message():
     assert "unknown scenario nonsense" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_the_quick_battery_passes():
-    result = chaos("--quick", timeout=170)  # it takes about 70 s; the rest is for a busy machine
+    # About 90 s on a quiet machine; 200 s was seen with a load average of 6 to 9.
+    result = chaos("--quick", timeout=320)
     output = result.stdout + result.stderr
     rows = re.findall(r"^(.+?)\s+(\d+)\s+(\d+)\s+(\d+|-)\s+(passed|FAILED)$", output, re.M)
-    assert len(rows) == 5, output[-3000:]
+    assert len(rows) == 6, output[-3000:]
     for scenario, runs, failures, lost, _ in rows:
         assert int(runs) > 0, f"{scenario} did not run"
         assert failures == "0" and lost in ("0", "-"), output[-5000:]

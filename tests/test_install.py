@@ -32,9 +32,9 @@ CONSOLE_SCRIPTS = [
     "lb-ls",
     "lb-client",
     "herd",
-    # cluster: add it here when it arrives.
+    "cluster",
 ]
-TOP_LEVEL_MODULES = ["HashTableClient", "HashTableServer", "HashTable", "TestPerf"]
+TOP_LEVEL_MODULES = ["HashTableClient", "HashTableServer", "HashTable", "TestPerf", "ClusterClient"]
 NOT_COPIED = shutil.ignore_patterns(
     ".git", ".venv", "__pycache__", ".*_cache", ".hypothesis", "build", "*.egg-info", "report"
 )
@@ -129,3 +129,28 @@ def test_installed_testperf_measures_an_installed_server(installed: Path, tmp_pa
         assert "=== 2 concurrent client(s) ===" in done.stdout
     finally:
         server.stop()
+
+
+def test_the_installed_cluster_command_starts_and_stops_servers(installed: Path, tmp_path: Path):
+    """It finds the installed HashTableServer.py beside the installed package."""
+    where = ["--dir", str(tmp_path / "run")]
+    started = run(
+        [installed / "cluster", "start", "inst", "2", *where, "--data-dir", str(tmp_path / "d"),
+         "--catalog", "127.0.0.1:9"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert started.stdout.count("listening on port") == 2
+        log = (tmp_path / "run" / "inst-0.log").read_text()
+        assert (
+            str(installed.parent) in Path(f"/proc/{_pid(tmp_path, 'inst-0')}/cmdline").read_text()
+        )
+        assert "recovered" in log
+    finally:
+        stopped = run([installed / "cluster", "stop", "inst", *where], cwd=tmp_path)
+    assert stopped.returncode == 0 and stopped.stdout.count("stopped") == 2
+
+
+def _pid(tmp_path: Path, project: str) -> int:
+    return int((tmp_path / "run" / f"{project}.pid").read_text())

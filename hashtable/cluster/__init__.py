@@ -1,0 +1,28 @@
+"""The cluster: one table over N hash table servers, K copies of each key (docs/cluster.md).
+
+``ClusterClient`` (also the top-level ``ClusterClient.py``) is the client;
+``python -m hashtable.cluster start NAME N`` runs a local cluster.
+"""
+
+from hashtable.cluster.client import ClusterClient, ClusterPipeline
+from hashtable.cluster.placement import key_hash, primary, replicas
+from hashtable.errors import (
+    AuthenticationError,
+    HashTableError,
+    InvalidRequestError,
+    ServerError,
+    ServiceUnavailable,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "ClusterClient",
+    "ClusterPipeline",
+    "HashTableError",
+    "InvalidRequestError",
+    "ServerError",
+    "ServiceUnavailable",
+    "key_hash",
+    "primary",
+    "replicas",
+]

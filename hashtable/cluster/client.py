@@ -1,0 +1,292 @@
+"""The cluster client: one table spread over N servers, K copies of each key.
+
+    with ClusterClient("alice", 3, 2) as table:     # servers alice-0, alice-1, alice-2
+        table.insert("zebra", {"weight": 100})       # on 2 of them, written at once
+        table.lookup("zebra")                        # from one of the 2
+        table.size()                                 # every key once
+
+The servers are ordinary hash table servers (``HashTableServer.py NAME-i``)
+that know nothing of each other, each found through the catalog. Where a key
+lives is ``hashtable.cluster.placement``; how replicas stay identical is the
+versioned writes (``hashtable.cluster.clock``, docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hashtable.client import client_secret
+from hashtable.errors import (
+    ANSWERS,
+    AuthenticationError,
+    InvalidRequestError,
+    ServiceUnavailable,
+    result_of,
+)
+from hashtable.pipeline import RequestQueue
+from hashtable.protocol import encode_request
+from hashtable.request import Outcome, Request, argument_problem
+from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
+
+from .answers import merged_pairs, needs_new_version, quick_size, write_result
+from .clock import HybridClock
+from .fanout import Call, Member, Patience, run
+from .placement import covered, key_hash, replicas
+
+
+class ClusterClient:
+    """A table kept by the servers ``NAME-0`` ... ``NAME-(N-1)``, ``K`` copies
+    of each key (``1 <= K <= N``).
+
+    The options are ``HashTableClient``'s, for every server: ``catalog``,
+    ``secret_file``/``auth``, ``timeout`` (seconds to wait for one server),
+    ``backoff_initial``/``backoff_cap`` (how long a failed server is left alone
+    before it is tried again: 1 s, 2 s, 4 s, ... up to the cap) and
+    ``give_up_after`` (seconds an operation may go on failing before it raises
+    ``ServiceUnavailable``; by default it waits for ever). ``addresses``: the
+    N servers' ``(host, port)``, in order, instead of the catalog.
+
+    Reads ask one replica (in turn, so they spread over the K) and fail over to
+    the next at once; writes go to all K at the same time and return when all K
+    hold them. A client is for one thread at a time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        servers: int | None = None,
+        copies: int | None = None,
+        *,
+        catalog: str | None = None,
+        addresses: list[tuple[str, int]] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        backoff_initial: float = 1.0,
+        backoff_cap: float = 30.0,
+        give_up_after: float | None = None,
+        secret_file: str | Path | None = None,
+        auth: bool = True,
+    ) -> None:
+        if type(name) is not str or not name:
+            raise ValueError("the cluster's name must be a non-empty string")
+        if servers is None and addresses is not None:
+            servers = len(addresses)
+        if copies is None:
+            copies = 1
+        check_shape(servers, copies)
+        if addresses is not None and len(addresses) != servers:
+            raise ValueError(f"{len(addresses)} addresses for {servers} servers")
+        secret = client_secret(secret_file, auth)
+        self.name = name
+        self.servers: int = servers  # type: ignore[assignment]
+        self.copies = copies
+        self.give_up_after = give_up_after
+        self._clock = HybridClock()
+        self._turn = 0  # which replica the next read asks first
+        # The writer id in every version: one on every server (each server's session
+        # has an id of its own, ``Numbering``'s, which a server that forgot it renews).
+        self._id = uuid.uuid4().hex
+        self._members = [
+            Member(
+                index,
+                Transport(
+                    None if addresses else f"{name}-{index}",
+                    address=addresses[index] if addresses else None,
+                    catalog=catalog,
+                    timeout=timeout,
+                    backoff_initial=backoff_initial,
+                    backoff_cap=backoff_cap,
+                    secret=secret,
+                ),
+                Numbering(),
+            )
+            for index in range(servers)  # type: ignore[arg-type]
+        ]
+        # primary -> its K members, in order: a key's replicas are one look-up away.
+        self._replica_sets = [
+            [self._members[(first + n) % servers] for n in range(copies)]
+            for first in range(servers)  # type: ignore[arg-type]
+        ]
+
+    @property
+    def client_id(self) -> str:
+        """The random id in this client's write versions, on every server."""
+        return self._id
+
+    @property
+    def timeout(self) -> float:
+        return self._members[0].transport.timeout
+
+    def where(self, key: str) -> list[int]:
+        """The servers (0 .. N-1) holding ``key``, its primary first."""
+        return replicas(key, self.servers, self.copies)
+
+    # ------------------------------------------------------------ operations
+
+    def insert(self, key: str, value: Any) -> None:
+        """Sets ``key`` to ``value`` on its K servers; returns when all K hold it."""
+        self._write(Request("insert", key, value))
+
+    def lookup(self, key: str) -> Any:
+        """The value of ``key`` from one of its servers; ``KeyError`` if there is none."""
+        return self._read_key(Request("lookup", key))
+
+    def remove(self, key: str) -> Any:
+        """Removes ``key`` from its K servers and returns its value; ``KeyError``
+        if there is none."""
+        return self._write(Request("remove", key))
+
+    def scan(self, regex: str) -> list[tuple[str, Any]]:
+        """The ``(key, value)`` pairs whose key ``regex`` matches (``re.search``)."""
+        return self._execute(Request("scan", regex=regex))
+
+    def query(self, subkey: str, subvalue: Any) -> list[tuple[str, Any]]:
+        """The ``(key, value)`` pairs whose value is an object with ``subkey == subvalue``."""
+        return self._execute(Request("query", subkey=subkey, subvalue=subvalue))
+
+    def size(self) -> int:
+        """The number of distinct keys. Every server's count when all answer and
+        agree (K copies of each key); otherwise the keys are listed and counted."""
+        sizes = self._read_all(Request("size"), need_all=True)
+        quick = quick_size(sizes, *self._shape) if sizes is not None else None
+        if quick is not None:
+            return quick
+        return len(merged_pairs(self._read_all(Request("scan", regex="")), *self._shape))
+
+    def pipeline(self) -> ClusterPipeline:
+        """Requests queued and run together (``HashTableClient.pipeline``'s interface)."""
+        return ClusterPipeline(self)
+
+    def close(self) -> None:
+        """Closes every connection; the next call opens new ones."""
+        for member in self._members:
+            member.transport.disconnect()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ClusterClient {self.name!r} N={self.servers} K={self.copies}>"
+
+    # ------------------------------------------------------------ requests
+
+    @property
+    def _shape(self) -> tuple[int, int]:
+        return self.servers, self.copies
+
+    def _execute(self, request: Request) -> Any:
+        """Any request, by its method (what a pipeline queued)."""
+        method = request.method
+        if method in ("insert", "remove"):
+            return self._write(request)
+        if method == "lookup":
+            return self._read_key(request)
+        if method == "size":
+            return self.size()
+        return merged_pairs(self._read_all(request), *self._shape)
+
+    def _replicas_of(self, request: Request) -> list[Member]:
+        if type(request.key) is not str:  # no placement: the servers' own answer
+            raise InvalidRequestError(argument_problem(request))
+        return self._replica_sets[key_hash(request.key) % self.servers]
+
+    def _write(self, request: Request) -> Any:
+        """A versioned write to all the key's replicas at once (docs/cluster.md)."""
+        targets = self._replicas_of(request)
+        patience = Patience(self.give_up_after, self.name, request.method)
+        while True:
+            version = [self._clock.next(), self._id]
+            calls = []
+            for member in targets:
+                numbered = Request(request.method, request.key, request.value, version=version)
+                calls.append(Call(member, member.numbering.encode(numbered), numbered))
+            run(calls, patience, keep_trying=True)
+            outcomes = [call.outcome for call in calls]
+            if not needs_new_version(outcomes):  # type: ignore[arg-type]
+                return write_result(request.method, request.key, outcomes, self._clock)  # type: ignore[arg-type]
+
+    def _read_key(self, request: Request) -> Any:
+        """One replica's answer, trying them in turn from this read's first."""
+        targets = self._replicas_of(request)
+        first = self._turn % len(targets)
+        self._turn += 1
+        order = targets[first:] + targets[:first]
+        line = encode_request(request)
+        patience = Patience(self.give_up_after, self.name, request.method)
+        while True:
+            now = time.monotonic()
+            member = next((m for m in order if m.available(now)), None)
+            if member is None:  # all remembered as down: wait for the first to be due
+                patience.sleep_until(min(m.retry_at for m in order))
+                continue
+            call = Call(member, line)
+            run([call], patience, keep_trying=False)
+            if call.outcome is not None:
+                return result_of(call.outcome, request.key)
+
+    def _read_all(self, request: Request, need_all: bool = False) -> dict[int, Any] | None:
+        """Every server's result, asked at once; servers that fail are left out
+        once the others hold a copy of every key (``placement.covered``), and
+        waited for otherwise. ``need_all``: None as soon as one fails instead
+        (the caller has another way)."""
+        line = encode_request(request)
+        patience = Patience(self.give_up_after, self.name, request.method)
+        results: dict[int, Any] = {}
+        while True:
+            now = time.monotonic()
+            calls = [
+                Call(member, line)
+                for member in self._members
+                if member.index not in results and member.available(now)
+            ]
+            run(calls, patience, keep_trying=False)
+            for call in calls:
+                if call.outcome is not None:
+                    results[call.member.index] = result_of(call.outcome)
+            if len(results) == self.servers:
+                return results
+            if need_all:
+                return None
+            if covered(set(results), *self._shape):
+                return results
+            left = [m.retry_at for m in self._members if m.index not in results]
+            patience.sleep_until(min(left))
+
+
+class ClusterPipeline(RequestQueue):
+    """``Pipeline``'s interface for a cluster: requests queued, then run by
+    ``execute()`` (or at the end of a ``with`` block) one after another, each
+    result or answer (``KeyError``, ...) in its ``Reply``. Not sent together
+    yet: a cluster pipeline saves no round trips."""
+
+    def __init__(self, client: ClusterClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def execute(self) -> list[Any]:
+        """Runs the queued requests in order and returns ``results()``."""
+        queued, self._queued = self._queued, []
+        for request, reply in queued:
+            try:
+                reply.outcome = Outcome.ok(self._client._execute(request))
+            except (ServiceUnavailable, AuthenticationError):
+                raise  # not an answer: as from Pipeline.execute()
+            except ANSWERS as exc:
+                reply.error = exc
+        return self.results()
+
+
+def check_shape(servers: Any, copies: Any) -> None:
+    """N and K as the course states them: ``1 <= K <= N``."""
+    if type(servers) is not int or servers < 1:
+        raise ValueError(f"N (the number of servers) must be a whole number >= 1, not {servers!r}")
+    if type(copies) is not int or not 1 <= copies <= servers:
+        raise ValueError(
+            f"K (the copies of each key) must be a whole number with 1 <= K <= N = {servers}, "
+            f"not {copies!r}"
+        )

@@ -1,0 +1,202 @@
+"""Requests to several servers at once, on the caller's thread: the cluster's I/O.
+
+A ``Call`` is one request line for one ``Member`` (a server of the cluster:
+its ``Transport`` and exactly-once ``Numbering``). ``run`` sends every call's
+line without waiting (``Transport.push``), then waits on all their sockets at
+once (one ``poll``) and takes each reply as it comes (``Transport.pull``): K
+writes cost about one round trip, not K. No threads: a thread per replica
+would cost a hand-off per request and contend for the GIL (docs/cluster.md has
+the figures).
+
+When a server fails (refused, reset, no reply within the time-out), its member
+is *down* until the time its transport's backoff gives (1 s, 2 s, 4 s, ...):
+reads do not wait on it meanwhile. With ``keep_trying`` the call is sent
+again, the same line (so a mutation keeps its number and is applied once), as
+soon as that time comes; without, it ends unanswered and the caller fails over.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterable
+
+from hashtable.errors import ServiceUnavailable
+from hashtable.protocol import ProtocolError, decode_reply
+from hashtable.request import Outcome, Request
+from hashtable.transport import RETRYABLE, Numbering, Transport, describe_failure
+
+_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_monotonic = time.monotonic
+
+
+class Member:
+    """One server of the cluster, as this client sees it."""
+
+    __slots__ = ("index", "numbering", "retry_at", "transport")
+
+    def __init__(self, index: int, transport: Transport, numbering: Numbering) -> None:
+        self.index = index
+        self.transport = transport
+        self.numbering = numbering
+        self.retry_at = 0.0  # time.monotonic() before which it is remembered as down
+
+    def available(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def down(self, exc: Exception, now: float) -> None:
+        """It failed: drops the connection, logs, and remembers it as down for
+        its transport's next backoff delay."""
+        _, delay = self.transport.retry_after(exc, None)
+        self.retry_at = now + delay
+
+    def up(self) -> None:
+        if self.retry_at:
+            self.retry_at = 0.0
+            self.transport.backoff.reset()
+
+
+class Call:
+    """One request line for one member; ``outcome`` once answered."""
+
+    __slots__ = ("deadline", "failure", "line", "member", "out", "outcome", "request")
+
+    def __init__(self, member: Member, line: bytes, request: Request | None = None) -> None:
+        self.member = member
+        self.line = line
+        self.request = request  # a numbered mutation: ``Numbering.answered`` once replied
+        self.outcome: Outcome | None = None
+        self.failure: Exception | None = None  # the last failure
+        self.out: bytearray | None = None  # while sent: what the socket has not taken yet
+        self.deadline: float | None = None  # while sent: when it times out
+
+
+class Patience:
+    """How long one operation may go on failing (``give_up_after``; None: for ever).
+    Made for every operation, so it costs nothing until a failure."""
+
+    __slots__ = ("cluster", "give_up_after", "method", "since")
+
+    def __init__(self, give_up_after: float | None, cluster: str, method: str) -> None:
+        self.give_up_after = give_up_after
+        self.cluster = cluster
+        self.method = method
+        self.since: float | None = None
+
+    def failed(self, exc: Exception, now: float) -> None:
+        """A failure; raises ``ServiceUnavailable`` once they have lasted too long."""
+        if self.since is None:
+            self.since = now
+        if self.give_up_after is not None and now - self.since >= self.give_up_after:
+            raise ServiceUnavailable(
+                f"cluster {self.cluster!r}: {self.method} unreachable for "
+                f"{self.give_up_after:g} s: {describe_failure(exc)}"
+            ) from exc
+
+    def sleep_until(self, when: float) -> None:
+        """Waits for ``when`` (a member's retry time), or until it is time to give up."""
+        now = time.monotonic()
+        if self.give_up_after is not None and self.since is not None:
+            when = min(when, self.since + self.give_up_after)
+        if when > now:
+            time.sleep(when - now)
+
+
+def run(calls: Iterable[Call], patience: Patience, *, keep_trying: bool) -> None:
+    """Sends every call and waits for the replies; see the module. Returns when
+    every call has an outcome, or (without ``keep_trying``) has failed once. One
+    call per member. Long because it is the one loop over all the sockets."""
+    waiting = list(calls)
+    try:
+        while waiting:
+            now = _monotonic()
+            sent, idle = [], []  # sent: awaiting a reply; idle: to be sent when due
+            for call in waiting:
+                if call.deadline is None and call.member.retry_at <= now:
+                    _send(call, patience, now)
+                if call.deadline is not None:
+                    sent.append(call)
+                elif keep_trying or call.failure is None:
+                    idle.append(call)
+            waiting = sent + idle
+            if not sent:
+                if idle:
+                    patience.sleep_until(min(call.member.retry_at for call in idle))
+                continue
+            poller = select.poll()
+            by_fd: dict[int, Call] = {}
+            until = sent[0].deadline
+            for call in sent:
+                transport = call.member.transport
+                fd = transport.sock.fileno()  # type: ignore[union-attr]
+                writing = call.out or transport.sending
+                poller.register(fd, (_POLLIN | _POLLOUT) if writing else _POLLIN)
+                by_fd[fd] = call
+                until = min(until, call.deadline)  # type: ignore[type-var]
+            for call in idle:
+                until = min(until, call.member.retry_at)  # type: ignore[type-var]
+            ready = poller.poll(max(0.0, until - now) * 1000)  # type: ignore[operator]
+            now = _monotonic()
+            for fd, _ in ready:
+                call = by_fd[fd]
+                try:
+                    _receive(call)
+                except RETRYABLE as exc:
+                    _failed(call, exc, patience, now)
+            for call in sent:
+                if call.deadline is not None and now >= call.deadline:
+                    timeout = call.member.transport.timeout
+                    _failed(call, TimeoutError(f"no reply within {timeout:g} s"), patience, now)
+            waiting = [
+                call
+                for call in waiting
+                if call.outcome is None and (keep_trying or call.failure is None)
+            ]
+    except BaseException:
+        # Interrupted, or given up: replies may still come on these connections,
+        # and must not be taken for the next requests'.
+        for call in waiting:
+            if call.deadline is not None:
+                call.member.transport.disconnect()
+        raise
+
+
+def _send(call: Call, patience: Patience, now: float) -> None:
+    transport = call.member.transport
+    call.failure = None
+    try:
+        transport.connected()  # blocking: finding the server, connecting, TLS
+        call.out = bytearray(call.line)
+        transport.push(call.out)
+    except RETRYABLE as exc:
+        _failed(call, exc, patience, now)
+        return
+    call.deadline = now + transport.timeout
+
+
+def _receive(call: Call) -> None:
+    transport = call.member.transport
+    if call.out or transport.sending:
+        transport.push(call.out)  # type: ignore[arg-type]
+    transport.pull()
+    lines = transport.lines
+    if not lines:
+        return
+    if len(lines) > 1:
+        raise ProtocolError("the server sent a reply to no request")
+    outcome = decode_reply(lines.popleft())
+    call.deadline = call.out = None
+    call.member.up()
+    if call.request is not None:
+        outcome = call.member.numbering.answered(call.request, outcome)
+        if outcome is None:  # the server forgot this session: sent again under a new one
+            call.line = call.member.numbering.encode(call.request)
+            return
+    call.outcome = outcome
+
+
+def _failed(call: Call, exc: Exception, patience: Patience, now: float) -> None:
+    call.failure = exc
+    call.deadline = call.out = None
+    call.member.down(exc, now)
+    patience.failed(exc, now)

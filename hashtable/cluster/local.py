@@ -1,0 +1,162 @@
+"""``python -m hashtable.cluster start|stop|status``: a cluster of N servers on this machine.
+
+    python -m hashtable.cluster start NAME N [--dir DIR] [--catalog HOST:PORT] [-- SERVER OPTIONS...]
+    python -m hashtable.cluster status NAME [--dir DIR]
+    python -m hashtable.cluster stop NAME [--dir DIR]
+
+(also the ``cluster`` command). ``start`` launches ``HashTableServer.py NAME-0``
+... ``NAME-(N-1)``, each its own process in the background, listening on
+loopback (``-- --host ADDR`` for another address) and announcing itself to the
+catalog, and returns once all of them listen. Each has its output in
+``DIR/NAME-i.log`` and its pid in ``DIR/NAME-i.pid``; ``DIR`` defaults to
+``./cluster-run/NAME``. The data stays in each server's own data directory
+(``~/.local/state/hashtable/NAME-i``, or ``--data-dir D``: ``D/NAME-i``), so
+a cluster stopped and started again has its keys. ``stop`` sends each SIGTERM
+and waits for it to exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.procfs import alive
+from harness.services import listening_port
+from netkit.cliargs import positive_int, program_name
+
+DEFAULT_DIR = Path("cluster-run")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+MAX_SERVERS = 64
+# A cluster's name names its servers' projects and files: the server's own rule.
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+# HashTableServer.py sits beside the hashtable package, in a checkout as when installed.
+SERVER = Path(__file__).resolve().parents[2] / "HashTableServer.py"
+
+
+def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra: list[str]) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    running = [project for project in _projects(directory) if _pid(directory, project)]
+    if running:
+        print(f"already running: {', '.join(running)} (stop them first)", file=sys.stderr)
+        return 1
+    for stale in directory.glob("*.pid"):
+        stale.unlink()
+    if "--host" not in extra:
+        extra = ["--host", "127.0.0.1", *extra]
+    for index in range(servers):
+        project = f"{name}-{index}"
+        args = [sys.executable, str(SERVER), project, *extra]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir / project)]
+        log = directory / f"{project}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        (directory / f"{project}.pid").write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT
+    for index in range(servers):
+        project = f"{name}-{index}"
+        log = directory / f"{project}.log"
+        while (port := listening_port(log.read_text(errors="replace"))) is None:
+            if _pid(directory, project) is None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-1500:]
+                print(f"{project} did not start (see {log}):\n{tail}", file=sys.stderr)
+                stop(directory)
+                return 1
+            time.sleep(0.05)
+        print(f"{project} listening on port {port} (log {log})")
+    return 0
+
+
+def stop(directory: Path) -> int:
+    pids = {project: _pid(directory, project) for project in _projects(directory)}
+    for pid in pids.values():
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for project, pid in pids.items():
+        while pid is not None and alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid is not None:
+            print(f"{project} stopped")
+        (directory / f"{project}.pid").unlink(missing_ok=True)
+    if not pids:
+        print(f"nothing to stop in {directory}")
+    return 0
+
+
+def status(directory: Path) -> int:
+    pids = {project: _pid(directory, project) for project in _projects(directory)}
+    for project, pid in pids.items():
+        print(f"{project}: {'running, pid ' + str(pid) if pid else 'not running'}")
+    if not pids:
+        print(f"no cluster in {directory}")
+    return 0 if pids and all(pids.values()) else 1
+
+
+def _projects(directory: Path) -> list[str]:
+    """The servers of the cluster in ``directory``, by number."""
+    found = [path.stem for path in directory.glob("*.pid")] if directory.is_dir() else []
+    return sorted(found, key=lambda project: int(project.rsplit("-", 1)[1]))
+
+
+def _pid(directory: Path, project: str) -> int | None:
+    """The pid in PROJECT.pid if that process still runs that server."""
+    try:
+        pid = int((directory / f"{project}.pid").read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if project.encode() in command and alive(pid) else None
+
+
+def _cluster_name(text: str) -> str:
+    if not _NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a cluster name (letters, digits, '.', '_', '-')"
+        )
+    return text
+
+
+def _server_count(text: str) -> int:
+    count = positive_int(text)
+    if count > MAX_SERVERS:
+        raise argparse.ArgumentTypeError(f"{count} servers is more than {MAX_SERVERS}")
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after "--" is for the servers.
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        prog=program_name("python -m hashtable.cluster"),
+        description=__doc__.split("\n")[0],
+        epilog="Server options go after --, e.g. -- --sync everysec. See docs/cluster.md.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    begin = commands.add_parser("start", help="start NAME-0 ... NAME-(N-1)")
+    begin.add_argument("name", type=_cluster_name)
+    begin.add_argument("servers", type=_server_count, metavar="N")
+    begin.add_argument("--data-dir", type=Path, help="put each server's data in DIR/NAME-i")
+    begin.add_argument("--catalog", help="catalogs the servers announce to (HOST[:PORT],...)")
+    for command, help_text in (("stop", "stop the cluster's servers"), ("status", "list them")):
+        commands.add_parser(command, help=help_text).add_argument("name", type=_cluster_name)
+    for sub in commands.choices.values():
+        sub.add_argument("--dir", type=Path, help="pid files and logs (default ./cluster-run/NAME)")
+    args = parser.parse_args(argv)
+    directory = args.dir or DEFAULT_DIR / args.name
+    if args.command == "start":
+        if args.catalog:
+            extra = ["--catalog", args.catalog, *extra]
+        return start(args.name, args.servers, directory, args.data_dir, extra)
+    return stop(directory) if args.command == "stop" else status(directory)

@@ -1,0 +1,344 @@
+"""The cluster with real processes: N servers, K copies, servers killed and restarted.
+
+Each test starts its own catalog and servers (tests/cluster_support.py) and
+looks at each server directly (a HashTableClient at its port) to see what the
+ClusterClient left where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+
+import orjson
+import pytest
+
+from harness.processes import ROOT, python_module, wait_until
+from hashtable.cluster import ClusterClient, key_hash, replicas
+from hashtable.storage import LOG, read_log
+from tests.cluster_support import Cluster
+from tests.server_support import Wire
+
+
+@pytest.fixture
+def cluster3(spawn, tmp_path, catalog) -> Cluster:
+    return Cluster(spawn, tmp_path, catalog.host, "trio", 3)
+
+
+def holders(cluster: Cluster) -> dict[str, set[int]]:
+    """key -> the servers that hold it."""
+    found: dict[str, set[int]] = defaultdict(set)
+    for index in range(len(cluster.servers)):
+        for key in cluster.contents(index):
+            found[key].add(index)
+    return found
+
+
+def assert_replicas_identical(cluster: Cluster, copies: int) -> dict[str, object]:
+    """Every key on exactly its K servers, with the same value on each; returns the table."""
+    contents = [cluster.contents(index) for index in range(len(cluster.servers))]
+    table: dict[str, object] = {}
+    for index, held in enumerate(contents):
+        for key, value in held.items():
+            where = replicas(key, len(contents), copies)
+            assert index in where, f"{key!r} on server {index}, not one of its replicas {where}"
+            for other in where:
+                assert contents[other].get(key, "<absent>") == value, (
+                    f"{key!r}: server {index} holds {value!r}, server {other} "
+                    f"{contents[other].get(key, '<absent>')!r}"
+                )
+            table[key] = value
+    return table
+
+
+# ---------------------------------------------------------------- placement
+
+
+def test_the_placement_is_blake2b_of_the_utf8_key_as_documented():
+    # docs/cluster.md gives these (and `printf zebra | b2sum`); other languages must agree.
+    assert key_hash("zebra") == 0xAAD97EEED28F372F
+    assert replicas("zebra", 3, 2) == [0, 1] and replicas("zebra", 5, 3) == [1, 2, 3]
+    assert key_hash("ключ") == 0xD6E2DEDDD1C32C43
+    for key in ("zebra", "", "ключ", "k" * 1000):
+        digest = hashlib.blake2b(key.encode("utf-8")).digest()
+        assert key_hash(key) == int.from_bytes(digest[:8], "big")
+    assert replicas("zebra", 5, 3) == [(key_hash("zebra") % 5 + n) % 5 for n in range(3)]
+
+
+def test_every_key_is_on_its_k_servers_and_no_other(cluster3):
+    with cluster3.client(2) as table:
+        keys = {f"key-{n}": {"n": n} for n in range(60)}
+        for key, value in keys.items():
+            table.insert(key, value)
+        found = holders(cluster3)
+        assert {key: sorted(where) for key, where in found.items()} == {
+            key: sorted(table.where(key)) for key in keys
+        }
+        assert Counter(len(where) for where in found.values()) == {2: 60}
+        # Every server is some keys' primary: the hash spreads them.
+        assert {table.where(key)[0] for key in keys} == {0, 1, 2}
+
+
+@pytest.mark.parametrize(("servers", "copies"), [(1, 1), (3, 1), (3, 3)])
+def test_any_k_from_1_to_n(spawn, tmp_path, catalog, servers, copies):
+    cluster = Cluster(spawn, tmp_path, catalog.host, f"shape{servers}{copies}", servers)
+    with cluster.client(copies) as table:
+        for n in range(20):
+            table.insert(f"k{n}", n)
+        assert table.lookup("k7") == 7 and table.size() == 20
+        assert table.remove("k7") == 7 and table.size() == 19
+        found = holders(cluster)
+        assert all(len(where) == copies for where in found.values()) and len(found) == 19
+
+
+@pytest.mark.parametrize(
+    ("servers", "copies", "message"),
+    [
+        (3, 4, "1 <= K <= N = 3, not 4"),
+        (3, 0, "1 <= K <= N = 3, not 0"),
+        (0, 1, "N (the number of servers) must be a whole number >= 1, not 0"),
+        ("3", 1, "not '3'"),
+    ],
+)
+def test_k_between_1_and_n_is_enforced_with_a_clear_error(servers, copies, message):
+    with pytest.raises(ValueError, match="must be a whole number") as error:
+        ClusterClient("x", servers, copies)
+    assert message in str(error.value)
+
+
+def test_testperf_refuses_k_above_n_in_one_message():
+    done = subprocess.run(
+        [sys.executable, "TestPerf.py", "x", "3", "4"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "1 <= K <= N = 3, not 4" in done.stderr
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_reads_go_on_while_a_server_is_killed_and_do_not_wait_on_it(cluster3, caplog):
+    with cluster3.client(2) as table:
+        keys = {f"read-{n}": n for n in range(60)}
+        for key, value in keys.items():
+            table.insert(key, value)
+        cluster3.kill(1)
+        caplog.clear()
+        began = time.monotonic()
+        for _ in range(3):
+            for key, value in keys.items():
+                assert table.lookup(key) == value
+        took = time.monotonic() - began
+        # Remembered as down: tried again only as its backoff allows, not per key.
+        attempts = caplog.text.count("trio-1")
+        assert 1 <= attempts <= 2 + took / 0.05, caplog.text[-2000:]
+        # Whole-table reads too: the other two hold a copy of every key.
+        assert dict(table.scan("^read-")) == keys and table.size() == 60
+        assert len(table.query("n", 3)) == 0  # values are numbers, not objects: none match
+
+
+def test_a_write_waits_for_a_dead_replica_and_completes_when_it_returns(cluster3):
+    with cluster3.client(2) as table:
+        key = next(f"w{n}" for n in range(100) if set(replicas(f"w{n}", 3, 2)) == {0, 1})
+        cluster3.kill(1)
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (table.insert(key, "v1"), done.set()))
+        thread.start()
+        try:
+            # Meanwhile: the live replica has it, the call has not returned.
+            wait_until(lambda: cluster3.contents(0).get(key) == "v1", what="the live replica")
+            assert not done.wait(1.0), "the insert returned while a replica was down"
+            cluster3.restart(1)
+            assert done.wait(30), "the insert did not complete after the replica came back"
+        finally:
+            thread.join(60)
+        assert cluster3.contents(1).get(key) == "v1"
+        assert_replicas_identical(cluster3, 2)
+
+
+def test_removes_leave_no_copy_and_a_late_older_insert_does_not_bring_a_key_back(cluster3):
+    with cluster3.client(2) as table:
+        table.insert("gone", {"v": 1})
+        where = table.where("gone")
+        # The version the insert had: read from the replica's log.
+        log = cluster3.root / f"trio-{where[0]}" / LOG
+        insert_version = next(
+            record["version"]
+            for _, record in read_log(log, tolerate_torn_tail=True)
+            if record.get("key") == "gone"
+        )
+        assert table.remove("gone") == {"v": 1}
+        with pytest.raises(KeyError):
+            table.remove("gone")
+        with pytest.raises(KeyError):
+            table.lookup("gone")
+        assert "gone" not in holders(cluster3)
+        # A retry of an older insert reaching a replica late (from some client that
+        # was cut off): the replica's tombstone makes it change nothing.
+        with Wire(cluster3.servers[where[1]].port) as wire:
+            late = {"method": "insert", "key": "gone", "value": "late", "version": insert_version}
+            reply = wire.call({**late, "client": "late-writer", "seq": 1})
+        assert reply["result"]["applied"] is False
+        assert "gone" not in holders(cluster3)
+
+
+def test_scan_query_and_size_count_every_key_once(cluster3):
+    with cluster3.client(2) as table:
+        model = {}
+        for n in range(80):
+            value = {"n": n, "group": n % 4}
+            table.insert(f"item-{n:02d}", value)
+            model[f"item-{n:02d}"] = value
+        for n in range(0, 80, 5):
+            assert table.remove(f"item-{n:02d}") == model.pop(f"item-{n:02d}")
+        table.insert("item-01", {"n": "changed"})
+        model["item-01"] = {"n": "changed"}
+        assert dict(table.scan("")) == model and len(table.scan("")) == len(model)
+        assert sorted(table.scan("^item-1")) == sorted(
+            (k, v) for k, v in model.items() if k.startswith("item-1")
+        )
+        assert sorted(table.query("group", 2)) == sorted(
+            (k, v) for k, v in model.items() if v.get("group") == 2
+        )
+        assert table.size() == len(model) == 64
+        with table.pipeline() as queued:  # the same interface as HashTableClient's
+            queued.insert("piped", 1)
+            queued.lookup("piped")
+            queued.remove("absent")
+            queued.size()
+        assert queued.results()[:2] == [None, 1] and queued.results()[3] == 65
+        assert isinstance(queued.results()[2], KeyError)
+        table.remove("piped")
+        cluster3.kill(2)  # then the other two are counted key by key
+        assert table.size() == 64 and dict(table.scan("")) == model
+
+
+def test_three_concurrent_writers_to_the_same_keys_leave_identical_replicas(
+    spawn, tmp_path, catalog
+):
+    cluster = Cluster(spawn, tmp_path, catalog.host, "contended", 3)
+    contenders = [
+        spawn(
+            python_module(
+                "chaos.contender",
+                "contended",
+                "3",
+                "2",
+                "--catalog",
+                catalog.host,
+                "--keys",
+                "8",
+                "--seconds",
+                "3",
+                "--tag",
+                f"c{n}",
+                "--seed",
+                str(n),
+            ),
+            name=f"contender{n}",
+        )
+        for n in range(3)
+    ]
+    for contender in contenders:
+        assert contender.popen.wait(timeout=90) == 0, contender.output()
+    writes = [int(c.output().split(": ")[1].split()[0]) for c in contenders]
+    assert all(count > 20 for count in writes), writes
+    table = assert_replicas_identical(cluster, 2)
+    assert all(key.startswith("shared-") for key in table)
+
+
+def test_a_retried_write_is_applied_once_on_every_replica(spawn, tmp_path, catalog):
+    """Servers killed mid-run: every replica's log numbers each client's mutations
+    1, 2, 3, ... with none twice, and every remove answers the value inserted.
+    (The servers never compact, so that their logs keep every mutation.)"""
+    cluster3 = Cluster(spawn, tmp_path, catalog.host, "trio", 3, "--compact-after", "1000000000")
+    with cluster3.client(2) as table:
+        stop = threading.Event()
+        killer = threading.Thread(target=_kill_and_restart_in_turn, args=(cluster3, stop))
+        killer.start()
+        try:
+            for n in range(150):
+                table.insert(f"once-{n}", n)
+                if n % 2:
+                    assert table.remove(f"once-{n}") == n
+        finally:
+            stop.set()
+            killer.join(60)
+    for index in range(3):
+        numbers: dict[str, list[int]] = defaultdict(list)  # session id -> its seqs
+        for _, record in read_log(cluster3.root / f"trio-{index}" / LOG, tolerate_torn_tail=True):
+            numbers[record["client"]].append(record["seq"])
+        assert numbers, f"server {index} logged nothing"
+        for session, seqs in numbers.items():
+            assert seqs == list(range(1, len(seqs) + 1)), f"server {index}, {session}: {seqs[:20]}"
+    assert_replicas_identical(cluster3, 2)
+
+
+def _kill_and_restart_in_turn(cluster: Cluster, stop: threading.Event) -> None:
+    rng = random.Random(7)
+    index = 0
+    while not stop.wait(rng.uniform(0.2, 0.5)):
+        cluster.kill(index)
+        time.sleep(rng.uniform(0.1, 0.4))
+        cluster.restart(index)
+        index = (index + 1) % len(cluster.servers)
+
+
+# ---------------------------------------------------------------- the programs
+
+
+def test_testperf_measures_a_cluster(cluster3, catalog):
+    done = subprocess.run(
+        [sys.executable, "TestPerf.py", "trio", "3", "2", "--clients", "2", "--catalog",
+         catalog.host, "--stage-seconds", "0.2", "--min-ops", "20", "--json", "/dev/null"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cluster: N=3 servers, K=2 copies" in done.stdout
+    assert "=== 2 concurrent client(s) ===" in done.stdout
+    assert holders(cluster3) == {}  # it removed what it inserted, from every replica
+
+
+def test_a_local_cluster_in_one_command(tmp_path, catalog):
+    run = [sys.executable, "-m", "hashtable.cluster"]
+    where = ["--dir", str(tmp_path / "run")]
+
+    def cluster(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*run, *args], cwd=ROOT, capture_output=True, text=True, timeout=90)
+
+    started = cluster("start", "local", "3", *where, "--data-dir", str(tmp_path / "data"),
+                      "--catalog", catalog.host)  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert started.stdout.count("listening on port") == 3
+        assert cluster("status", "local", *where).returncode == 0
+        assert cluster("start", "local", "3", *where).returncode == 1  # already running
+        with ClusterClient("local", 3, 2, catalog=catalog.host, give_up_after=30) as table:
+            table.insert("k", "v")
+            assert table.lookup("k") == "v"
+    finally:
+        stopped = cluster("stop", "local", *where)
+    assert stopped.returncode == 0 and stopped.stdout.count("stopped") == 3
+    status = cluster("status", "local", *where)
+    assert status.returncode == 1 and "no cluster" in status.stdout
+    assert (tmp_path / "data" / "local-2" / LOG).exists()
+
+
+def test_the_versioned_writes_are_in_the_replicas_logs(cluster3):
+    with cluster3.client(2) as table:
+        table.insert("logged", [1, 2])
+        for index in table.where("logged"):
+            records = [
+                record
+                for _, record in read_log(
+                    cluster3.root / f"trio-{index}" / LOG, tolerate_torn_tail=True
+                )
+                if record.get("key") == "logged"
+            ]
+            assert len(records) == 1 and records[0]["version"][1] == table.client_id, records
+            assert orjson.loads(orjson.dumps(records[0]["value"])) == [1, 2]
