@@ -15,7 +15,8 @@ import signal
 import tempfile
 from pathlib import Path
 
-from harness.processes import Process, free_port, tcp_open
+from harness.processes import Process, free_port, tcp_open, wait_until
+from harness.procfs import group_alive
 from harness.services import StartFailed, wait_ready
 
 PROGRAMS = ("catalog_server", "catalog_query", "catalog_update")
@@ -83,9 +84,14 @@ class CctoolsCatalog:
     def _kill(self) -> None:
         """SIGKILL to its process group, with the query processes it forks (it keeps
         nothing worth a clean stop), then waits until it is gone."""
+        group = self.process.pid  # its own session: Process starts one
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: Process starts one
+            os.killpg(group, signal.SIGKILL)
         self.process.stop()
+        # The forked query processes hold the listening sockets until they are gone too.
+        wait_until(
+            lambda: not group_alive(group), timeout=10, what="catalog_server's processes to end"
+        )
 
     def stop(self) -> None:
         self._kill()

@@ -28,6 +28,21 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def group_alive(group: int) -> bool:
+    """Whether a process of the process group ``group`` is left that is not a zombie
+    (a zombie holds no file or socket any more)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == group:
+            return True
+    return False
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used so far."""
     fields = _stat_fields(pid)
