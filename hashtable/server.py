@@ -41,6 +41,7 @@ from netkit.framing import LineTooLong
 from netkit.listeners import format_address, host_of, shut_down_writing
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
+from netkit.memory import release_free_memory
 from netkit.service import ListeningService
 from netkit.tls import TLS_RECORD_HANDSHAKE, TlsSession
 
@@ -111,6 +112,7 @@ class Server(ListeningService):
         # heard from in the same second (catalog.client.matching).
         self.start_time = round(time.time(), 3)
         self._peers: set[Peer] = set()
+        self._dropped = 0  # connections closed since memory was last given back
         self.admission = Admission.for_limits(limits)
         self.reporter = Reporter(
             database, port=self.port, start_time=self.start_time, base=announce, sign=sign
@@ -338,6 +340,7 @@ class Server(ListeningService):
         if peer not in self._peers:
             return
         self._peers.discard(peer)
+        self._dropped += 1
         self.scheduler.left(peer)
         self.admission.left(peer)
         peer.watch.close()
@@ -366,6 +369,9 @@ class Server(ListeningService):
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         now = self.loop.time()
         self.refusals.flush(now)
+        if self._dropped:  # their buffers are free: give the memory back (netkit.memory)
+            self._dropped = 0
+            release_free_memory()
         overstayed = self.scheduler.overstayed
         for peer in list(self._peers):
             conn = peer.conn

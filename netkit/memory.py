@@ -1,0 +1,28 @@
+"""Giving freed memory back to the system.
+
+glibc keeps the memory a process frees for its own later use. After an attack
+(thousands of connections, each with buffers, gone at once) that can be a
+hundred megabytes that the server holds and never needs again. ``malloc_trim``
+returns it; it walks only the free memory, so it costs well under a
+millisecond with a million keys in the table, about 10 ms after freeing 100 MB
+of small buffers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+try:
+    _trim = ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+    _trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):  # not glibc: the allocator does as it does
+    _trim = None
+
+
+def release_free_memory() -> bool:
+    """Returns the memory freed since to the system; False where that cannot be done."""
+    if _trim is None:
+        return False
+    _trim(0)
+    return True
