@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from chaos import catalog_attacks, dns
+from chaos import catalog_attacks, dns, hashtable_attacks
 from netkit.security import load_secret
 
 HOST = "127.0.0.1"
@@ -264,13 +264,17 @@ KINDS: dict[str, Callable[[Attack], None]] = {
     "pages": catalog_attacks.pages,
     "idle": catalog_attacks.idle,
     "records": catalog_attacks.records,
+    "handshakes": hashtable_attacks.handshakes,
+    "sessions": hashtable_attacks.sessions,
 }
 CATALOG_KINDS = ["udp", "pages", "idle", "records"]
+HASHTABLE_KINDS = ["handshakes", "sessions"]
 
 
 def default_kinds(target: str) -> list[str]:
     kinds = ["slowloris", "never-reading", "flood", "oversized"]
-    return [*kinds, *CATALOG_KINDS] if target == "catalog" else kinds
+    own = {"catalog": CATALOG_KINDS, "hashtable": HASHTABLE_KINDS}.get(target, [])
+    return [*kinds, *own]
 
 
 def main(argv: list[str] | None = None) -> int:

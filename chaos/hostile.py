@@ -5,10 +5,12 @@ For each of the hash table server, the catalog, a TS and the LS: a
 well-behaved client (the project's own client where there is one) makes
 requests one after the other, first alone, then while a hypothesis fuzzer
 (chaos/fuzz.py) and the attackers (chaos/attacks.py: slow-loris, never-reading,
-connection flood, oversized messages, and for the catalog a datagram flood, page
+connection flood, oversized messages; for the catalog a datagram flood, page
 reloads, 2,000 idle connections and a flood of distinct records from one
-address) run as processes of their own; in the full battery, the catalog's own
-attacks once more one at a time. Then the same for catastrophic regex scans against
+address; for the hash table 2,000 idle connections with 200 unfinished
+handshakes, and a storm of fake sessions) run as processes of their own; in the
+full battery, each server's own attacks once more one at a time. The server's
+log growth is reported with each. Then the same for catastrophic regex scans against
 the hash table server.
 
 Each server must stay up, every well-behaved request must get its right
@@ -50,6 +52,10 @@ CATALOG_ALONE = [
     ("idle", "2,000 idle connections"),
     ("records", "distinct records from one address"),
 ]
+HASHTABLE_ALONE = [
+    ("handshakes", "2,000 idle connections and 200 unfinished handshakes"),
+    ("sessions", "a storm of fake sessions"),
+]
 
 
 @dataclass
@@ -87,9 +93,11 @@ def run(lab: Lab) -> Result:
     ]  # fmt: skip
     for target in targets:  # every attack kind at once, and the fuzzer
         _attack(lab, result, target, seconds)
-    if not quick:  # the catalog's own attacks one at a time, each with its figures
+    if not quick:  # the servers' own attacks one at a time, each with its figures
         for kind, label in CATALOG_ALONE:
             _attack(lab, result, targets[1], seconds, only=kind, label=f"catalog, {label}")
+        for kind, label in HASHTABLE_ALONE:
+            _attack(lab, result, targets[0], seconds, only=kind, label=f"hashtable, {label}")
     _attack(lab, result, targets[0], seconds, only="regex", label="hashtable, catastrophic scans")
     return result
 
@@ -103,6 +111,7 @@ def _attack(
     pid = target.process.pid
     reset_peak_memory(pid)
     before, _ = memory_kib(pid)
+    log_before = target.process.log_path.stat().st_size
     alone = _probe_for(target, lambda n: n < (100 if lab.quick else 300))
     port = str(target.port)
     kinds = ["--only", only] if only else []
@@ -154,7 +163,8 @@ def _attack(
             f"{_ms(under, 50)} ms (x{_ratio(under, alone, 50)}), p99 {_ms(alone, 99)} -> "
             f"{_ms(under, 99)} ms (x{_ratio(under, alone, 99)}), max {_ms(alone, 100)} -> "
             f"{_ms(under, 100)} ms; {len(under.latencies)} requests under attack; "
-            f"RSS {before / 1024:.0f} MiB, peak {peak / 1024:.0f}, after {now / 1024:.0f}"
+            f"RSS {before / 1024:.0f} MiB, peak {peak / 1024:.0f}, after {now / 1024:.0f}; "
+            f"its log grew {target.process.log_path.stat().st_size - log_before:,} bytes"
         )
     attack_counts = hostile[0].output().strip().splitlines()[-1:] if not hostile[0].alive() else []
     lab.say(f"  {label}: {'; '.join(problems) if problems else 'passed'} {' '.join(attack_counts)}")
