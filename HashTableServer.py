@@ -33,6 +33,7 @@ from hashtable.database import (
     StorageFailure,
 )
 from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits, Server
+from hashtable.storage import REPAIRS
 from netkit.addresses import AddressError
 from netkit.cliargs import (
     nonempty_path,
@@ -93,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=nonempty_path,
         help="where table.ckpt and table.txn live (default: "
         "$XDG_STATE_HOME/hashtable/PROJECT, i.e. ~/.local/state/hashtable/PROJECT)",
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="start even though the data directory is damaged: keep everything intact up "
+        "to the damage, keep the damaged files in DATA_DIR/repaired/, and log exactly what "
+        "was dropped (docs/storage.md, Repair)",
     )
     parser.add_argument(
         "--host",
@@ -263,9 +271,16 @@ def main(argv: list[str] | None = None) -> int:
             compact_after=args.compact_after,
             scan_timeout=args.scan_timeout,
             version_window=args.version_window,
+            repair=args.repair,
         )
     except RecoveryError as exc:
         log.critical("cannot recover the table in %s: %s", args.data_dir, exc)
+        if exc.repairable:
+            log.critical(
+                "nothing was changed; to start from what is intact, run again with --repair "
+                "(it keeps the damaged files in %s and logs what it drops)",
+                Path(args.data_dir) / REPAIRS,
+            )
         return 2
     except OSError as exc:
         log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)

@@ -28,9 +28,13 @@ from typing import Any
 
 import orjson
 
+from hashtable import logfile as storage_log
 from hashtable import storage
+from hashtable.checkpoint import write_checkpoint
 from hashtable.compaction import Compactor, Result
+from hashtable.recovery import Recovery, rewrite
 from hashtable.request import MUTATIONS, Outcome, Request, numbering_problem, validate
+from hashtable.sealing import seal
 from hashtable.sessions import SessionLimits, Sessions
 from hashtable.storage import RecoveryError, StorageFailure
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
@@ -41,7 +45,6 @@ log = logging.getLogger("hashtable.database")
 
 REAP_INTERVAL = 0.05  # how often the loop should look at a running compaction
 _dumps = orjson.dumps
-_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 # The defaults of the server's options of the same names (HashTableServer.py).
 SYNC_MODES = storage.SYNC_MODES
@@ -66,6 +69,7 @@ class Database:
         lock_timeout: float = 5.0,
         session_limits: SessionLimits | None = None,
         version_window: float = DEFAULT_VERSION_WINDOW,
+        repair: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -81,9 +85,9 @@ class Database:
         try:
             self.origin = storage.read_origin(self.directory)
             storage.remove_temporaries(self.directory)
+            storage.check_writable(self.directory, storage.PREALLOCATE)
             self.sessions = Sessions(session_limits)
-            self._recover()
-            self._log = storage.Log(self.directory, sync)
+            self._log = self._recover(repair)
         except (OSError, StorageFailure) as error:
             os.close(self._lock)
             raise RecoveryError(self.directory, None, f"cannot use: {error}") from error
@@ -171,7 +175,7 @@ class Database:
             if request.version is not None:
                 record["version"] = request.version
             try:
-                line = _dumps(record, option=_NEWLINE)
+                line = seal(_dumps(record))
             except TypeError as error:  # orjson.JSONEncodeError: huge int, bad Unicode, a set...
                 problem = f"cannot store this {request.method}: {error}"
         if problem is not None or refused is not None:
@@ -187,9 +191,9 @@ class Database:
                 record["invalid"] = problem
             else:
                 record["refused"] = refused
-            line = _dumps(record, option=_NEWLINE)
+            line = seal(_dumps(record))
         self._lsn += 1
-        self._log.append(line)
+        self._log.append(line, self._lsn)
         return self._apply(request, problem, refused)
 
     def _apply(
@@ -272,8 +276,8 @@ class Database:
         sessions, table, directory, origin = self.sessions, self.table, self.directory, self.origin
         data = table.data
 
-        def write_checkpoint() -> None:  # in the child, on its copy-on-write snapshot
-            storage.write_checkpoint(
+        def checkpoint_job() -> None:  # in the child, on its copy-on-write snapshot
+            write_checkpoint(
                 directory,
                 origin=origin,
                 applied=applied,
@@ -284,7 +288,7 @@ class Database:
             )
 
         try:
-            fork_seconds = self._compactor.start(write_checkpoint, keep_fds=(self._lock,))
+            fork_seconds = self._compactor.start(checkpoint_job, keep_fds=(self._lock,))
         except OSError as error:
             self._compaction_failed(f"cannot fork: {error}")
             return
@@ -318,76 +322,62 @@ class Database:
 
     # ---- recovery ---------------------------------------------------------------
 
-    def _recover(self) -> None:
+    def _recover(self, repair: bool) -> storage_log.Log:
         started = time.perf_counter()
-        checkpoint = storage.read_checkpoint(self.directory)
+        recovery = Recovery(self.directory, self.origin, repair=repair)
+        checkpoint = recovery.read_checkpoint()
         self.table = (
             Table(checkpoint.data, checkpoint.versions, checkpoint.tombstones)
             if checkpoint
             else Table()
         )
-        covered: dict[str, int] = checkpoint.applied if checkpoint else {}
         for number, row in checkpoint.sessions if checkpoint else ():
             try:
                 self.sessions.restore(row)
             except ValueError as error:
-                raise RecoveryError(checkpoint.path, number, str(error)) from None
-        self._applied = dict(covered)
-        replayed = 0
-        for name, tolerate_torn_tail in ((storage.OLD_LOG, False), (storage.LOG, True)):
-            path = self.directory / name
-            for number, record in storage.read_log(path, tolerate_torn_tail=tolerate_torn_tail):
-                replayed += self._replay(path, number, record, covered)
+                if not repair:
+                    raise RecoveryError(checkpoint.path, number, str(error)) from None
+                checkpoint.dropped.append(f"{checkpoint.path}, line {number}: {error}")
+        recovered = recovery.replay(self._apply)
+        self._applied = recovered.applied
         self._lsn = self._applied.get(self.origin, 0)
-        self._checkpoint_lsn = covered.get(self.origin, 0)
+        end, preallocating = recovered.log_end, recovered.preallocating
+        if recovered.rewrite:
+            for item in recovered.dropped:
+                log.warning("repair: dropped %s", item)
+            end, preallocating = rewrite(self.directory, recovered, self.origin, self._checkpoint)
+            self._checkpoint_lsn = self._lsn
+        else:
+            self._checkpoint_lsn = recovered.covered.get(self.origin, 0)
         log.info(
             "recovered %d keys from %s: checkpoint up to lsn %d, %d log records replayed, in %.0f ms",
             len(self.table.data),
             self.directory,
-            self._checkpoint_lsn,
-            replayed,
+            recovered.covered.get(self.origin, 0),
+            recovered.replayed,
             (time.perf_counter() - started) * 1000,
         )
-
-    def _replay(self, path: Path, number: int, record: Any, covered: dict[str, int]) -> int:
-        """Re-executes one log record unless the checkpoint holds it; returns 1 if applied."""
-        if type(record) is not dict:
-            raise RecoveryError(path, number, "a log record must be a JSON object")
-        origin, lsn = record.get("origin"), record.get("lsn")
-        if not isinstance(origin, str) or type(lsn) is not int:
-            raise RecoveryError(path, number, "a log record needs 'origin' and 'lsn'")
-        if lsn <= covered.get(origin, 0):
-            return 0
-        expected = self._applied.get(origin, 0) + 1
-        if lsn != expected:
-            raise RecoveryError(
-                path, number, f"lsn {lsn} where {expected} was expected: records are missing"
-            )
-        request = Request(
-            record.get("method"),
-            key=record.get("key"),
-            value=record.get("value"),
-            client=record.get("client"),
-            seq=record.get("seq"),
-            ack=record.get("ack"),
-            version=record.get("version"),
+        return storage_log.Log(
+            self.directory,
+            self.sync,
+            origin=self.origin,
+            next_lsn=self._lsn + 1,
+            end=end,
+            preallocating=preallocating,
         )
-        invalid, refused = record.get("invalid"), record.get("refused")
-        if not isinstance(request.method, str) or request.method not in MUTATIONS:
-            problem = f"method {request.method!r} is not a mutation"
-        elif invalid is None and refused is None:
-            problem = validate(request)
-        elif invalid is not None and (not isinstance(invalid, str) or request.client is None):
-            problem = "'invalid' must be a message, in a record with a client"
-        elif refused is not None and not _is_refusal(refused, request.client, invalid):
-            problem = "'refused' must be [error, message], in a record with a client"
-        else:
-            problem = numbering_problem(request)  # only its number was recorded
-        if problem:
-            raise RecoveryError(path, number, f"not a valid log record: {problem}")
-        self._apply(request, invalid, refused)
-        self._applied[origin] = lsn
-        return 1
+
+    def _checkpoint(self, logs: int) -> None:
+        """Writes a checkpoint of the whole table in this process (start-up only)."""
+        write_checkpoint(
+            self.directory,
+            origin=self.origin,
+            applied={**self._applied, self.origin: self._lsn},
+            sessions=self.sessions.rows(),
+            data=self.table.data,
+            versions=self.table.versions,
+            tombstones=self.table.tombstones,
+            logs=logs,
+        )
 
     # ---- the rest -----------------------------------------------------------------
 
@@ -428,13 +418,3 @@ class Database:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _is_refusal(refused: Any, client: Any, invalid: Any) -> bool:
-    return (
-        type(refused) is list
-        and len(refused) == 2
-        and all(type(part) is str for part in refused)
-        and client is not None
-        and invalid is None
-    )

@@ -100,6 +100,13 @@ def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
     return fd
 
 
+def private_opener(path: str | os.PathLike[str], flags: int) -> int:
+    """An ``opener`` for ``open()`` that creates the file ``PRIVATE_FILE`` whatever the umask."""
+    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    return fd
+
+
 def temporary_path(path: Path) -> Path:
     """Where ``replace_atomically`` writes ``path`` before the rename."""
     return path.with_name(path.name + TEMPORARY_SUFFIX)

@@ -20,7 +20,8 @@ import pytest
 
 from harness.processes import ROOT, python_module, wait_until
 from hashtable.cluster import ClusterClient, key_hash, replicas
-from hashtable.storage import LOG, read_log
+from hashtable.logreader import read_records
+from hashtable.storage import LOG
 from tests.cluster_support import Cluster
 from tests.server_support import Wire
 
@@ -168,9 +169,7 @@ def test_removes_leave_no_copy_and_a_late_older_insert_does_not_bring_a_key_back
         # The version the insert had: read from the replica's log.
         log = cluster3.root / f"trio-{where[0]}" / LOG
         insert_version = next(
-            record["version"]
-            for _, record in read_log(log, tolerate_torn_tail=True)
-            if record.get("key") == "gone"
+            record["version"] for record in read_records(log) if record.get("key") == "gone"
         )
         assert table.remove("gone") == {"v": 1}
         with pytest.raises(KeyError):
@@ -271,7 +270,7 @@ def test_a_retried_write_is_applied_once_on_every_replica(spawn, tmp_path, catal
             killer.join(60)
     for index in range(3):
         numbers: dict[str, list[int]] = defaultdict(list)  # session id -> its seqs
-        for _, record in read_log(cluster3.root / f"trio-{index}" / LOG, tolerate_torn_tail=True):
+        for record in read_records(cluster3.root / f"trio-{index}" / LOG):
             numbers[record["client"]].append(record["seq"])
         assert numbers, f"server {index} logged nothing"
         for session, seqs in numbers.items():
@@ -335,9 +334,7 @@ def test_the_versioned_writes_are_in_the_replicas_logs(cluster3):
         for index in table.where("logged"):
             records = [
                 record
-                for _, record in read_log(
-                    cluster3.root / f"trio-{index}" / LOG, tolerate_torn_tail=True
-                )
+                for record in read_records(cluster3.root / f"trio-{index}" / LOG)
                 if record.get("key") == "logged"
             ]
             assert len(records) == 1 and records[0]["version"][1] == table.client_id, records

@@ -8,10 +8,10 @@ import itertools
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
 from hashtable.database import Database
+from hashtable.logreader import read_records
 from hashtable.protocol import encode_request, parse_request
 from hashtable.request import Outcome, Request, Status
 from hashtable.storage import LOG
@@ -172,7 +172,7 @@ def test_the_log_record_carries_the_version(data):
     with Database(data) as db:
         Writer(db, "w").send("insert", "k", base, 1)
         db.commit()
-    record = orjson.loads((data / LOG).read_bytes().split(b"\n")[0])
+    (record,) = read_records(data / LOG)
     assert record["version"] == [base, "w"] and record["client"] == "w" and record["value"] == 1
 
 

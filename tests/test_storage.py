@@ -16,9 +16,11 @@ import orjson
 import pytest
 
 from harness.processes import ROOT, wait_until
-from hashtable import storage
+from hashtable import logfile, storage
 from hashtable.database import Database
+from hashtable.logreader import read_records
 from hashtable.request import Request, Status
+from hashtable.sealing import seal, unseal
 from hashtable.storage import DataDirBusy, RecoveryError
 
 
@@ -39,13 +41,18 @@ def recovered(data: Path, **options) -> dict:
 
 
 def log_records(data: Path, name: str = "table.txn") -> list[dict]:
-    return [orjson.loads(line) for line in (data / name).read_bytes().splitlines()]
+    """The mutation records of a log (its header, control lines and zeros left out)."""
+    return read_records(data / name)
 
 
-def log_records_before_zeros(data: Path) -> list[dict]:
-    """The records of a log in use (its preallocated zeros left out)."""
-    records = (data / "table.txn").read_bytes().partition(b"\0")[0]
-    return [orjson.loads(line) for line in records.splitlines()]
+def sealed(record: object) -> bytes:
+    return seal(orjson.dumps(record))
+
+
+def unsealed(line: bytes) -> object:
+    text = unseal(line)
+    assert text is not None, f"not a sealed line: {line!r}"
+    return orjson.loads(text)
 
 
 def compact(db: Database) -> None:
@@ -74,7 +81,7 @@ def test_commit_makes_writes_durable_and_records_carry_origin_and_lsn(data):
     with Database(data) as db:
         db.execute(Request("insert", key="a", value=1))
         db.execute(Request("insert", key="b", value=[2]))
-        assert db.needs_commit and (data / "table.txn").stat().st_size == 0
+        assert db.needs_commit and log_records(data) == []
         db.commit()
         assert not db.needs_commit
         db.execute(Request("remove", key="a"))
@@ -105,27 +112,29 @@ def test_reads_are_not_logged(data):
     "tail",
     [
         b'{"origin":"x","lsn":',  # cut mid-record
-        b"\x00\x00\x00\x00",  # a zero-filled block
-        b"garbage\n",  # an unparsable last line, even with its newline
-        None,  # a whole valid record without its newline: its write did not finish
+        None,  # a whole record without its seal: its write did not finish
+        sealed({"lsn": 6})[:-5],  # torn inside the seal
     ],
 )
-def test_a_torn_last_line_is_dropped_and_truncated(data, tail):
+def test_a_torn_write_before_the_zeros_is_dropped_and_writing_goes_on(data, tmp_path, tail, caplog):
     with Database(data) as db:
         insert_many(db, 5)
-        origin = db.origin
-    expected, good_size = recovered(data), (data / "table.txn").stat().st_size
+        end, origin = db.stats()["log_bytes"], db.origin
+        image = crash_image(db, data, tmp_path / "image")
+    expected = recovered(data)
     if tail is None:
         record = {"origin": origin, "lsn": 6, "method": "insert", "key": "torn", "value": 1}
         tail = orjson.dumps(record)
-    with open(data / "table.txn", "ab") as file:
+    with open(image / "table.txn", "r+b") as file:  # written into the preallocated zeros
+        file.seek(end)
         file.write(tail)
-    assert recovered(data) == expected
-    assert (data / "table.txn").stat().st_size == good_size
-    with Database(data) as db:  # and it goes on from there
+    assert recovered(image) == expected
+    assert "a write interrupted by a crash, never acknowledged" in caplog.text
+    with Database(image) as db:  # and it goes on from there
         db.execute(Request("insert", key="after", value=True))
         db.commit()
-    assert recovered(data) == {**expected, "after": True}
+    assert recovered(image) == {**expected, "after": True}
+    assert [r["lsn"] for r in log_records(image)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_the_log_is_preallocated_while_open_and_exact_once_closed(data):
@@ -133,10 +142,12 @@ def test_the_log_is_preallocated_while_open_and_exact_once_closed(data):
         insert_many(db, 5)
         records = (data / "table.txn").read_bytes()
         end = db.stats()["log_bytes"]
-        assert len(records) >= end + storage.PREALLOCATE  # room ahead of the writes
+        assert len(records) >= storage.PREALLOCATE and len(records) > end  # room ahead
         assert b"\0" not in records[:end] and not records[end:].strip(b"\0")
-        assert records[:end].count(b"\n") == 5
-    assert (data / "table.txn").read_bytes() == records[:end]  # zeros cut at close
+        assert records[:end].count(b"\n") == 6  # the header and 5 records
+    closed = (data / "table.txn").read_bytes()
+    assert closed.startswith(records[:end]) and b"\0" not in closed  # zeros cut at close
+    assert unsealed(closed.splitlines(keepends=True)[-1]) == {"closed": 5}
     assert [r["lsn"] for r in log_records(data)] == [1, 2, 3, 4, 5]
 
 
@@ -155,7 +166,7 @@ def test_after_a_crash_recovery_cuts_the_zeros_and_writing_goes_on(data, tmp_pat
         image = crash_image(db, data, tmp_path / "image")
     expected = recovered(data)
     assert recovered(image) == expected
-    assert (image / "table.txn").stat().st_size == end
+    assert (image / "table.txn").read_bytes()[end:] == sealed({"closed": 5})
     assert "dropping" not in caplog.text  # zeros are no news
     with Database(image) as db:
         db.execute(Request("insert", key="after", value=1))
@@ -173,34 +184,37 @@ def test_what_follows_the_zeros_was_never_synced_and_is_dropped(data, tmp_path, 
     # ordered them): a hole of zeros, then a whole record.
     record = {"origin": origin, "lsn": 5, "method": "insert", "key": "late", "value": 1}
     with open(image / "table.txn", "r+b") as file:
-        file.seek(end + 4096)
-        file.write(orjson.dumps(record) + b"\n")
+        file.seek((end // 4096 + 1) * 4096)  # a later sector of the same write
+        file.write(sealed(record))
     assert recovered(image) == recovered(data)
-    assert (image / "table.txn").stat().st_size == end
-    assert "dropping writes after the end of the records" in caplog.text
+    assert "on a sector boundary, which is what a crash leaves of a write" in caplog.text
+    assert log_records(image) == log_records(data)  # the late record is gone
 
 
 def test_the_log_grows_its_preallocation_as_it_fills(data, monkeypatch):
-    monkeypatch.setattr(storage, "PREALLOCATE", 300)
+    monkeypatch.setattr(logfile, "PREALLOCATE", 300)
     with Database(data) as db:
         for batch in range(20):
             insert_many(db, 7, prefix=f"b{batch}-")
         end = db.stats()["log_bytes"]
         assert end > 20 * 300
-        assert (data / "table.txn").stat().st_size <= end + 300 + 7 * 100
+        assert end < (data / "table.txn").stat().st_size <= end + 300 + 7 * 150
+    assert (data / "table.txn").stat().st_size == end + len(sealed({"closed": 140}))
     assert len(recovered(data)) == 140
-    assert (data / "table.txn").stat().st_size == end
 
 
 def test_without_preallocation_the_log_appends_as_usual(data, monkeypatch):
     def unsupported(*args):  # e.g. a file system without fallocate
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
+    monkeypatch.setattr(logfile.os, "posix_fallocate", unsupported)
     monkeypatch.setattr(storage.os, "posix_fallocate", unsupported)
     with Database(data) as db:
         insert_many(db, 4)
         assert (data / "table.txn").stat().st_size == db.stats()["log_bytes"]
     assert len(recovered(data)) == 4
+    lines = (data / "table.txn").read_bytes().splitlines(keepends=True)
+    assert unsealed(lines[1]) == {"preallocate": False}  # so recovery knows: no zeros
 
 
 def test_a_full_disk_stops_the_preallocation_not_the_writes(data, monkeypatch, caplog):
@@ -210,12 +224,13 @@ def test_a_full_disk_stops_the_preallocation_not_the_writes(data, monkeypatch, c
         real(fd, offset, length // 2)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "posix_fallocate", half_then_full)
     with Database(data) as db:
-        insert_many(db, 4)
+        monkeypatch.setattr(logfile.os, "posix_fallocate", half_then_full)
+        insert_many(db, 300, size=4000)  # more than the first preallocation
         insert_many(db, 4, prefix="more")
+    monkeypatch.undo()
     assert "no room to preallocate" in caplog.text
-    assert len(recovered(data)) == 8
+    assert len(recovered(data)) == 304
     assert b"\0" not in (data / "table.txn").read_bytes()  # the half-grown tail cut at close
 
 
@@ -231,11 +246,12 @@ def corrupt_line(path: Path, number: int, replacement: bytes | None) -> None:
 @pytest.mark.parametrize(
     ("replacement", "reason"),
     [
-        (b"{not json\n", "not valid JSON"),
-        (b"\n", "not valid JSON"),
+        (b"{not json\n", "a line without its checksum"),
+        (b"\n", "a line without its checksum"),
+        (sealed({"lsn": 1}).replace(b"1}", b"2}"), "its checksum does not match"),
         (None, "records are missing"),
-        (b'{"origin":"o","lsn":"2"}\n', "needs 'origin' and 'lsn'"),
-        (b"[1, 2]\n", "must be a JSON object"),
+        (sealed({"origin": "o", "lsn": "2"}), "needs 'origin' and 'lsn'"),
+        (sealed([1, 2]), "neither a record nor a control line"),
     ],
 )
 def test_corruption_before_the_last_line_is_a_recovery_error_naming_file_and_line(
@@ -243,12 +259,12 @@ def test_corruption_before_the_last_line_is_a_recovery_error_naming_file_and_lin
 ):
     with Database(data) as db:
         insert_many(db, 4)
-    corrupt_line(data / "table.txn", 2, replacement)
+    corrupt_line(data / "table.txn", 3, replacement)  # the header, records 1, 2, ...
     before = (data / "table.txn").read_bytes()
     with pytest.raises(RecoveryError) as caught:
         Database(data)
-    assert caught.value.path == data / "table.txn" and caught.value.line == 2
-    assert reason in str(caught.value) and "table.txn, line 2" in str(caught.value)
+    assert caught.value.path == data / "table.txn" and caught.value.line == 3
+    assert reason in str(caught.value) and "table.txn, line 3" in str(caught.value)
     assert (data / "table.txn").read_bytes() == before  # nothing dropped or truncated
 
 
@@ -257,9 +273,10 @@ def test_a_record_that_is_no_valid_mutation_is_a_recovery_error(data):
         insert_many(db, 2)
         origin = db.origin
     with open(data / "table.txn", "ab") as file:
-        file.write(orjson.dumps({"origin": origin, "lsn": 3, "method": "scan"}) + b"\n")
-        file.write(orjson.dumps({"origin": origin, "lsn": 4, "method": "insert"}) + b"\n")
-    with pytest.raises(RecoveryError, match="line 3: not a valid log record"):
+        file.write(sealed({"origin": origin, "lsn": 3, "method": "scan"}))
+        file.write(sealed({"origin": origin, "lsn": 4, "method": "insert"}))
+        file.write(sealed({"closed": 4}))
+    with pytest.raises(RecoveryError, match="line 5: not a valid log record"):
         Database(data)
 
 
@@ -278,8 +295,8 @@ def test_compaction_writes_a_checkpoint_and_starts_a_short_log(data):
         db.commit()
     assert not (data / "table.txn.old").exists()
     assert [r["lsn"] for r in log_records(data)] == [21]
-    lines = (data / "table.ckpt").read_bytes().splitlines()
-    assert orjson.loads(lines[0])["lsn"] == 20 and orjson.loads(lines[-1])["keys"] == 20
+    lines = (data / "table.ckpt").read_bytes().splitlines(keepends=True)
+    assert unsealed(lines[0])["lsn"] == 20 and unsealed(lines[-1])["keys"] == 20
     assert recovered(data) == {f"k{i}": {"i": i, "pad": "x" * 10} for i in range(1, 20)}
 
 
@@ -297,7 +314,7 @@ def test_writes_made_while_the_child_runs_are_kept(data):
         expected = dict(db.table.data)
         wait_until(lambda: db.maintain() or not db.stats()["compacting"], what="compaction")
         assert db.stats()["compactions"] == 1 and db.stats()["log_entries"] == 100
-    checkpoint_lsn = orjson.loads((data / "table.ckpt").read_bytes().split(b"\n", 1)[0])["lsn"]
+    checkpoint_lsn = unsealed((data / "table.ckpt").read_bytes().split(b"\n", 1)[0] + b"\n")["lsn"]
     assert checkpoint_lsn == covered
     assert [r["lsn"] for r in log_records(data)] == list(range(covered + 1, covered + 101))
     assert recovered(data) == expected
@@ -311,9 +328,17 @@ def test_every_crash_point_of_a_compaction_recovers(data, tmp_path):
         shutil.copytree(data, tmp_path / name, ignore=shutil.ignore_patterns("table.lock"))
         return dict(db.table.data)
 
+    def closed(directory: Path, end: int, lsn: int) -> None:
+        """What a rotation does before its rename: the close record, the zeros cut."""
+        with open(directory / "table.txn", "r+b") as file:
+            file.seek(end)
+            file.write(sealed({"closed": lsn}))
+            file.truncate()
+
     with Database(data, compact_after=10) as db:
         insert_many(db, 20_000, size=50)
         snapshots["before"] = snapshot("before")
+        before_end, before_lsn = db.stats()["log_bytes"], db.stats()["lsn"]
         db.maintain()  # rotated to table.txn.old and forked
         db.execute(Request("insert", key="while-compacting", value=1))
         db.commit()
@@ -328,6 +353,7 @@ def test_every_crash_point_of_a_compaction_recovers(data, tmp_path):
     # Killed between the rename of table.txn and the creation of the new one.
     renamed = tmp_path / "renamed"
     shutil.copytree(tmp_path / "before", renamed)
+    closed(renamed, before_end, before_lsn)
     os.rename(renamed / "table.txn", renamed / "table.txn.old")
     # A checkpoint half-written by a child that died.
     half = tmp_path / "half"
@@ -354,7 +380,8 @@ def test_a_failed_child_loses_nothing_and_is_retried(data):
         assert not db.stats()["compacting"]
         insert_many(db, 10, prefix="after")
         expected = dict(db.table.data)
-    assert (data / "table.txn.old").exists() and not (data / "table.ckpt").exists()
+    assert (data / "table.txn.old").exists()
+    assert unsealed((data / "table.ckpt").read_bytes().splitlines(keepends=True)[0])["lsn"] == 0
     assert recovered(data) == expected
     with Database(data, compact_after=10) as db:  # the next compaction covers table.txn.old too
         compact(db)
@@ -378,11 +405,12 @@ def test_checkpoint_cost_is_amortized_over_as_many_writes_as_keys(data):
     ("damage", "reason"),
     [
         (lambda lines: lines[:-1], "no footer"),
-        (lambda lines: lines[:3] + lines[4:], "footer counts 5 keys"),
-        (lambda lines: [b'{"format":"other"}', *lines[1:]], "line 1: not a hashtable-checkpoint"),
-        (lambda lines: [*lines[:2], b'["k"]', *lines[3:]], "line 3: an entry must be"),
-        (lambda lines: [*lines[:2], b"{oops", *lines[2:]], "line 3: not valid JSON"),
-        (lambda lines: [*lines, b"[]"], "data after the footer"),
+        (lambda lines: [lines[0], lines[2]], "line 2: the file holds 0 keys \\(the footer: 5\\)"),
+        (lambda lines: [sealed({"format": "other"}), *lines[1:]], "line 1: not a hashtable-ch"),
+        (lambda lines: [lines[0], sealed({"entries": [["k"]]}), *lines[2:]], "line 2: an entry"),
+        (lambda lines: [lines[0], b"{oops\n", *lines[1:]], "line 2: a line without its checksum"),
+        (lambda lines: [*lines, sealed([])], "line 4: data after the footer"),
+        (lambda lines: [lines[0], lines[1].replace(b"k1", b"k7"), lines[2]], "line 2: its checks"),
     ],
 )
 def test_a_damaged_checkpoint_is_a_recovery_error(data, damage, reason):
@@ -390,7 +418,7 @@ def test_a_damaged_checkpoint_is_a_recovery_error(data, damage, reason):
         insert_many(db, 5)
         compact(db)
     path = data / "table.ckpt"
-    path.write_bytes(b"\n".join(damage(path.read_bytes().splitlines())) + b"\n")
+    path.write_bytes(b"".join(damage(path.read_bytes().splitlines(keepends=True))))
     with pytest.raises(RecoveryError, match=reason) as caught:
         Database(data)
     assert caught.value.path == path
@@ -435,14 +463,14 @@ def test_unusable_directories_and_options_are_clear_errors(data, tmp_path):
 def test_sync_modes_write_at_commit_and_everysec_syncs_within_a_second(data, tmp_path):
     with Database(tmp_path / "everysec", sync="everysec") as db:
         insert_many(db, 3)
-        assert len(log_records_before_zeros(tmp_path / "everysec")) == 3  # written at commit
+        assert len(log_records(tmp_path / "everysec")) == 3  # written at commit
         assert 0 <= db.seconds_until_maintenance() <= 1.0
         time.sleep(db.seconds_until_maintenance())
         db.maintain()
         assert db.seconds_until_maintenance() is None  # synced
     with Database(tmp_path / "no", sync="no") as db:
         insert_many(db, 3)
-        assert len(log_records_before_zeros(tmp_path / "no")) == 3
+        assert len(log_records(tmp_path / "no")) == 3
         assert db.seconds_until_maintenance() is None
     for mode in ("everysec", "no"):
         assert len(recovered(tmp_path / mode)) == 3
