@@ -17,6 +17,7 @@ after a failed fsync nobody knows what the file holds.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -75,6 +76,9 @@ def open_directory(directory: Path, lock_timeout: float) -> int:
             directory, None, f"in use by another process (pid {busy.holder})"
         ) from None
     except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason = f"cannot write in the data directory: {error.strerror}"
+            raise RecoveryError(directory, None, reason) from None
         file = directory.exists() and not directory.is_dir()
         reason = "it is a file, not a directory" if file else error.strerror or error
         raise RecoveryError(directory, None, f"cannot use as data directory: {reason}") from None
@@ -139,6 +143,9 @@ def check_writable(directory: Path, room: int) -> None:
         probe.unlink(missing_ok=True)
         raise
     except OSError as error:
+        for leftover in (probe, probe.with_suffix(".renamed")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         reason = error.strerror or str(error)
         raise RecoveryError(
             directory, None, f"cannot write in the data directory: {reason}"
