@@ -407,7 +407,10 @@ def test_checkpoint_cost_is_amortized_over_as_many_writes_as_keys(data):
         (lambda lines: lines[:-1], "no footer"),
         (lambda lines: [lines[0], lines[2]], "line 2: the file holds 0 keys \\(the footer: 5\\)"),
         (lambda lines: [sealed({"format": "other"}), *lines[1:]], "line 1: not a hashtable-ch"),
-        (lambda lines: [lines[0], sealed({"entries": [["k"]]}), *lines[2:]], "line 2: an entry"),
+        (
+            lambda lines: [lines[0], sealed({"entries": [["k"]]}), *lines[2:]],
+            "line 2: entries must",
+        ),
         (lambda lines: [lines[0], b"{oops\n", *lines[1:]], "line 2: a line without its checksum"),
         (lambda lines: [*lines, sealed([])], "line 4: data after the footer"),
         (lambda lines: [lines[0], lines[1].replace(b"k1", b"k7"), lines[2]], "line 2: its checks"),
