@@ -6,8 +6,12 @@ Listens on a free TCP port (or --port), announces itself to the catalog as
 acknowledged write is already on disk (with the default --sync always), so
 stopping, or a crash, loses nothing: start it again with the same data directory.
 
-Exit status: 0 when stopped by a signal, 1 when storage failed (restart to
-recover), 2 for bad arguments, unusable data or an address that cannot be bound.
+One server per project: it refuses to start while another server of the project
+(another data directory) answers, unless --takeover (hashtable/singleton.py).
+
+Exit status: 0 when stopped by a signal or replaced (--takeover), 1 when storage
+failed (restart to recover), 2 for bad arguments, unusable data, an address that
+cannot be bound or another server of the project.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from hashtable.database import (
     StorageFailure,
 )
 from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits, Server
+from hashtable.singleton import ProjectGuard
 from hashtable.storage import REPAIRS
 from netkit.addresses import AddressError
 from netkit.cliargs import (
@@ -142,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--catalog",
         metavar="HOST[:PORT],...",
         help="catalogs to announce to (default: $CATALOG_HOST, else localhost:9097)",
+    )
+    parser.add_argument(
+        "--takeover",
+        action="store_true",
+        help="start even if another server of the project answers, replacing it: it stops at "
+        "its next announcement (without this, such a server is refused)",
     )
     parser.add_argument(
         "--announce-interval",
@@ -285,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)
         return 2
+    guard = ProjectGuard(
+        args.project, args.data_dir, database.origin, args.catalogs, secret, takeover=args.takeover
+    )
+    if (refusal := guard.check_at_start()) is not None:
+        log.critical("%s", refusal)
+        database.close()
+        return 2
     try:
         listener = open_listener(args.host, args.port)
     except OSError as exc:
@@ -300,14 +318,21 @@ def main(argv: list[str] | None = None) -> int:
         database,
         listener,
         limits=limits,
-        announce={"project": args.project, "sync": args.sync, "origin": database.origin},
+        announce={
+            "project": args.project,
+            "sync": args.sync,
+            "origin": database.origin,
+            **guard.record_fields(),
+        },
         catalogs=args.catalogs,
         announce_interval=args.announce_interval,
         summary_interval=args.summary_interval,
         tls=tls,
         sign=secret.sign_record if secret is not None else None,
+        before_announce=guard.before_announce,
     )
     signals.attach(server.stop)
+    guard.stop_server = server.stop
     stats = database.stats()
     log.info(
         "project %s: %s keys in %s (sync %s, compacting after %d log entries)",
@@ -340,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):
             database.close()
+    if guard.exit_status is not None:  # replaced, or refused late (the reason is logged)
+        return guard.exit_status
     log.info("stopped by %s", signals.received or "request")
     return 0
 

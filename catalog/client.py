@@ -205,6 +205,9 @@ class Announcer:
     datagram, or a TCP connection for a large record) runs on a daemon thread,
     so that a slow or dead DNS server delays the announcement, never the loop.
     If announcements pile up behind a stuck look-up, only the newest is sent.
+
+    ``before_send(record)``, if given, runs on that thread before each sending
+    (it may query the catalog, say): False ends the announcements.
     """
 
     def __init__(
@@ -212,8 +215,10 @@ class Announcer:
         make_record: Callable[[], Record],
         interval: float = ANNOUNCE_INTERVAL,
         catalogs: list[Catalog] | None = None,
+        before_send: Callable[[Record], bool] | None = None,
     ) -> None:
         self.make_record = make_record
+        self.before_send = before_send
         self.interval = interval
         self.catalogs = catalogs if catalogs is not None else catalog_addresses()
         self.announcements = 0
@@ -255,4 +260,15 @@ class Announcer:
                 if self._closed:
                     return
                 record, self._waiting = self._waiting, None
+            if not self._may_send(record):
+                return
             announce(record, self.catalogs)
+
+    def _may_send(self, record: Record) -> bool:
+        if self.before_send is None:
+            return True
+        try:
+            return self.before_send(record)
+        except Exception:  # a broken check must not silence the service: announce anyway
+            log.exception("the check before an announcement failed")
+            return True

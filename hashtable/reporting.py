@@ -13,8 +13,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from catalog.client import owner_name
+from netkit.security import SIGNED_FIELDS
 
 VERSION = "1.0"
+# Signed besides the usual: the data directory's absolute path, which tells a
+# restart of this server from a second server of its project (hashtable.rivals).
+SIGNED_RECORD_FIELDS = (*SIGNED_FIELDS, "datadir")
 SUMMARY_TOP = 8  # clients named in a summary line; the rest are counted
 
 
@@ -24,7 +28,8 @@ class Figures(Protocol):
 
 class Reporter:
     """``db``: the database (its ``stats()``); ``base``: the record's fields from the
-    command line (project, sync, origin); ``sign``: None for a --no-auth server."""
+    command line (project, sync, origin, datadir); ``sign``: ``Secret.sign_record``,
+    None for a --no-auth server."""
 
     def __init__(
         self,
@@ -33,7 +38,7 @@ class Reporter:
         port: int,
         start_time: float,
         base: dict[str, Any] | None = None,
-        sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        sign: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
         self.db = db
         self.port = port
@@ -79,4 +84,4 @@ class Reporter:
         }
         if self.sign is None:
             return {**record, "auth": "none"}
-        return self.sign(record)
+        return self.sign(record, SIGNED_RECORD_FIELDS)

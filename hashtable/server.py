@@ -85,7 +85,8 @@ class Server(ListeningService):
     handshake comes before any request; None serves plain text (``--no-auth``).
     ``sign``: signs the catalog record (``Secret.sign_record``). ``announce``: the
     record's own fields; the server announces to ``catalogs`` at start and every
-    ``announce_interval`` seconds.
+    ``announce_interval`` seconds, each time once ``before_announce(record)`` (on the
+    announcer's thread) says it may (``hashtable.singleton.ProjectGuard``).
     """
 
     def __init__(
@@ -99,7 +100,8 @@ class Server(ListeningService):
         announce_interval: float = ANNOUNCE_INTERVAL,
         summary_interval: float = DEFAULT_SUMMARY_INTERVAL,
         tls: ssl.SSLContext | None = None,
-        sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        sign: Callable[..., dict[str, Any]] | None = None,
+        before_announce: Callable[[dict[str, Any]], bool] | None = None,
         loop: EventLoop | None = None,
     ) -> None:
         super().__init__(listener, loop)
@@ -120,7 +122,12 @@ class Server(ListeningService):
         self._announcer = (
             None
             if announce is None
-            else Announcer(self._record, interval=announce_interval, catalogs=catalogs)
+            else Announcer(
+                self._record,
+                interval=announce_interval,
+                catalogs=catalogs,
+                before_send=before_announce,
+            )
         )
         self._summary_interval = summary_interval
         self.tls = tls

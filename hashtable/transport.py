@@ -17,6 +17,7 @@ import logging
 import select
 import socket
 import struct
+import threading
 import time
 import uuid
 from collections import deque
@@ -25,6 +26,7 @@ from catalog.client import CatalogUnavailable, catalog_addresses, matching, quer
 from hashtable.errors import AuthenticationError, ServiceUnavailable
 from hashtable.protocol import ProtocolError, decode_reply, encode_request
 from hashtable.request import MUTATIONS, OK_NONE, Outcome, Request, Status
+from hashtable.rivals import listed_servers, rival_warning, rivals
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer
 from netkit.security import AUTH_SCHEME, Secret, service_name
@@ -43,6 +45,11 @@ MAX_CANDIDATES = 8
 # Everything after which a request is sent again, to a freshly resolved server.
 RETRYABLE = (OSError, ProtocolError)  # OSError covers timeouts, refusals, CatalogUnavailable
 
+# The pairs of tables (origins) this process has warned of: once each, not at every
+# look-up, whichever client of the process looked.
+_WARNED: set[frozenset[str]] = set()
+_WARNED_LOCK = threading.Lock()
+
 
 class NotListed(ConnectionError):
     """The catalog answered but lists no usable server for the project."""
@@ -54,7 +61,10 @@ class Transport:
     ``project``: found through ``catalog`` (a ``host[:port],...`` list, else
     ``CATALOG_HOST``, else localhost:9097), the server heard from most recently
     among those whose records ``secret`` signed; or ``address``, a fixed
-    ``(host, port)``. ``secret``: the connection is mutual TLS with it (None:
+    ``(host, port)``; or both: that project's server at that address, named in
+    the handshake, so that a server of another project refuses it
+    (``hashtable.singleton`` asks a listed server whether it is up). ``secret``:
+    the connection is mutual TLS with it (None:
     plain text, for ``--no-auth`` servers). ``timeout``: seconds to wait for a
     connection or a reply. ``give_up_after``: seconds of failed attempts after
     which ``failed`` raises ``ServiceUnavailable`` (None: never).
@@ -72,7 +82,7 @@ class Transport:
         give_up_after: float | None = None,
         secret: Secret | None = None,
     ) -> None:
-        if (project is None) == (address is None):
+        if project is None and address is None:
             raise ValueError("give a project name or an address")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -264,6 +274,7 @@ class Transport:
         found = matching(
             query(catalogs=self.catalogs, timeout=self.timeout), "hashtable", self.project
         )
+        self._warn_of_rivals(found)
         if self.secret is not None:
             ours = [record for record in found if self.secret.record_signed_by_us(record)]
             if not ours and any(record.get("auth") == AUTH_SCHEME for record in found):
@@ -292,6 +303,18 @@ class Transport:
                 f"the catalog ({asked}) lists no hashtable server for project {self.project!r}"
             )
         return list(endpoints)[:MAX_CANDIDATES]
+
+    def _warn_of_rivals(self, records: list[dict]) -> None:
+        """One warning per pair of servers of the project holding different tables
+        (a split brain: hashtable.rivals); the freshest is used all the same."""
+        assert self.project is not None
+        for chosen, other in rivals(listed_servers(records, self.project, self.secret)):
+            pair = frozenset((chosen.origin, other.origin))
+            with _WARNED_LOCK:
+                if pair in _WARNED:
+                    continue
+                _WARNED.add(pair)
+            log.warning("%s", rival_warning(self.project, chosen, other))
 
     def disconnect(self) -> None:
         if self.sock is not None:

@@ -68,8 +68,10 @@ def test_a_stop_signal_ends_it_quietly(spawn, tmp_path: Path, sig):
     assert "Traceback" not in server.log()
 
 
-def test_quiet_logs_nothing_but_still_says_where_it_listens(spawn, tmp_path: Path):
-    server = start_server(spawn, tmp_path / "data", "--quiet")
+def test_quiet_logs_nothing_but_still_says_where_it_listens(spawn, tmp_path: Path, catalog):
+    # With a catalog that answers: without one the server warns that it cannot
+    # check for another server of its project (tests/test_one_server_per_project.py).
+    server = start_server(spawn, tmp_path / "data", "--quiet", catalog=catalog.host)
     with Wire(server.port) as client:
         assert client.call({"method": "size"}) == {"status": "ok", "result": 0}
     assert server.log().strip() == f"listening on 127.0.0.1:{server.port}"
