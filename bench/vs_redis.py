@@ -39,6 +39,9 @@ from harness.procfs import cpu_seconds  # noqa: E402
 from harness.services import start_hashtable_server  # noqa: E402
 from netkit.cliargs import positive_int, positive_seconds  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import floor  # noqa: E402
+
 VALUE = {"name": "zebra", "weight": 100, "tags": ["striped", "savanna"], "n": 0}
 PIPELINE_DEPTH = 1000
 
@@ -354,6 +357,12 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="short runs, once each, and a 100,000-key large table"
     )
+    parser.add_argument(
+        "--security",
+        action="store_true",
+        help="also what security costs: ours with TLS vs plain, the handshake, Redis with TLS "
+        "(bench/security_cost.py)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.big, args.repeat = 1.0, 100_000, 1
@@ -409,6 +418,12 @@ def main() -> int:
         print(
             f"\ngroup commit: {n} clients' durable inserts run at {cost:.2f} of their non-durable rate (ours)"
         )
+        (workdir / "floor").mkdir()
+        ours = start_ours(workdir / "floor", "always")
+        try:
+            floor.report(ours.connect(), ours.process.pid, workdir, args.seconds * 2, VALUE)
+        finally:
+            stop(ours)
         small, small_worst = inserts_at_size(workdir, 1_000, args.seconds)
         big, big_worst = inserts_at_size(workdir, args.big, args.seconds)
         print(
@@ -425,6 +440,11 @@ def main() -> int:
             f"  into preallocated space (our log):   median {ahead:.3f} ms, worst {ahead_worst:.1f} ms"
             f"  ({ahead / append:.2f} of appending)"
         )
+    if args.security:
+        import security_cost
+
+        print()
+        security_cost.report(args.seconds, args.repeat, 200)
     return 0
 
 

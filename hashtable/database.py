@@ -40,6 +40,7 @@ from hashtable.storage import RecoveryError, StorageFailure
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
 from hashtable.versioning import DEFAULT_VERSION_WINDOW, VersionWindow
 from netkit.backoff import Backoff
+from netkit.memory import GcFreezer
 
 log = logging.getLogger("hashtable.database")
 
@@ -101,6 +102,10 @@ class Database:
         self._compactions = self._compaction_failures = 0
         self._last_compaction_ms = self._last_pause_ms = self._last_fork_ms = None
         self._closed = False
+        # The recovered table out of the garbage collector's way at once, and
+        # each later 50,000 writes' values too (netkit/memory.py says why).
+        self._gc = GcFreezer()
+        self._gc.freeze_now()
         self._handlers = {
             "insert": self._mutate,
             "remove": self._mutate,
@@ -194,6 +199,7 @@ class Database:
             line = seal(_dumps(record))
         self._lsn += 1
         self._log.append(line, self._lsn)
+        self._gc.pending += 1
         return self._apply(request, problem, refused)
 
     def _apply(
@@ -238,6 +244,7 @@ class Database:
             if result is not None:
                 self._compaction_ended(result)
         self._log.sync_if_due(now)
+        self._gc.maybe_freeze()
         purged = self._window.purge(self.table, now)
         if purged:
             log.debug("forgot %d tombstones older than %d", purged, self._window.horizon)
