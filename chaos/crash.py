@@ -35,7 +35,7 @@ WRITERS = 8
 KEYS_PER_WRITER = 50
 COMPACT_AFTER = 20
 KINDS = ("random", "compacting", "torn")
-TORN_WARNING = "dropping the torn last line"
+TORN_WARNING = "a write interrupted by a crash, never acknowledged"
 COMPACTION_TIMEOUT = 20.0  # generous: the machine may be busy with other work
 
 

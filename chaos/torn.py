@@ -4,7 +4,7 @@ The server writes each turn's records with one pwrite() and fsyncs before any
 reply, so a record cut short was never acknowledged, and recovery must drop it
 (docs/storage.md). A real kill rarely lands inside pwrite(); this makes the case
 happen on demand: the next record the server would have written, cut at a
-random byte, with no newline.
+random byte, before its seal ends.
 """
 
 from __future__ import annotations
@@ -14,23 +14,22 @@ from pathlib import Path
 
 import orjson
 
+from hashtable.sealing import seal, unseal
 from hashtable.storage import LOG, OLD_LOG, ORIGIN
 
 
 def torn_record(log: bytes, origin: str, rng: random.Random) -> bytes:
-    """A random proper prefix of the record that would follow ``log``'s last one."""
+    """A random proper prefix of the sealed record that would follow ``log``'s last one."""
     record = {"origin": origin, "lsn": 1, "method": "insert", "key": "torn", "value": {}}
     for line in reversed(log.split(b"\n")[:-1]):  # complete lines only
-        try:
-            last = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
+        text = unseal(line + b"\n")
+        last = orjson.loads(text) if text is not None else None
         if isinstance(last, dict) and isinstance(last.get("lsn"), int):
             record = {**last, "lsn": last["lsn"] + 1}
             if isinstance(last.get("seq"), int):
                 record["seq"] = last["seq"] + 1
             break
-    whole = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    whole = seal(orjson.dumps(record))
     return whole[: rng.randrange(1, len(whole))]
 
 
@@ -38,16 +37,19 @@ def tear_log(data_dir: Path, rng: random.Random) -> int:
     """Writes a torn record after the last one of ``table.txn``; returns how many bytes.
 
     It goes where the server would have written it: over the zeros that follow
-    the records of a log in use (see docs/storage.md), or at the end."""
+    the records of a log in use (see docs/storage.md). A log without zeros after
+    it (none yet: killed between a rotation's renames) is left alone: 0."""
     log_path = data_dir / LOG
     log = log_path.read_bytes() if log_path.exists() else b""
-    records = log.partition(b"\0")[0]
+    records, zeros, _ = log.partition(b"\0")
+    if not zeros:
+        return 0
     last = records
-    if not records.strip() and (data_dir / OLD_LOG).exists():
+    if records.count(b"\n") <= 1 and (data_dir / OLD_LOG).exists():
         last = (data_dir / OLD_LOG).read_bytes()  # just rotated: the last record is there
     origin = (data_dir / ORIGIN).read_text().strip()
     torn = torn_record(last.partition(b"\0")[0], origin, rng)
-    with open(log_path, "r+b" if log_path.exists() else "wb") as file:
+    with open(log_path, "r+b") as file:
         file.seek(len(records))
         file.write(torn)
     return len(torn)
