@@ -10,7 +10,13 @@ from pathlib import Path
 from catalog.client import DEFAULT_PORT
 from catalog.persist import StateDirError, default_state_dir
 from catalog.records import DEFAULT_LIFETIME, MAX_RECORDS
-from catalog.server import MAX_CONNECTIONS, REQUEST_TIMEOUT, CatalogServer, Config
+from catalog.server import (
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT,
+    SAVE_INTERVAL,
+    CatalogServer,
+    Config,
+)
 from netkit.cliargs import positive_int, positive_seconds, program_name
 from netkit.logs import setup_logging
 from netkit.signals import StopSignals
@@ -54,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default $XDG_STATE_HOME/dht-catalog/PORT, i.e. ~/.local/state/dht-catalog/PORT)",
     )
     parser.add_argument(
+        "--save-interval",
+        type=positive_seconds,
+        default=SAVE_INTERVAL,
+        help="most seconds between two saves of the state file when records changed "
+        f"(default {SAVE_INTERVAL:g}; what arrives meanwhile is in its journal)",
+    )
+    parser.add_argument(
         "--max-records",
         type=positive_int,
         default=MAX_RECORDS,
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         lifetime=args.lifetime,
         state_dir=args.state_dir or default_state_dir(args.port),
+        save_interval=args.save_interval,
         max_records=args.max_records,
         request_timeout=args.request_timeout,
         max_connections=args.max_connections or MAX_CONNECTIONS,

@@ -1,8 +1,8 @@
 """The catalog's TCP peers on the event loop: HTTP on port P, updates on P+1.
 
 Only moving bytes and enforcing the bounds that protect everyone from one peer;
-what the bytes mean is decided elsewhere (``ingest`` for updates, ``app`` for
-queries):
+what the bytes mean is decided elsewhere (the server's ``receive_update``, which
+hands updates to ``catalog.ingest``, and ``app`` for queries):
 
 - a first byte within ``IDLE_TIMEOUT``, a whole request head (or update) within
   the request timeout, a reply that makes progress every ``SEND_TIMEOUT``;
@@ -24,11 +24,11 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from functools import partial
 
 from catalog.app import CatalogApp, Pending
 from catalog.http import HttpError, response
-from catalog.ingest import Ingest
 from catalog.peers import LINGERING, READING, RENDERING, WRITING, Peer, Peers, sender_address
 from catalog.updates import MAX_UPDATE_BYTES
 from netkit.accepting import Acceptor
@@ -75,13 +75,13 @@ class Connections:
         self,
         loop: EventLoop,
         app: CatalogApp,
-        ingest: Ingest,
+        receive_update: Callable[[bytes, str], None],
         request_timeout: float,
         max_connections: int,
     ) -> None:
         self.loop = loop
         self.app = app
-        self.ingest = ingest
+        self.receive_update = receive_update  # (the update's bytes, the sender's address)
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.refused = 0  # since the server's last report, which resets it
@@ -131,7 +131,7 @@ class Connections:
             if len(peer.data) <= MAX_UPDATE_BYTES:
                 return
         # The sender closed (or sent too much, which decoding refuses): one update.
-        self.ingest.receive(bytes(peer.data), peer.address)
+        self.receive_update(bytes(peer.data), peer.address)
         self._close(peer)
 
     # ------------------------------------------------------------------ HTTP

@@ -52,6 +52,7 @@ class Ingest:
         names: Names,
         clock: Callable[[], float] = time.time,
         local: tuple[str, str] | None = None,
+        journaling: bool = False,
     ) -> None:
         self.store = store
         self.names = names
@@ -61,6 +62,17 @@ class Ingest:
         # address -> (when the first one arrived, [(record, heard), ...]); oldest first
         self._waiting: dict[str, tuple[float, list[tuple[dict[str, Any], float]]]] = {}
         self._waiting_count = 0
+        # The records stored since the server last took them, as their JSON, for the
+        # journal (catalog.journal); None when nothing journals them, so none is kept.
+        self.accepted: list[bytes] | None = [] if journaling else None
+
+    def take_accepted(self) -> list[bytes]:
+        """The records stored since the last call (their JSON, oldest first)."""
+        accepted = self.accepted
+        if not accepted:
+            return []
+        self.accepted = []
+        return accepted
 
     def receive(self, data: bytes, address: str) -> None:
         """One update as it arrived from ``address``, over UDP or TCP."""
@@ -122,6 +134,8 @@ class Ingest:
             self._reject(address, str(exc))
             return
         self.stats.updates += 1
+        if self.accepted is not None:
+            self.accepted.append(self.store.live[key].data)
         if new:
             self.stats.new += 1
             log.debug("new record %s", key)

@@ -4,7 +4,9 @@
 file, fsync, rename, fsync of the directory): a crash leaves the previous
 version or the new one, never a mix. Writes happen on a background thread
 (``Saver``) because an fsync can stall for a long time on a busy disk, and the
-event loop must not. A lock file keeps two catalogs from sharing a directory.
+event loop must not. What was accepted since the last save is in the journal
+files beside it (``catalog.journal``), which each save folds. A lock file keeps
+two catalogs from sharing a directory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from catalog.journal import drop_journals
 from catalog.records import RecordStore
 from netkit import files
 
@@ -79,27 +82,41 @@ class StateDir:
 
 
 class Saver:
-    """Writes snapshots on a background thread; only the newest pending one is written."""
+    """Writes snapshots on a background thread; only the newest pending one is written.
+
+    Once a snapshot is in place, the journal files it holds everything of are
+    deleted (``catalog.journal``) and ``saved_upto`` says up to which number.
+    """
 
     def __init__(self, state: StateDir) -> None:
         self.state = state
-        self._pending: bytes | None = None
+        self._pending: tuple[bytes, int] | None = None
+        self._busy = False
         self._stopping = False
         self.last_error: str | None = None
+        self.saved_upto = 0  # the journal files up to this number are folded and deleted
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="catalog-saver", daemon=True)
         self._thread.start()
 
-    def submit(self, snapshot: bytes) -> None:
+    @property
+    def busy(self) -> bool:
+        """A snapshot is waiting or being written."""
+        return self._busy
+
+    def submit(self, snapshot: bytes, folds: int = 0) -> None:
+        """Writes ``snapshot``, which holds every record of the journal files up to
+        number ``folds``: they are deleted once it is in place."""
         with self._ready:
-            self._pending = snapshot
+            self._pending = (snapshot, folds)
+            self._busy = True
             self._ready.notify()
 
-    def close(self, final: bytes | None = None, timeout: float = 30.0) -> bool:
-        """Writes ``final`` (if given) and stops; True if it was written."""
+    def close(self, final: bytes | None = None, folds: int = 0, timeout: float = 30.0) -> bool:
+        """Writes ``final`` (if given; as ``submit``) and stops; True if it was written."""
         with self._ready:
             if final is not None:
-                self._pending = final
+                self._pending = (final, folds)
             self._stopping = True
             self._ready.notify()
         self._thread.join(timeout)
@@ -110,15 +127,32 @@ class Saver:
             with self._ready:
                 while self._pending is None and not self._stopping:
                     self._ready.wait()
-                snapshot, self._pending = self._pending, None
-                if snapshot is None:
+                pending, self._pending = self._pending, None
+                if pending is None:
                     return
+            snapshot, folds = pending
             try:
                 self.state.write(snapshot)
                 self.last_error = None
             except OSError as exc:
                 self.last_error = str(exc)
                 log.error("could not save records to %s: %s", self.state.file, exc)
+            else:
+                self._fold(folds)
+            with self._ready:
+                self._busy = self._pending is not None
+
+    def _fold(self, upto: int) -> None:
+        try:
+            drop_journals(self.state.path, upto)
+        except OSError as exc:
+            log.warning(
+                "could not delete the journal files saved in %s (%s); a restart replays "
+                "them again, which gives the same records",
+                self.state.file,
+                exc.strerror or exc,
+            )
+        self.saved_upto = max(self.saved_upto, upto)
 
 
 def restore(store: RecordStore, state: StateDir) -> None:

@@ -37,6 +37,9 @@ MAX_DISPLACED = 1024
 
 Record = dict[str, Any]
 
+# What became of a saved record given back to the store (``RecordStore.restore``).
+KEPT, EXPIRED, REFUSED, MALFORMED = "kept", "expired", "refused", "malformed"
+
 
 class RecordRejected(ValueError):
     """A record the store will not keep; the message says why."""
@@ -273,16 +276,24 @@ class RecordStore:
         if not isinstance(records, list):
             raise ValueError("not a JSON array of records")
         now = self.clock()
-        kept = 0
-        for record in records:
-            heard = record.get("lastheardfrom") if isinstance(record, dict) else None
-            if not isinstance(heard, int | float) or isinstance(heard, bool):
-                continue
-            if heard + record_lifetime(record, self.lifetime) < now:
-                continue
-            try:
-                self.put(record, heard, heard_before=True)
-            except RecordRejected:
-                continue
-            kept += 1
+        kept = sum(self.restore(record, now) == KEPT for record in records)
         return kept, len(records) - kept
+
+    def restore(self, record: object, now: float) -> str:
+        """Adds one record the catalog saved (state file or journal), heard when its
+        ``lastheardfrom`` says, so that it expires when it would have.
+
+        Returns ``KEPT``, ``EXPIRED`` (its lifetime passed by ``now``), ``REFUSED``
+        (the store would not take it) or ``MALFORMED`` (not a record as saved).
+        """
+        heard = record.get("lastheardfrom") if isinstance(record, dict) else None
+        if not isinstance(heard, int | float) or isinstance(heard, bool):
+            return MALFORMED
+        assert isinstance(record, dict)
+        if heard + record_lifetime(record, self.lifetime) < now:
+            return EXPIRED
+        try:
+            self.put(record, heard, heard_before=True)
+        except RecordRejected:
+            return REFUSED
+        return KEPT

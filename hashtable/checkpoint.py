@@ -85,7 +85,7 @@ def write_checkpoint(
     }
     counts = {"keys": 0, "sessions": 0, "versions": 0, "tombstones": 0}
     lines = 1
-    with open(temporary, "wb", buffering=1 << 20, opener=files.private_opener) as file:
+    with open(temporary, "wb", buffering=1 << 20, opener=files.open_private) as file:
         file.write(seal(_dumps(header)))
         stamps_of = ((k, n, c) for k, (n, c) in versions.items())
         tombs_of = ((k, n, c) for k, (n, c) in tombstones.items())

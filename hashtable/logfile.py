@@ -56,7 +56,7 @@ def write_new_log(path: Path, origin: str, first: int) -> tuple[int, bool]:
     It is preallocated before anyone can see it, so that no moment exists when
     ``table.txn`` ends right after its header without a crash having cut it."""
     content = log_header(origin, first)
-    with open(path, "wb", opener=files.private_opener) as file:
+    with open(path, "wb", opener=files.open_private) as file:
         try:
             os.posix_fallocate(file.fileno(), 0, len(content) + PREALLOCATE)
             preallocated = True

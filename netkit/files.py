@@ -100,10 +100,16 @@ def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
     return fd
 
 
-def private_opener(path: str | os.PathLike[str], flags: int) -> int:
-    """An ``opener`` for ``open()`` that creates the file ``PRIVATE_FILE`` whatever the umask."""
-    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE)
-    os.fchmod(fd, PRIVATE_FILE)
+def open_private(path: Path, flags: int) -> int:
+    """Opens ``path`` with ``flags``, creating it if needed, as ``PRIVATE_FILE`` whatever
+    the umask or the mode an existing file had; returns the descriptor. Raises ``OSError``.
+    Also an ``opener`` for ``open()``."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # the umask, or a left-over file, may say otherwise
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -117,9 +123,8 @@ def replace_atomically(path: Path, data: bytes) -> None:
     a temporary file, fsync, rename over ``path``, fsync of the directory.
     Raises ``OSError``."""
     temporary = temporary_path(path)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE)
+    fd = open_private(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
-        os.fchmod(fd, PRIVATE_FILE)  # the umask, or a left-over temporary, may say otherwise
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

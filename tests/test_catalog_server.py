@@ -244,8 +244,8 @@ def test_records_survive_a_restart_and_a_crash(spawn, tmp_path):
     assert records(second) == before
     send_udp(second.port, {"type": "kept", "port": 2})
     wait_for_records(second, lambda rs: ports(rs) == {1, 2})
-    # The catalog also saves as it goes (every few seconds): a SIGKILL loses
-    # at most the last moments.
+    # The catalog also saves as it goes (every few seconds), and journals what
+    # arrives between saves: a SIGKILL loses nothing (tests/test_catalog_journal.py).
     wait_until(lambda: b'"port":2' in (state / "records.json").read_bytes(), what="a save")
     second.process.kill()
 
