@@ -57,7 +57,7 @@ from netkit.listeners import (
     raise_open_file_limit,
 )
 from netkit.logs import setup_logging
-from netkit.security import SecretError, load_secret, require_service_name
+from netkit.security import Secret, SecretError, load_secret, require_service_name
 from netkit.signals import StopSignals
 
 log = logging.getLogger("hashtable.server")
@@ -94,6 +94,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve a durable hash table and announce it to the catalog.",
     )
     parser.add_argument("project", type=_project, help="the name clients look the server up by")
+    _storage_options(parser)
+    _network_options(parser)
+    _limit_options(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    args = parser.parse_args(argv)
+    _check_options(parser, args)
+    return args
+
+
+def _storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=nonempty_path,
@@ -107,6 +118,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "to the damage, keep the damaged files in DATA_DIR/repaired/, and log exactly what "
         "was dropped (docs/storage.md, Repair)",
     )
+    parser.add_argument(
+        "--sync",
+        choices=SYNC_MODES,
+        default=DEFAULT_SYNC,
+        help="always: a write is on disk before it is acknowledged, one fsync per "
+        "loop turn shared by all clients; everysec: fsync once a second, a crash may lose "
+        "the last second; no: leave it to the operating system (default %(default)s)",
+    )
+    parser.add_argument(
+        "--compact-after",
+        type=positive_int,
+        default=DEFAULT_COMPACT_AFTER,
+        metavar="N",
+        help="log entries before the log is folded into a new checkpoint (default %(default)s)",
+    )
+    parser.add_argument(
+        "--version-window",
+        type=positive_seconds,
+        default=DEFAULT_VERSION_WINDOW,
+        metavar="SECONDS",
+        help="versioned writes (the cluster's): versions more than this far from the "
+        "server's clock are refused, and a removed key's tombstone is kept this long "
+        "(default %(default)g)",
+    )
+
+
+def _network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default=None,
@@ -129,21 +167,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--port", type=port_number, default=0, help="TCP port (default 0: any free one)"
     )
     parser.add_argument(
-        "--sync",
-        choices=SYNC_MODES,
-        default=DEFAULT_SYNC,
-        help="always: a write is on disk before it is acknowledged, one fsync per "
-        "loop turn shared by all clients; everysec: fsync once a second, a crash may lose "
-        "the last second; no: leave it to the operating system (default %(default)s)",
-    )
-    parser.add_argument(
-        "--compact-after",
-        type=positive_int,
-        default=DEFAULT_COMPACT_AFTER,
-        metavar="N",
-        help="log entries before the log is folded into a new checkpoint (default %(default)s)",
-    )
-    parser.add_argument(
         "--catalog",
         metavar="HOST[:PORT],...",
         help="catalogs to announce to (default: $CATALOG_HOST, else localhost:9097)",
@@ -162,6 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how often to announce to the catalog (default %(default)g): a catalog that was down "
         "when the server started lists it at the next announcement",
     )
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-connections",
         type=positive_int,
@@ -191,15 +217,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time one scan may take over the whole table (default %(default)g)",
     )
     parser.add_argument(
-        "--version-window",
-        type=positive_seconds,
-        default=DEFAULT_VERSION_WINDOW,
-        metavar="SECONDS",
-        help="versioned writes (the cluster's): versions more than this far from the "
-        "server's clock are refused, and a removed key's tombstone is kept this long "
-        "(default %(default)g)",
-    )
-    parser.add_argument(
         "--max-scans",
         type=positive_int,
         default=Limits.max_scans,
@@ -214,9 +231,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how often to log who was served (default %(default)g)",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log every request")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    args = parser.parse_args(argv)
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot check alone; fills in the defaults that depend on others."""
     try:
         args.catalogs = catalog_addresses(args.catalog)
     except AddressError as exc:
@@ -237,7 +255,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.data_dir = args.data_dir or default_data_dir(args.project)
     if args.data_dir is None:
         parser.error("no home folder to keep the table in: give --data-dir (or set HOME)")
-    return args
 
 
 def say_where_it_listens(listener: socket.socket) -> None:
@@ -265,36 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         except SecretError as exc:
             log.critical("%s", exc)
             return 2
-    limits = Limits(
-        max_request_bytes=args.max_request_bytes,
-        max_connections=connection_capacity(
-            args.max_connections or Limits.max_connections,
-            raise_open_file_limit(),
-            explicit=args.max_connections is not None,
-        ),
-        idle_timeout=args.idle_timeout or None,
-        max_scans=args.max_scans,
-    )
-    try:
-        database = Database(
-            args.data_dir,
-            sync=args.sync,
-            compact_after=args.compact_after,
-            scan_timeout=args.scan_timeout,
-            version_window=args.version_window,
-            repair=args.repair,
-        )
-    except RecoveryError as exc:
-        log.critical("cannot recover the table in %s: %s", args.data_dir, exc)
-        if exc.repairable:
-            log.critical(
-                "nothing was changed; to start from what is intact, run again with --repair "
-                "(it keeps the damaged files in %s and logs what it drops)",
-                Path(args.data_dir) / REPAIRS,
-            )
-        return 2
-    except OSError as exc:
-        log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)
+    limits = _limits(args)
+    database = _open_database(args)
+    if database is None:
         return 2
     guard = ProjectGuard(
         args.project, args.data_dir, database.origin, args.catalogs, secret, takeover=args.takeover
@@ -309,48 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("%s", exc.strerror or exc)
         database.close()
         return 2
-
-    tls = None
-    if secret is not None:
-        tls = secret.server_context()
-        require_service_name(tls, "hashtable", args.project)
-    server = Server(
-        database,
-        listener,
-        limits=limits,
-        announce={
-            "project": args.project,
-            "sync": args.sync,
-            "origin": database.origin,
-            **guard.record_fields(),
-        },
-        catalogs=args.catalogs,
-        announce_interval=args.announce_interval,
-        summary_interval=args.summary_interval,
-        tls=tls,
-        sign=secret.sign_record if secret is not None else None,
-        before_announce=guard.before_announce,
-    )
+    server = _server(args, database, listener, limits, secret, guard)
     signals.attach(server.stop)
     guard.stop_server = server.stop
-    stats = database.stats()
-    log.info(
-        "project %s: %s keys in %s (sync %s, compacting after %d log entries)",
-        args.project,
-        stats.get("keys", "?"),
-        args.data_dir,
-        args.sync,
-        args.compact_after,
-    )
-    log.info(
-        "up to %d connections; announcing to %s",
-        limits.max_connections,
-        ",".join(format_address(c) for c in args.catalogs),
-    )
-    if secret is None:
-        log.warning("authentication is off (--no-auth): anyone on this machine can use the table")
-    else:
-        log.info("clients must hold the secret %s (%s)", secret.fingerprint, secret.path)
+    _log_start(args, database, limits, secret)
     # The program's one line of output, --quiet or not: scripts read the port from it
     # (format: docs/protocol.md, "The listening line").
     say_where_it_listens(listener)
@@ -369,6 +321,97 @@ def main(argv: list[str] | None = None) -> int:
         return guard.exit_status
     log.info("stopped by %s", signals.received or "request")
     return 0
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(
+        max_request_bytes=args.max_request_bytes,
+        max_connections=connection_capacity(
+            args.max_connections or Limits.max_connections,
+            raise_open_file_limit(),
+            explicit=args.max_connections is not None,
+        ),
+        idle_timeout=args.idle_timeout or None,
+        max_scans=args.max_scans,
+    )
+
+
+def _open_database(args: argparse.Namespace) -> Database | None:
+    """Recovers the table; None (the reason logged) when the directory cannot be used."""
+    try:
+        return Database(
+            args.data_dir,
+            sync=args.sync,
+            compact_after=args.compact_after,
+            scan_timeout=args.scan_timeout,
+            version_window=args.version_window,
+            repair=args.repair,
+        )
+    except RecoveryError as exc:
+        log.critical("cannot recover the table in %s: %s", args.data_dir, exc)
+        if exc.repairable:
+            log.critical(
+                "nothing was changed; to start from what is intact, run again with --repair "
+                "(it keeps the damaged files in %s and logs what it drops)",
+                Path(args.data_dir) / REPAIRS,
+            )
+    except OSError as exc:
+        log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)
+    return None
+
+
+def _server(
+    args: argparse.Namespace,
+    database: Database,
+    listener: socket.socket,
+    limits: Limits,
+    secret: Secret | None,
+    guard: ProjectGuard,
+) -> Server:
+    tls = None
+    if secret is not None:
+        tls = secret.server_context()
+        require_service_name(tls, "hashtable", args.project)
+    return Server(
+        database,
+        listener,
+        limits=limits,
+        announce={
+            "project": args.project,
+            "sync": args.sync,
+            "origin": database.origin,
+            **guard.record_fields(),
+        },
+        catalogs=args.catalogs,
+        announce_interval=args.announce_interval,
+        summary_interval=args.summary_interval,
+        tls=tls,
+        sign=secret.sign_record if secret is not None else None,
+        before_announce=guard.before_announce,
+    )
+
+
+def _log_start(
+    args: argparse.Namespace, database: Database, limits: Limits, secret: Secret | None
+) -> None:
+    stats = database.stats()
+    log.info(
+        "project %s: %s keys in %s (sync %s, compacting after %d log entries)",
+        args.project,
+        stats.get("keys", "?"),
+        args.data_dir,
+        args.sync,
+        args.compact_after,
+    )
+    log.info(
+        "up to %d connections; announcing to %s",
+        limits.max_connections,
+        ",".join(format_address(c) for c in args.catalogs),
+    )
+    if secret is None:
+        log.warning("authentication is off (--no-auth): anyone on this machine can use the table")
+    else:
+        log.info("clients must hold the secret %s (%s)", secret.fingerprint, secret.path)
 
 
 if __name__ == "__main__":

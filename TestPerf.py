@@ -46,6 +46,8 @@ MAX_VALUE_SIZE = 64 << 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, then the checks between them. Long because it is the option
+    list itself, one ``add_argument`` each, in the order ``--help`` shows them."""
     parser = argparse.ArgumentParser(
         prog=program_name("TestPerf.py"),
         description=__doc__,
@@ -261,6 +263,8 @@ def run_in_process(args: argparse.Namespace, progress: report.ProgressLine):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a worker, one measurement, or a sweep; writes the outputs asked for.
+    Long because it reads top to bottom as the run goes; each step is a call."""
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     if args.worker:

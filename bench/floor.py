@@ -1,5 +1,7 @@
 """The physical floor under one client's durable insert, and where our time goes above it.
 
+    python bench/floor.py [--seconds 6]      (bench/vs_redis.py prints it too)
+
 A durable insert cannot take less than one loopback round trip plus one
 fdatasync of a log record: the client must hear back, and the server must not
 answer before the record is on disk. Both are measured here, in the same run
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.processes import free_port, tcp_open, wait_until
 from harness.procfs import cpu_seconds
@@ -111,3 +115,28 @@ def report(client, server_pid: int, directory: Path, seconds: float, value: obje
         f"(wake-ups, the kernel's loopback) "
         f"{(ours['wall'] - ours['client_cpu'] - ours['server_cpu'] - sync) * us:.0f} us"
     )
+
+
+def main() -> int:
+    import argparse
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vs_redis import VALUE, start_ours, stop
+
+    from netkit.cliargs import positive_seconds
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=positive_seconds, default=6.0, help="(default 6)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="floor-") as scratch:
+        ours = start_ours(Path(scratch), "always")
+        try:
+            report(ours.connect(), ours.process.pid, Path(scratch), args.seconds, VALUE)
+        finally:
+            stop(ours)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

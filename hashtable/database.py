@@ -244,7 +244,7 @@ class Database:
             if result is not None:
                 self._compaction_ended(result)
         self._log.sync_if_due(now)
-        self._gc.maybe_freeze()
+
         purged = self._window.purge(self.table, now)
         if purged:
             log.debug("forgot %d tombstones older than %d", purged, self._window.horizon)

@@ -198,7 +198,10 @@ def make_places(args: argparse.Namespace):
 
 
 async def run(args, config: HerdConfig, places, durable, catalogs, security) -> int:
-    """Serves until a signal (0) or a storage failure (1); 2 if it cannot listen."""
+    """Serves until a signal (0) or a storage failure (1); 2 if it cannot listen.
+
+    Long because it is the server's life in order (listen, link, announce,
+    serve, stop), each step a call, sharing the locals the stop needs."""
     secret = security.pop("secret", None)
     loop = asyncio.get_running_loop()
     entry = config.servers[args.name]
