@@ -40,7 +40,7 @@ from hashtable.storage import RecoveryError, StorageFailure
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
 from hashtable.versioning import DEFAULT_VERSION_WINDOW, VersionWindow
 from netkit.backoff import Backoff
-from netkit.memory import GcFreezer
+from netkit.memory import freeze_survivors
 
 log = logging.getLogger("hashtable.database")
 
@@ -102,10 +102,8 @@ class Database:
         self._compactions = self._compaction_failures = 0
         self._last_compaction_ms = self._last_pause_ms = self._last_fork_ms = None
         self._closed = False
-        # The recovered table out of the garbage collector's way at once, and
-        # each later 50,000 writes' values too (netkit/memory.py says why).
-        self._gc = GcFreezer()
-        self._gc.freeze_now()
+        # The recovered table out of the garbage collector's way (netkit/memory.py).
+        freeze_survivors()
         self._handlers = {
             "insert": self._mutate,
             "remove": self._mutate,
@@ -199,7 +197,6 @@ class Database:
             line = seal(_dumps(record))
         self._lsn += 1
         self._log.append(line, self._lsn)
-        self._gc.pending += 1
         return self._apply(request, problem, refused)
 
     def _apply(

@@ -29,40 +29,18 @@ def release_free_memory() -> bool:
     return True
 
 
-class GcFreezer:
-    """Keeps CPython's full garbage collections short, however big the table grows.
+def freeze_survivors() -> None:
+    """Collects everything, then moves what survives out of the collector's reach.
 
     A full collection visits every tracked object: with a million JSON values
-    in the table that is about 440 ms, during which no request is served. The
-    values are parsed JSON and never form reference cycles, so visiting them
-    is wasted. Every ``every`` new long-lived objects (the caller adds its
-    writes to ``pending``), the young generations are collected and everything alive is
-    moved out of the collector's reach (``gc.freeze``); freed by reference
-    counting as before, never visited again. A full collection then visits
-    only what was made since the last freeze: at most ``every`` writes'
-    worth, about 20 ms for 50,000.
-
-    The price: a reference cycle that had already reached the oldest
-    generation and become garbage just before a freeze is never collected.
-    Full collections keep running between freezes, so that is what one
-    window between two of them left, not a growing share.
+    in the table that is about 440 ms, during which no request is served
+    (bench/gc_stall.py). The values are parsed JSON and never form reference
+    cycles, so visiting them is wasted; frozen (``gc.freeze``), they are still
+    freed by reference counting, never visited again. Called once, after
+    recovery and before any connection exists: freezing later, with
+    connections open, kept their reference cycles alive after they closed
+    (the hostile battery's memory bound), so a table grown at run time is
+    still visited by full collections.
     """
-
-    def __init__(self, every: int = 50_000) -> None:
-        self.every = every
-        self.pending = 0
-
-    def freeze_now(self) -> None:
-        """Collects everything and freezes what survives (at start-up, after recovery)."""
-        gc.collect()
-        gc.freeze()
-        self.pending = 0
-
-    def maybe_freeze(self) -> bool:
-        """Freezes when ``every`` objects were noted since the last time; True if it did."""
-        if self.pending < self.every:
-            return False
-        gc.collect(1)
-        gc.freeze()
-        self.pending = 0
-        return True
+    gc.collect()
+    gc.freeze()
