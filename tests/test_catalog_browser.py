@@ -46,6 +46,22 @@ def cells(driver, column: int) -> list[str]:
 PORT, OWNER, TYPE = 5, 3, 1  # column numbers
 
 
+def settled(driver, expected_url_part: str) -> None:
+    """Wait until a click or submit has loaded its page.
+
+    A form's submit returns before the new page has loaded, so reading the table
+    at once may read the old page's table.
+    """
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(
+        lambda d: (
+            expected_url_part in d.current_url
+            and d.execute_script("return document.readyState") == "complete"
+        )
+    )
+
+
 def test_the_page_shows_sorts_filters_and_escapes(chromium, listed):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
@@ -62,11 +78,13 @@ def test_the_page_shows_sorts_filters_and_escapes(chromium, listed):
 
     # Paging: the next page holds the rest.
     driver.find_element(By.LINK_TEXT, "next \u203a").click()
+    settled(driver, "page=2")
     assert len(cells(driver, PORT)) == 42
     assert "page 2 of 2" in driver.page_source
 
     # Sorting: a click on a heading.
     driver.find_element(By.LINK_TEXT, "Port").click()
+    settled(driver, "sort=port")
     ports = [int(text) for text in cells(driver, PORT)]
     assert ports[:3] == [3, 17, 5000] and ports == sorted(ports)
 
@@ -75,12 +93,14 @@ def test_the_page_shows_sorts_filters_and_escapes(chromium, listed):
     box.clear()
     box.send_keys("alpha")
     box.submit()
+    settled(driver, "q=alpha")
     assert cells(driver, PORT) == ["17"]
     assert "sort=port" in driver.current_url
 
     # Filtering by type, through the summary's links.
     driver.get(listed.url + "/")
     driver.find_element(By.LINK_TEXT, "chirp").click()
+    settled(driver, "chirp")
     assert cells(driver, TYPE) == ["chirp"]
 
     # Hostile values are text: shown as they are, never markup, never run.
