@@ -50,6 +50,21 @@ class LogEnd:
     message: str | None  # what to tell the operator, if anything
 
 
+def format_of(first_line: bytes) -> int:
+    """The format of a log whose first line is ``first_line``: format 2 begins with a
+    sealed header; anything else is read, if at all, as format 1 (unsealed lines)."""
+    return LOG_VERSION if is_sealed_shape(first_line) else 1
+
+
+def log_format(path: Path) -> int | None:
+    """The format of the log at ``path``, or None when there is none."""
+    try:
+        with open(path, "rb") as file:
+            return format_of(file.readline())
+    except FileNotFoundError:
+        return None
+
+
 class LogReader:
     """Reads one log file; iterate ``records()``, then look at ``end``.
 
@@ -79,7 +94,7 @@ class LogReader:
         with file:
             first = file.readline()
             file.seek(0)
-            if is_sealed_shape(first):
+            if format_of(first) == LOG_VERSION:
                 self.version = LOG_VERSION
                 yield from self._format2(file)
             elif self.format1:

@@ -29,9 +29,8 @@ from typing import Any
 from hashtable import checkpoint as checkpoints
 from hashtable.checkpoint import Checkpoint
 from hashtable.logfile import create_log
-from hashtable.logreader import CLOSED, CRASHED, CUT, DAMAGED, LogReader
+from hashtable.logreader import CLOSED, CRASHED, CUT, DAMAGED, LogReader, log_format
 from hashtable.request import MUTATIONS, Request, numbering_problem, validate
-from hashtable.sealing import is_sealed_shape
 from hashtable.storage import CHECKPOINT, LOG, OLD_LOG, REPAIRS, RecoveryError
 from netkit import files
 
@@ -289,7 +288,7 @@ def rewrite(
             os.link(path, aside / path.name)
         files.fsync_dir(aside)
         log.warning("repair: the files it replaced are kept in %s", aside)
-    format1_left = any(_is_format1(directory / name) for name in (OLD_LOG, LOG))
+    format1_left = any(log_format(directory / name) == 1 for name in (OLD_LOG, LOG))
     # While a log of the previous format is still there, the checkpoint says so.
     write(1 if format1_left else 2)
     made = create_log(directory, origin, recovered.applied.get(origin, 0) + 1)
@@ -298,11 +297,3 @@ def rewrite(
     if format1_left:
         write(2)
     return made
-
-
-def _is_format1(path: Path) -> bool:
-    try:
-        with open(path, "rb") as file:
-            return not is_sealed_shape(file.readline())
-    except FileNotFoundError:
-        return False
