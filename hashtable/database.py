@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -276,21 +277,7 @@ class Database:
         # checkpoint as well, so only rotate when there is none.
         if not self._log.old_exists:
             self._log.rotate()
-        applied = {**self._applied, self.origin: self._lsn}
-        sessions, table, directory, origin = self.sessions, self.table, self.directory, self.origin
-        data = table.data
-
-        def checkpoint_job() -> None:  # in the child, on its copy-on-write snapshot
-            write_checkpoint(
-                directory,
-                origin=origin,
-                applied=applied,
-                sessions=sessions.rows(),
-                data=data,
-                versions=table.versions,
-                tombstones=table.tombstones,
-            )
-
+        checkpoint_job = self._checkpoint_writer()  # run in the child, on its snapshot
         try:
             fork_seconds = self._compactor.start(checkpoint_job, keep_fds=(self._lock,))
         except OSError as error:
@@ -301,7 +288,7 @@ class Database:
         self._last_pause_ms = (time.perf_counter() - before) * 1000
         log.debug(
             "compaction started: %d keys up to lsn %d, paused %.1f ms (fork %.1f ms)",
-            len(data),
+            len(self.table.data),
             self._lsn,
             self._last_pause_ms,
             self._last_fork_ms,
@@ -372,16 +359,27 @@ class Database:
 
     def _checkpoint(self, logs: int) -> None:
         """Writes a checkpoint of the whole table in this process (start-up only)."""
-        write_checkpoint(
-            self.directory,
-            origin=self.origin,
-            applied={**self._applied, self.origin: self._lsn},
-            sessions=self.sessions.rows(),
-            data=self.table.data,
-            versions=self.table.versions,
-            tombstones=self.table.tombstones,
-            logs=logs,
-        )
+        self._checkpoint_writer(logs)()
+
+    def _checkpoint_writer(self, logs: int = storage_log.LOG_VERSION) -> Callable[[], None]:
+        """A function writing a checkpoint of the state as it is now; a compaction
+        runs it in a forked child, whose copy-on-write memory keeps that state."""
+        applied = {**self._applied, self.origin: self._lsn}
+        sessions, table, directory, origin = self.sessions, self.table, self.directory, self.origin
+
+        def write() -> None:
+            write_checkpoint(
+                directory,
+                origin=origin,
+                applied=applied,
+                sessions=sessions.rows(),
+                data=table.data,
+                versions=table.versions,
+                tombstones=table.tombstones,
+                logs=logs,
+            )
+
+        return write
 
     # ---- the rest -----------------------------------------------------------------
 
