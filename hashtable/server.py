@@ -27,7 +27,16 @@ from hashtable.admission import Admission
 from hashtable.protocol import AUTHENTICATION_REQUIRED, NOT_AUTHENTICATING, is_http_request
 from hashtable.reporting import VERSION, Reporter
 from hashtable.request import Outcome, Request
-from hashtable.scheduler import Client, Limits, Phase, Scheduler
+from hashtable.scheduler import (
+    HANDSHAKING,
+    LINGERING,
+    OPEN,
+    REFUSING,
+    Client,
+    Limits,
+    Phase,
+    Scheduler,
+)
 from hashtable.table import ReadJob
 from netkit.connection import (
     AuthenticationFailed,
@@ -202,13 +211,13 @@ class Server(ListeningService):
         except OSError:  # reset before we got to it
             sock.close()
             return
-        phase = Phase.OPEN if self.tls is None else Phase.HANDSHAKING
+        phase = OPEN if self.tls is None else HANDSHAKING
         peer = Peer(conn, self.loop.watch(sock, lambda _: None, 0), phase, self.loop.time())
         peer.watch.handler = partial(self._ready, peer)
         self._peers.add(peer)
-        self.admission.joined(peer, host_of(address), authenticated=phase is Phase.OPEN)
+        self.admission.joined(peer, host_of(address), authenticated=phase is OPEN)
         peer.watch.set(READ)
-        if phase is Phase.OPEN:
+        if phase is OPEN:
             log.info("client %s connected (%d connected)", peer.name, len(self._peers))
 
     def _ready(self, peer: Peer, events: int) -> None:
@@ -224,12 +233,12 @@ class Server(ListeningService):
 
     def _read(self, peer: Peer) -> None:
         phase = peer.phase
-        if phase is Phase.REFUSING or phase is Phase.LINGERING:
+        if phase is REFUSING or phase is LINGERING:
             self._discard_input(peer)
             return
         if not peer.heard and self.tls is None and self._sent_tls_hello(peer):
             return
-        if phase is Phase.HANDSHAKING:
+        if phase is HANDSHAKING:
             self.admission.heard(peer)  # not silent: it gives way after those who are
         try:
             lines = peer.conn.read_lines()
@@ -237,7 +246,7 @@ class Server(ListeningService):
             # A clean end of input (e.g. `nc -N` after a file of requests): the
             # requests already read still get executed and answered. A last line
             # without its newline is not a request (docs/protocol.md).
-            if phase is Phase.HANDSHAKING:
+            if phase is HANDSHAKING:
                 self._drop(peer, "closed the connection during the TLS handshake")
                 return
             self.scheduler.end_of_input(peer)
@@ -256,7 +265,7 @@ class Server(ListeningService):
         except LineTooLong as exc:
             self.scheduler.refuse_line(peer, exc.lines, str(exc))
             return
-        if phase is Phase.HANDSHAKING:
+        if phase is HANDSHAKING:
             if not peer.conn.established:
                 self._update(peer)  # the handshake's output may wait for the socket
                 return
@@ -354,7 +363,7 @@ class Server(ListeningService):
         peer.conn.close()
         if reason is None:
             return
-        if peer.phase is Phase.HANDSHAKING:
+        if peer.phase is HANDSHAKING:
             self.refusals.note(
                 "connections dropped before authenticating",
                 f"{peer.name}: {reason}",

@@ -109,9 +109,18 @@ class Connection:
         """
         if self._out:
             self._out += data
-        else:
-            self._out = bytearray(data)
-        self.flush()
+            self.flush()
+            return
+        # The usual case, nothing queued: straight to the socket, and only what it
+        # does not take is copied into the queue.
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            raise Closed(f"send failed: {exc.strerror or exc}") from exc
+        if sent < len(data):
+            self._out = bytearray(memoryview(data)[sent:])
 
     def flush(self) -> None:
         """Writes queued output until the socket would block. Raises ``Closed``."""

@@ -187,7 +187,8 @@ class EventLoop:
             wait = timeout
         for key, events in self._selector.select(wait):
             key.data(events)
-        if self._timers:
+        timers = self._timers
+        if timers and timers[0][0] <= self.time():
             self._run_due_timers()
         busy = False
         for hook in self._hooks:
@@ -213,10 +214,12 @@ class EventLoop:
 
     def seconds_until_next_timer(self) -> float | None:
         """How long until the nearest live timer; None when there is none."""
-        self._drop_cancelled_head()
-        if not self._timers:
+        timers = self._timers
+        if timers and timers[0][2].cancelled:
+            self._drop_cancelled_head()
+        if not timers:
             return None
-        return max(0.0, self._timers[0][0] - self.time())
+        return max(0.0, timers[0][0] - self.time())
 
     # ------------------------------------------------------------ internals
 
