@@ -41,11 +41,14 @@ from hashtable.storage import RecoveryError, StorageFailure
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
 from hashtable.versioning import DEFAULT_VERSION_WINDOW, VersionWindow
 from netkit.backoff import Backoff
-from netkit.memory import freeze_survivors
+from netkit.memory import freeze_survivors, freeze_young_survivors
 
 log = logging.getLogger("hashtable.database")
 
 REAP_INTERVAL = 0.05  # how often the loop should look at a running compaction
+# Writes between two freezes of what survives (netkit/memory.py): a table grown
+# at run time is kept out of the collector's full collections too.
+FREEZE_EVERY = 50_000
 _dumps = orjson.dumps
 
 # The defaults of the server's options of the same names (HashTableServer.py).
@@ -105,6 +108,7 @@ class Database:
         self._closed = False
         # The recovered table out of the garbage collector's way (netkit/memory.py).
         freeze_survivors()
+        self._frozen_lsn = self._lsn
         self._handlers = {
             "insert": self._mutate,
             "remove": self._mutate,
@@ -243,6 +247,9 @@ class Database:
                 self._compaction_ended(result)
         self._log.sync_if_due(now)
 
+        if self._lsn - self._frozen_lsn >= FREEZE_EVERY:
+            freeze_young_survivors()
+            self._frozen_lsn = self._lsn
         purged = self._window.purge(self.table, now)
         if purged:
             log.debug("forgot %d tombstones older than %d", purged, self._window.horizon)

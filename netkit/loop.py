@@ -93,6 +93,10 @@ class Alarm:
         self.callback()
 
 
+def _closed(_events: int) -> None:
+    """The handler of a watch that was closed."""
+
+
 class Watch:
     """A socket (or anything with ``fileno()``) registered with the loop.
 
@@ -128,6 +132,11 @@ class Watch:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(self.fileobj)
         self.events = 0
+        # A handler usually refers back to its connection's object, which holds
+        # this watch: without this cycle, a closed connection is freed by reference
+        # counting alone, even where the garbage collector no longer looks
+        # (netkit.memory.freeze_young_survivors).
+        self.handler = _closed
 
 
 class EventLoop:

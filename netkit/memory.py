@@ -36,11 +36,21 @@ def freeze_survivors() -> None:
     in the table that is about 440 ms, during which no request is served
     (bench/gc_stall.py). The values are parsed JSON and never form reference
     cycles, so visiting them is wasted; frozen (``gc.freeze``), they are still
-    freed by reference counting, never visited again. Called once, after
-    recovery and before any connection exists: freezing later, with
-    connections open, kept their reference cycles alive after they closed
-    (the hostile battery's memory bound), so a table grown at run time is
-    still visited by full collections.
+    freed by reference counting, never visited again. Called after recovery,
+    before any connection exists.
     """
     gc.collect()
+    gc.freeze()
+
+
+def freeze_young_survivors() -> None:
+    """What ``freeze_survivors`` does for a table that grows at run time, without
+    its full collection: collects the young generations (a few milliseconds),
+    then freezes everything.
+
+    A reference cycle that was already garbage in the oldest generation is frozen
+    too and never freed, so a server that calls this must not leave cycles
+    behind: a closed ``Watch`` forgets its handler for that reason.
+    """
+    gc.collect(1)
     gc.freeze()

@@ -166,3 +166,30 @@ def test_an_alarm_follows_its_deadline(loop):
     alarm.set(loop.time())  # re-armed after firing
     loop.run_once(timeout=1)
     assert len(fired) == 2
+
+
+def test_a_closed_watch_holds_nothing_alive_even_where_the_collector_does_not_look(loop):
+    """A connection's object refers to its watch, whose handler refers back: after
+    close(), reference counting alone frees it, so freezing what survives
+    (netkit.memory) at run time cannot keep closed connections."""
+    import gc
+    import weakref
+    from functools import partial
+
+    class Peer:
+        def ready(self, events: int) -> None:
+            pass
+
+    a, b = socket.socketpair()
+    with a, b:
+        peer = Peer()
+        peer.watch = loop.watch(a, lambda events: None, READ)
+        peer.watch.handler = partial(Peer.ready, peer)  # as the servers do
+        alive = weakref.ref(peer)
+        gc.disable()
+        try:
+            peer.watch.close()
+            del peer
+            assert alive() is None
+        finally:
+            gc.enable()

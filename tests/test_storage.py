@@ -527,3 +527,22 @@ def test_values_survive_exactly(data):
             outcome = db.execute(Request("lookup", key=f"key\n{i}\u2028"))
             assert outcome.status is Status.OK and outcome.result == value
             assert type(outcome.result) is type(value)
+
+
+def test_a_table_grown_at_run_time_is_frozen_out_of_full_collections(data, monkeypatch):
+    """Every FREEZE_EVERY writes, what survives is frozen (netkit.memory), so a
+    full collection does not visit a table that grew after recovery."""
+    import gc
+
+    from hashtable import database
+
+    monkeypatch.setattr(database, "FREEZE_EVERY", 50)
+    with Database(data, sync="no") as db:
+        values = [{"n": i} for i in range(49)]
+        for i, value in enumerate(values):
+            db.execute(Request("insert", key=f"k{i}", value=value))
+        db.maintain()
+        before = gc.get_freeze_count()
+        db.execute(Request("insert", key="k49", value={"n": 49}))
+        db.maintain()
+        assert gc.get_freeze_count() > before
