@@ -31,9 +31,10 @@ from typing import Any
 import orjson
 
 from hashtable.errors import AuthenticationError, ServiceUnavailable
+from hashtable.numbering import Numbering
 from hashtable.protocol import encode_reply
 from hashtable.request import REQUIRED, Request
-from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
+from hashtable.transport import DEFAULT_TIMEOUT, Transport
 from netkit.addresses import AddressError, parse_address
 from netkit.cliargs import positive_seconds, program_name
 from netkit.logs import setup_logging

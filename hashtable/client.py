@@ -30,10 +30,11 @@ from hashtable.errors import (
     ServiceUnavailable,
     result_of,
 )
+from hashtable.numbering import Numbering
 from hashtable.pipeline import Pipeline, Reply
 from hashtable.protocol import encode_request
 from hashtable.request import Request
-from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
+from hashtable.transport import DEFAULT_TIMEOUT, Transport
 from netkit.security import Secret, SecretError, load_secret
 
 __all__ = [

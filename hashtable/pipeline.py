@@ -18,9 +18,10 @@ from collections import deque
 from typing import Any, Self
 
 from hashtable.errors import ANSWERS, result_of
+from hashtable.numbering import Numbering
 from hashtable.protocol import ProtocolError, decode_reply
 from hashtable.request import Outcome, Request
-from hashtable.transport import RETRYABLE, Numbering, Transport
+from hashtable.transport import RETRYABLE, Transport
 
 # Requests encoded and sent at a time: small enough that the server works on one
 # chunk while this side encodes the next, large enough to keep system calls few.

@@ -26,10 +26,11 @@ from hashtable.errors import (
     ServiceUnavailable,
     result_of,
 )
+from hashtable.numbering import Numbering
 from hashtable.pipeline import RequestQueue
 from hashtable.protocol import encode_request
 from hashtable.request import Outcome, Request, argument_problem
-from hashtable.transport import DEFAULT_TIMEOUT, Numbering, Transport
+from hashtable.transport import DEFAULT_TIMEOUT, Transport
 
 from .answers import merged_pairs, needs_new_version, quick_size, write_result
 from .clock import HybridClock

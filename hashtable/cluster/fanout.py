@@ -22,9 +22,10 @@ import time
 from collections.abc import Iterable
 
 from hashtable.errors import ServiceUnavailable
+from hashtable.numbering import Numbering
 from hashtable.protocol import ProtocolError, decode_reply
 from hashtable.request import Outcome, Request
-from hashtable.transport import RETRYABLE, Numbering, Transport, describe_failure
+from hashtable.transport import RETRYABLE, Transport, describe_failure
 
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _monotonic = time.monotonic
