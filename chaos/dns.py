@@ -99,8 +99,9 @@ def _wait_listening(process: Process, port: int, what: str) -> None:
         raise RuntimeError(f"{what} exited: {process.output()[-500:]}")
 
 
-_CONNECTED = re.compile(r" connected$", re.M)
-_DISCONNECTED = re.compile(r" disconnected$", re.M)
+# The TS's lines for its clients' comings and goings: one each, or (in a flood)
+# "clients connected: 1,234 more in the last 10 s (last: ...)".
+_ARRIVALS = re.compile(r"clients (connected|disconnected): (?:([\d,]+) more in the last )?", re.M)
 
 
 def linked(ts: Process) -> bool:
@@ -110,7 +111,10 @@ def linked(ts: Process) -> bool:
     leaves at once.)"""
     output = ts.output()
     run = output[output.rfind("TS serving") :]
-    return len(_CONNECTED.findall(run)) > len(_DISCONNECTED.findall(run))
+    counts = {"connected": 0, "disconnected": 0}
+    for match in _ARRIVALS.finditer(run):
+        counts[match[1]] += int(match[2].replace(",", "")) if match[2] else 1
+    return counts["connected"] > counts["disconnected"]
 
 
 def wait_linked(ts: Process, timeout: float = 30.0) -> None:

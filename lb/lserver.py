@@ -39,6 +39,8 @@ DEFAULT_REFRESH = 5.0
 # answered: its queries wait in its socket, not in our memory.
 MAX_UNANSWERED = 10_000
 REFUSAL_LOG_INTERVAL = 10.0
+# Connections logged a line each per interval; a flood beyond that is counted.
+ARRIVALS_SHOWN = 20
 
 
 class Client:
@@ -85,6 +87,10 @@ class LoadBalancer(ListeningService):
         self.server_name = server_name
         # TSs that fail the handshake: an impostor may list any number of them.
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
+        # Clients' comings and goings: a line each, until a flood makes them counts.
+        self.arrivals = EventSummary(
+            log, REFUSAL_LOG_INTERVAL, level=logging.INFO, burst=ARRIVALS_SHOWN
+        )
         self.max_unanswered = max_unanswered
         self.links: dict[Endpoint, TsLink] = {}
         self._link_watches: dict[TsLink, Watch] = {}
@@ -129,7 +135,9 @@ class LoadBalancer(ListeningService):
         self._alarm.set(self._next_deadline())
 
     def _summarize(self) -> None:
-        self.refusals.flush(self.loop.time())
+        now = self.loop.time()
+        self.refusals.flush(now)
+        self.arrivals.flush(now)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
     def _next_deadline(self) -> float | None:
@@ -152,7 +160,7 @@ class LoadBalancer(ListeningService):
         client.watch.handler = partial(self._client_ready, client)
         self.clients.add(client)
         self.balancer.open_client(client)
-        log.info("client %s connected", name)
+        self.arrivals.note("clients connected", name, self.loop.time())
         self._dirty.add(client)
 
     def _client_ready(self, client: Client, mask: int) -> None:
@@ -161,7 +169,7 @@ class LoadBalancer(ListeningService):
             try:
                 client.conn.flush()
             except Closed as exc:
-                log.info("client %s gone: %s", client, exc)
+                self.arrivals.note("clients gone", f"{client}: {exc}", self.loop.time())
                 self._drop_client(client)
                 return
         if mask & READ:
@@ -193,7 +201,7 @@ class LoadBalancer(ListeningService):
         conn = client.conn
         unanswered = self.balancer.unanswered(client)
         if not client.reading and not unanswered and not conn.wants_write:
-            log.info("client %s done", client)
+            self.arrivals.note("clients done", str(client), self.loop.time())
             self._drop_client(client)
             return
         events = WRITE if conn.wants_write else 0
@@ -344,7 +352,7 @@ class LoadBalancer(ListeningService):
                 try:
                     peer.conn.send(data)
                 except Closed as exc:
-                    log.info("client %s gone: %s", peer, exc)
+                    self.arrivals.note("clients gone", f"{peer}: {exc}", self.loop.time())
                     self._drop_client(peer)
             else:
                 self._send_to_link(peer, data, now)

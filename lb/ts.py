@@ -59,6 +59,8 @@ log = logging.getLogger("lb.ts")
 
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
 REFUSAL_LOG_INTERVAL = 10.0
+# Connections logged a line each per interval; a flood beyond that is counted.
+ARRIVALS_SHOWN = 20
 # A peer turned away is read from (and what it sends dropped) until it closes, so
 # that the kernel does not reset the connection before it reads why; this long at most.
 TURNED_AWAY_LINGER = 2.0
@@ -122,8 +124,11 @@ class TopLevelServer(ListeningService):
         self.plain_too = plain_too
         self.peers: set[Peer] = set()
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
-        if tls is not None:
-            self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+        # Comings and goings: a line each, until a flood makes them counts.
+        self.arrivals = EventSummary(
+            log, REFUSAL_LOG_INTERVAL, level=logging.INFO, burst=ARRIVALS_SHOWN
+        )
+        self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
     def starting(self) -> None:
         if self.announcer is not None:
@@ -136,7 +141,9 @@ class TopLevelServer(ListeningService):
             self._drop(peer)
 
     def _summarize(self) -> None:
-        self.refusals.flush(self.loop.time())
+        now = self.loop.time()
+        self.refusals.flush(now)
+        self.arrivals.flush(now)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
 
     def on_connection(self, sock: socket.socket, address: object) -> None:
@@ -171,7 +178,7 @@ class TopLevelServer(ListeningService):
 
     def _welcome(self, peer: Peer) -> None:
         peer.welcomed = True
-        log.info("%s connected", peer.conn.name)
+        self.arrivals.note("clients connected", peer.conn.name, self.loop.time())
 
     def _ready(self, peer: Peer, events: int) -> None:
         conn = peer.conn
@@ -188,7 +195,7 @@ class TopLevelServer(ListeningService):
             self._drop(peer)
             return
         except (Closed, LineTooLong) as exc:
-            log.info("%s: %s; closing", conn.name, exc)
+            self.arrivals.note("connections closed", f"{conn.name}: {exc}", self.loop.time())
             self._drop(peer)
             return
         self._sync(peer)
@@ -200,7 +207,8 @@ class TopLevelServer(ListeningService):
         except EndOfInput as eof:
             # No more requests; a last line without its newline is still one,
             # and the replies already due still go out.
-            log.log(logging.INFO if peer.welcomed else logging.DEBUG, "%s disconnected", conn.name)
+            if peer.welcomed:
+                self.arrivals.note("clients disconnected", conn.name, self.loop.time())
             peer.reading = False
             lines = [eof.rest] if eof.rest else []
         except NotTls as exc:

@@ -20,19 +20,25 @@ def setup_logging(verbosity: int = 0, quiet: bool = False) -> None:
 class EventSummary:
     """Repeated events logged as counts, so that a flood cannot flood the log.
 
-    The first event of a kind is logged at once; the next ones within
-    ``interval`` seconds are only counted, and ``flush()`` (called by the
-    server's periodic timer) then logs one line per kind: "2,314 connections
-    refused in the last 10 s (last: ...)".
+    The first ``burst`` events of a kind are logged at once, a line each; the
+    next ones within ``interval`` seconds of the first are only counted, and
+    ``flush()`` (called by the server's periodic timer) then logs one line per
+    kind: "connections refused: 2,314 more in the last 10 s (last: ...)".
     """
 
     def __init__(
-        self, logger: logging.Logger, interval: float = 10.0, level: int = logging.WARNING
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        level: int = logging.WARNING,
+        burst: int = 1,
     ) -> None:
         self.logger = logger
         self.interval = interval
         self.level = level
-        self._logged_at: dict[str, float] = {}
+        self.burst = burst
+        self._logged_at: dict[str, float] = {}  # kind -> when its window began
+        self._shown: dict[str, int] = {}  # kind -> lines of its own in this window
         self._counts: dict[str, tuple[int, str]] = {}  # kind -> (count, last detail)
 
     def note(self, kind: str, detail: str, now: float) -> None:
@@ -42,6 +48,9 @@ class EventSummary:
         if last is None or now - last >= self.interval:
             self.flush(now, kinds=(kind,))
             self._logged_at[kind] = now
+            self._shown[kind] = 0
+        if self._shown[kind] < self.burst and kind not in self._counts:
+            self._shown[kind] += 1
             self.logger.log(self.level, "%s: %s", kind, detail)
             return
         count, _ = self._counts.get(kind, (0, ""))

@@ -200,7 +200,9 @@ def test_a_ts_counts_as_linked_only_while_a_connection_stays_open(tmp_path):
     try:
         wait_until(lambda: "TS serving" in ts.output(), timeout=20, what="the TS")
         socket.create_connection(("127.0.0.1", port)).close()  # like the start-up probe
-        wait_until(lambda: " disconnected" in ts.output(), timeout=10, what="the probe to go")
+        wait_until(
+            lambda: "clients disconnected: " in ts.output(), timeout=10, what="the probe to go"
+        )
         assert not dns.linked(ts)
         with socket.create_connection(("127.0.0.1", port)):  # like the LS
             dns.wait_linked(ts, timeout=10)

@@ -480,3 +480,23 @@ def test_a_ts_out_of_file_descriptors_pauses_accepting_instead_of_spinning(spawn
 
     wait_until(answered, timeout=15, what="the TS to answer again")
     assert ts.alive()
+
+
+def test_a_flood_of_connections_is_counted_in_the_logs_not_logged_one_by_one(spawn) -> None:
+    """Anyone may connect to a plain TS and LS (the assignment's wire format): 300
+    connections come and go, and each server's log shows a line for each of the
+    first few, then counts."""
+    sample = sample_servers(spawn)
+    for _ in range(300):
+        for port in (sample.ts1_port, sample.port):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    for server in (sample.ts1, sample.ls):  # the last of them seen and gone
+        wait_until(lambda server=server: server.output().count("clients ") >= 22, timeout=30,
+                   what="the connections to be seen")  # fmt: skip
+    for server, arrivals in (
+        (sample.ts1, "clients connected: "),
+        (sample.ls, "clients connected: "),
+    ):
+        output = server.output()
+        assert output.count(arrivals) <= 21, output[-2000:]  # ARRIVALS_SHOWN, and the LS's own TS
+        assert len(output) < 20_000, f"{len(output)} bytes of log for 300 connections"
