@@ -15,11 +15,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from netkit.backoff import Backoff
+
+log = logging.getLogger("hashtable.database")
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -132,3 +137,78 @@ def _close_all_but(keep: tuple[int, ...]) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+class Compactions:
+    """When the database compacts, and what its compactions did: the policy around
+    one ``Compactor``. A compaction is due once the log holds as many records as
+    the table has keys (``compact_after`` at least): each write's share of the
+    rewriting stays constant however big the table. A failed one is retried after
+    1 s, 2 s, 4 s, ... (up to a minute); nothing is lost meanwhile, the log only grows."""
+
+    def __init__(self, compact_after: int) -> None:
+        self.compact_after = compact_after
+        self._compactor = Compactor()
+        self._retry = Backoff(initial=1.0, cap=60.0)
+        self._retry_at = 0.0
+        self._covering = 0  # the lsn the running compaction's checkpoint covers
+        self.done = self.failures = 0
+        self.last_ms: float | None = None
+        self.last_pause_ms: float | None = None
+        self.last_fork_ms: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._compactor.running
+
+    def due(self, records: int, rewritten: int) -> bool:
+        """Whether ``records`` log records since the checkpoint call for rewriting
+        ``rewritten`` entries (keys and tombstones)."""
+        return records >= max(self.compact_after, rewritten)
+
+    def may_start(self, now: float) -> bool:
+        return not self._compactor.running and now >= self._retry_at
+
+    def seconds_until_start(self, now: float) -> float:
+        return max(0.0, self._retry_at - now)
+
+    def start(
+        self, job: Callable[[], None], covering: int, keep_fds: Sequence[int], paused_at: float
+    ) -> bool:
+        """Forks ``job``, whose checkpoint covers the log up to lsn ``covering``;
+        False (and a retry later) when the fork failed. ``paused_at``: the
+        ``time.perf_counter()`` when the loop stopped serving for it (the pause
+        includes the log's rotation before the fork)."""
+        try:
+            fork_seconds = self._compactor.start(job, keep_fds)
+        except OSError as error:
+            self._failed(f"cannot fork: {error}")
+            return False
+        self._covering = covering
+        self.last_fork_ms = fork_seconds * 1000
+        self.last_pause_ms = (time.perf_counter() - paused_at) * 1000
+        return True
+
+    def poll(self) -> int | None:
+        """The lsn the checkpoint now covers, once a running compaction has
+        succeeded; None while it runs, when none runs, or when it failed."""
+        result = self._compactor.poll()
+        if result is None:
+            return None
+        if not result.ok:
+            self._failed(result.message)
+            return None
+        self.done += 1
+        self.last_ms = result.seconds * 1000
+        self._retry.reset()
+        log.debug("compaction done in %.0f ms", self.last_ms)
+        return self._covering
+
+    def kill(self) -> None:
+        self._compactor.kill()
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        delay = self._retry.next_delay()
+        self._retry_at = time.monotonic() + delay
+        log.warning("compaction failed (%s); nothing is lost, retrying in %.0f s", reason, delay)

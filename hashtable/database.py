@@ -32,7 +32,7 @@ import orjson
 from hashtable import logfile as storage_log
 from hashtable import storage
 from hashtable.checkpoint import write_checkpoint
-from hashtable.compaction import Compactor, Result
+from hashtable.compaction import Compactions
 from hashtable.recovery import Recovery, rewrite
 from hashtable.request import MUTATIONS, Outcome, Request, numbering_problem, validate
 from hashtable.sealing import seal
@@ -40,7 +40,6 @@ from hashtable.sessions import SessionLimits, Sessions
 from hashtable.storage import RecoveryError, StorageFailure
 from hashtable.table import KEY_TIMEOUT, ReadJob, Table
 from hashtable.versioning import DEFAULT_VERSION_WINDOW, VersionWindow
-from netkit.backoff import Backoff
 from netkit.memory import freeze_survivors, freeze_young_survivors
 
 log = logging.getLogger("hashtable.database")
@@ -99,12 +98,7 @@ class Database:
         except BaseException:
             os.close(self._lock)
             raise
-        self._compactor = Compactor()
-        self._retry = Backoff(initial=1.0, cap=60.0)
-        self._retry_at = 0.0
-        self._compacting_lsn = 0
-        self._compactions = self._compaction_failures = 0
-        self._last_compaction_ms = self._last_pause_ms = self._last_fork_ms = None
+        self._compactions = Compactions(compact_after)
         self._closed = False
         # The recovered table out of the garbage collector's way (netkit/memory.py).
         freeze_survivors()
@@ -241,10 +235,11 @@ class Database:
     def maintain(self) -> None:
         """Never blocks for long: reaps or starts the compaction child, does everysec's fsync."""
         now = time.monotonic()
-        if self._compactor.running:
-            result = self._compactor.poll()
-            if result is not None:
-                self._compaction_ended(result)
+        if self._compactions.running:
+            covered = self._compactions.poll()
+            if covered is not None:  # the new checkpoint is durable: the old log goes
+                self._log.drop_old()
+                self._checkpoint_lsn = covered
         self._log.sync_if_due(now)
 
         if self._lsn - self._frozen_lsn >= FREEZE_EVERY:
@@ -253,17 +248,17 @@ class Database:
         purged = self._window.purge(self.table, now)
         if purged:
             log.debug("forgot %d tombstones older than %d", purged, self._window.horizon)
-        if not self._compactor.running and now >= self._retry_at and self._compaction_due():
+        if self._compactions.may_start(now) and self._compaction_due():
             self._start_compaction()
 
     def seconds_until_maintenance(self) -> float | None:
         """How long the loop may sleep before maintain() has work; None for no limit."""
         now = time.monotonic()
         waits = []
-        if self._compactor.running:
+        if self._compactions.running:
             waits.append(REAP_INTERVAL)
         elif self._compaction_due():
-            waits.append(max(0.0, self._retry_at - now))
+            waits.append(self._compactions.seconds_until_start(now))
         until_sync = self._log.seconds_until_sync(now)
         if until_sync is not None:
             waits.append(until_sync)
@@ -273,50 +268,26 @@ class Database:
         return min(waits, default=None)
 
     def _compaction_due(self) -> bool:
-        # Amortized O(1) per write: a table of n keys is rewritten after n new records.
         table = self.table
-        rewritten = len(table.data) + len(table.tombstones)
-        return self._lsn - self._checkpoint_lsn >= max(self.compact_after, rewritten)
+        return self._compactions.due(
+            self._lsn - self._checkpoint_lsn, len(table.data) + len(table.tombstones)
+        )
 
     def _start_compaction(self) -> None:
-        before = time.perf_counter()
+        paused_at = time.perf_counter()
         # A left-over table.txn.old (failed or crashed compaction) is covered by this
         # checkpoint as well, so only rotate when there is none.
         if not self._log.old_exists:
             self._log.rotate()
-        checkpoint_job = self._checkpoint_writer()  # run in the child, on its snapshot
-        try:
-            fork_seconds = self._compactor.start(checkpoint_job, keep_fds=(self._lock,))
-        except OSError as error:
-            self._compaction_failed(f"cannot fork: {error}")
-            return
-        self._compacting_lsn = self._lsn
-        self._last_fork_ms = fork_seconds * 1000
-        self._last_pause_ms = (time.perf_counter() - before) * 1000
-        log.debug(
-            "compaction started: %d keys up to lsn %d, paused %.1f ms (fork %.1f ms)",
-            len(self.table.data),
-            self._lsn,
-            self._last_pause_ms,
-            self._last_fork_ms,
-        )
-
-    def _compaction_ended(self, result: Result) -> None:
-        if not result.ok:
-            self._compaction_failed(result.message)
-            return
-        self._log.drop_old()
-        self._checkpoint_lsn = self._compacting_lsn
-        self._compactions += 1
-        self._last_compaction_ms = result.seconds * 1000
-        self._retry.reset()
-        log.debug("compaction done in %.0f ms", self._last_compaction_ms)
-
-    def _compaction_failed(self, reason: str) -> None:
-        self._compaction_failures += 1
-        delay = self._retry.next_delay()
-        self._retry_at = time.monotonic() + delay
-        log.warning("compaction failed (%s); nothing is lost, retrying in %.0f s", reason, delay)
+        job = self._checkpoint_writer()  # run in the child, on its copy-on-write snapshot
+        if self._compactions.start(job, self._lsn, (self._lock,), paused_at):
+            log.debug(
+                "compaction started: %d keys up to lsn %d, paused %.1f ms (fork %.1f ms)",
+                len(self.table.data),
+                self._lsn,
+                self._compactions.last_pause_ms,
+                self._compactions.last_fork_ms,
+            )
 
     # ---- recovery ---------------------------------------------------------------
 
@@ -399,12 +370,12 @@ class Database:
             "sync": self.sync,
             "log_entries": self._lsn - self._checkpoint_lsn,
             "log_bytes": self._log.size(),
-            "compactions": self._compactions,
-            "compaction_failures": self._compaction_failures,
-            "compacting": self._compactor.running,
-            "last_compaction_ms": self._last_compaction_ms,
-            "last_pause_ms": self._last_pause_ms,
-            "last_fork_ms": self._last_fork_ms,
+            "compactions": self._compactions.done,
+            "compaction_failures": self._compactions.failures,
+            "compacting": self._compactions.running,
+            "last_compaction_ms": self._compactions.last_ms,
+            "last_pause_ms": self._compactions.last_pause_ms,
+            "last_fork_ms": self._compactions.last_fork_ms,
             "sessions": len(self.sessions),
             "session_outcomes": self.sessions.outcomes,
             "versioned_keys": len(self.table.versions),
@@ -417,7 +388,7 @@ class Database:
             return
         self._closed = True
         try:
-            self._compactor.kill()
+            self._compactions.kill()
             self._log.close()
         finally:
             os.close(self._lock)
