@@ -107,6 +107,8 @@ class Connection:
 
         Raises ``Closed`` if the socket has failed.
         """
+        if not data:
+            return
         if self._out:
             self._out += data
             self.flush()

@@ -119,6 +119,8 @@ class Watch:
         if events == self.events:
             return
         if not self.events:
+            if self.handler is _closed:
+                raise RuntimeError("a closed watch cannot be used again: make a new one")
             self._selector.register(self.fileobj, events, self.handler)
         elif not events:
             self._selector.unregister(self.fileobj)

@@ -493,10 +493,8 @@ def test_a_flood_of_connections_is_counted_in_the_logs_not_logged_one_by_one(spa
     for server in (sample.ts1, sample.ls):  # the last of them seen and gone
         wait_until(lambda server=server: server.output().count("clients ") >= 22, timeout=30,
                    what="the connections to be seen")  # fmt: skip
-    for server, arrivals in (
-        (sample.ts1, "clients connected: "),
-        (sample.ls, "clients connected: "),
-    ):
+    for server in (sample.ts1, sample.ls):
         output = server.output()
-        assert output.count(arrivals) <= 21, output[-2000:]  # ARRIVALS_SHOWN, and the LS's own TS
+        # ARRIVALS_SHOWN lines a window: 600 connections take well under a window or two.
+        assert output.count("clients connected: ") <= 60, output[-2000:]
         assert len(output) < 20_000, f"{len(output)} bytes of log for 300 connections"
