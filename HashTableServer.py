@@ -24,11 +24,7 @@ import socket
 import sys
 from pathlib import Path
 
-from hashtable.database import (
-    Database,
-    RecoveryError,
-    StorageFailure,
-)
+from hashtable.database import Database, RecoveryError, StorageFailure
 from hashtable.server import Limits, Server
 from hashtable.server_options import parse_args
 from hashtable.singleton import ProjectGuard

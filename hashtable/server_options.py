@@ -26,9 +26,7 @@ from netkit.cliargs import (
     positive_seconds,
     program_name,
 )
-from netkit.listeners import (
-    is_loopback,
-)
+from netkit.listeners import is_loopback
 
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 

@@ -115,12 +115,7 @@ class Connection:
             return
         # The usual case, nothing queued: straight to the socket, and only what it
         # does not take is copied into the queue.
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            raise Closed(f"send failed: {exc.strerror or exc}") from exc
+        sent = self._send_some(data)
         if sent < len(data):
             self._out = bytearray(memoryview(data)[sent:])
 
@@ -128,13 +123,19 @@ class Connection:
         """Writes queued output until the socket would block. Raises ``Closed``."""
         out = self._out
         while out:
-            try:
-                sent = self.sock.send(out)
-            except (BlockingIOError, InterruptedError):
+            sent = self._send_some(out)
+            if not sent:
                 return
-            except OSError as exc:
-                raise Closed(f"send failed: {exc.strerror or exc}") from exc
             del out[:sent]
+
+    def _send_some(self, data: bytes | bytearray) -> int:
+        """One send: the bytes the socket took, 0 when it would block. Raises ``Closed``."""
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise Closed(f"send failed: {exc.strerror or exc}") from exc
 
     @property
     def established(self) -> bool:
