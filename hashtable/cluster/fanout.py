@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Iterable
 
 from hashtable.errors import ServiceUnavailable
 from hashtable.numbering import Numbering
@@ -60,7 +59,7 @@ class Member:
 class Call:
     """One request line for one member; ``outcome`` once answered."""
 
-    __slots__ = ("deadline", "failure", "line", "member", "out", "outcome", "request")
+    __slots__ = ("deadline", "events", "failure", "line", "member", "out", "outcome", "request")
 
     def __init__(self, member: Member, line: bytes, request: Request | None = None) -> None:
         self.member = member
@@ -70,6 +69,7 @@ class Call:
         self.failure: Exception | None = None  # the last failure
         self.out: bytearray | None = None  # while sent: what the socket has not taken yet
         self.deadline: float | None = None  # while sent: when it times out
+        self.events = _POLLIN  # while sent: what to poll its socket for
 
 
 class Patience:
@@ -103,62 +103,71 @@ class Patience:
             time.sleep(when - now)
 
 
-def run(calls: Iterable[Call], patience: Patience, *, keep_trying: bool) -> None:
+def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
     """Sends every call and waits for the replies; see the module. Returns when
     every call has an outcome, or (without ``keep_trying``) has failed once. One
-    call per member. Long because it is the one loop over all the sockets."""
-    waiting = list(calls)
+    call per member. Long because it is the one loop over all the sockets; it
+    keeps one ``poll`` registration per call in flight, across its turns, since
+    this is every cluster operation's hot path."""
+    poller = select.poll()
+    flying: dict[int, Call] = {}  # fd -> a call sent and awaiting its reply
     try:
-        while waiting:
-            now = _monotonic()
-            sent, idle = [], []  # sent: awaiting a reply; idle: to be sent when due
-            for call in waiting:
-                if call.deadline is None and call.member.retry_at <= now:
+        now = _monotonic()
+        while True:
+            retry_at = None  # the earliest time a call not in flight may be sent
+            for call in calls:
+                if call.deadline is not None or call.outcome is not None:
+                    continue
+                if call.failure is not None and not keep_trying:
+                    continue
+                if call.member.retry_at <= now:
                     _send(call, patience, now)
-                if call.deadline is not None:
-                    sent.append(call)
-                elif keep_trying or call.failure is None:
-                    idle.append(call)
-            waiting = sent + idle
-            if not sent:
-                if idle:
-                    patience.sleep_until(min(call.member.retry_at for call in idle))
+                    if call.deadline is not None:
+                        fd = call.member.transport.sock.fileno()  # type: ignore[union-attr]
+                        flying[fd] = call
+                        poller.register(fd, call.events)
+                        continue
+                    if not keep_trying:
+                        continue
+                if retry_at is None or call.member.retry_at < retry_at:
+                    retry_at = call.member.retry_at
+            if not flying:
+                if retry_at is None:
+                    return
+                patience.sleep_until(retry_at)
+                now = _monotonic()
                 continue
-            poller = select.poll()
-            by_fd: dict[int, Call] = {}
-            until = sent[0].deadline
-            for call in sent:
-                transport = call.member.transport
-                fd = transport.sock.fileno()  # type: ignore[union-attr]
-                writing = call.out or transport.sending
-                poller.register(fd, (_POLLIN | _POLLOUT) if writing else _POLLIN)
-                by_fd[fd] = call
-                until = min(until, call.deadline)  # type: ignore[type-var]
-            for call in idle:
-                until = min(until, call.member.retry_at)  # type: ignore[type-var]
-            ready = poller.poll(max(0.0, until - now) * 1000)  # type: ignore[operator]
-            now = _monotonic()
-            for fd, _ in ready:
-                call = by_fd[fd]
+            until = min(call.deadline for call in flying.values())  # type: ignore[type-var]
+            if retry_at is not None and retry_at < until:
+                until = retry_at
+            for fd, _ in poller.poll(max(0.0, until - now) * 1000):  # type: ignore[operator]
+                call = flying[fd]
+                events = call.events
                 try:
                     _receive(call)
                 except RETRYABLE as exc:
-                    _failed(call, exc, patience, now)
-            for call in sent:
-                if call.deadline is not None and now >= call.deadline:
-                    timeout = call.member.transport.timeout
-                    _failed(call, TimeoutError(f"no reply within {timeout:g} s"), patience, now)
-            waiting = [
-                call
-                for call in waiting
-                if call.outcome is None and (keep_trying or call.failure is None)
-            ]
+                    _failed(call, exc, patience, _monotonic())
+                if call.deadline is None:  # answered, failed, or to be sent again
+                    del flying[fd]
+                    poller.unregister(fd)
+                elif call.events != events:
+                    poller.modify(fd, call.events)
+            now = _monotonic()
+            if now >= until:
+                for fd, call in list(flying.items()):
+                    if now >= call.deadline:  # type: ignore[operator]
+                        del flying[fd]
+                        poller.unregister(fd)
+                        timeout = call.member.transport.timeout
+                        failure = TimeoutError(f"no reply within {timeout:g} s")
+                        _failed(call, failure, patience, now)
+            if not flying and all(call.outcome is not None for call in calls):
+                return
     except BaseException:
         # Interrupted, or given up: replies may still come on these connections,
         # and must not be taken for the next requests'.
-        for call in waiting:
-            if call.deadline is not None:
-                call.member.transport.disconnect()
+        for call in flying.values():
+            call.member.transport.disconnect()
         raise
 
 
@@ -167,18 +176,21 @@ def _send(call: Call, patience: Patience, now: float) -> None:
     call.failure = None
     try:
         transport.connected()  # blocking: finding the server, connecting, TLS
-        call.out = bytearray(call.line)
-        transport.push(call.out)
+        call.out = out = bytearray(call.line)
+        transport.push(out)
     except RETRYABLE as exc:
         _failed(call, exc, patience, now)
         return
     call.deadline = now + transport.timeout
+    call.events = _POLLIN | _POLLOUT if out or transport.sending else _POLLIN
 
 
 def _receive(call: Call) -> None:
     transport = call.member.transport
-    if call.out or transport.sending:
+    if call.events & _POLLOUT:
         transport.push(call.out)  # type: ignore[arg-type]
+        if not (call.out or transport.sending):
+            call.events = _POLLIN
     transport.pull()
     lines = transport.lines
     if not lines:
