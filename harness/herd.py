@@ -126,11 +126,30 @@ class Herd:
         expected = expected or {
             name: set(self.config.neighbours(name)) & running for name in running
         }
-        wait_until(
-            lambda: all(self.links_up(name) == links for name, links in expected.items()),
-            timeout=timeout,
-            what=f"links {expected}",
-        )
+        try:
+            wait_until(
+                lambda: all(self.links_up(name) == links for name, links in expected.items()),
+                timeout=timeout,
+                what=f"links {expected}",
+            )
+        except TimeoutError as timeout_error:
+            # What each server's log says instead, and its last events: the cause.
+            seen = {name: self.links_up(name) for name in expected}
+            tails = "\n".join(
+                f"--- {name}:\n{self._log_tail(name)}"
+                for name, links in expected.items()
+                if seen[name] != links
+            )
+            raise TimeoutError(f"{timeout_error}; the logs say {seen}\n{tails}") from None
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = self.log_file(name).read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        traffic = (" in  peer ", " out peer ", " in  client ", " out client ")
+        events = [line for line in text.splitlines() if not any(t in line for t in traffic)]
+        return "\n".join(events[-lines:])
 
 
 def ask(port: int, text: str, timeout: float = 10.0) -> str:

@@ -235,14 +235,7 @@ async def run(args, config: HerdConfig, places, durable, catalogs, security) -> 
         return 2
     try:
         clients = await loop.create_server(lambda: ClientProtocol(server), host, port)
-        peers = await loop.create_server(
-            lambda: PeerConnection(server),
-            host,
-            peer_port,
-            ssl=options.server_ssl,
-            # asyncio's own default is 60 s: a silent stranger would hold a slot that long.
-            ssl_handshake_timeout=options.handshake_timeout if options.server_ssl else None,
-        )
+        peers = await loop.create_server(lambda: PeerConnection(server), host, peer_port)
     except OSError as error:
         log.error("cannot listen on %s: %s", host, error.strerror or error)
         return 2

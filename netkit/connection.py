@@ -203,18 +203,10 @@ class TlsConnection(Connection):
             return []
         tls = self.tls
         try:
-            if tls.established:
-                plain = tls.feed(data)
-            else:
-                if not self._heard and tls.server_side and data[0] != TLS_RECORD_HANDSHAKE:
-                    raise NotTls(data)
-                self._heard = True
-                tls.feed(data)
-                done = tls.handshake()
-                self._send_tls_output()
-                if not done:
-                    return []
-                plain = tls.feed(b"")
+            if not self._heard and tls.server_side and data[0] != TLS_RECORD_HANDSHAKE:
+                raise NotTls(data)
+            self._heard = True
+            plain = tls.receive(data)
         except TlsError as exc:
             with contextlib.suppress(Closed):
                 self._send_tls_output()  # the alert that tells the peer why

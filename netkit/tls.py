@@ -80,6 +80,18 @@ class TlsSession:
             raise TlsError(describe(exc)) from None
         return b"".join(chunks)
 
+    def receive(self, data: bytes) -> bytes:
+        """``feed`` that first advances the handshake while it lasts: the plaintext
+        ``data`` completed (none before the handshake is done). Send
+        ``take_output()`` after each call: handshake messages, alerts, tickets.
+        Raises ``TlsError`` when the handshake fails or a record is not valid."""
+        if self.established:
+            return self.feed(data)
+        self._incoming.write(data)
+        if not self.handshake():
+            return b""
+        return self.feed(b"")  # records that came right behind the handshake's
+
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypts ``data``; the bytes for the socket wait in ``take_output()``."""
         try:
@@ -90,6 +102,10 @@ class TlsSession:
     def take_output(self) -> bytes:
         """The bytes to write to the socket now (may be empty)."""
         return self._outgoing.read() if self._outgoing.pending else b""
+
+    def version(self) -> str | None:
+        """The protocol version agreed (``TLSv1.3``), once established."""
+        return self._object.version()
 
     @property
     def wants_output(self) -> bool:

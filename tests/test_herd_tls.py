@@ -1,8 +1,8 @@
 """The peer link over mutual TLS (netkit.security's contexts in Options.server_ssl/client_ssl),
 on both event loops: two servers in one process, real sockets, a flood and a refused stranger.
 
-The herd's command line does not wire a secret in yet (docs/herd.md, Security); this
-keeps the hooks it will use working, whatever the peer code does for speed.
+The links run netkit.tls.TlsSession over plain transports (herd.links); this checks
+that on both loops, whatever the peer code does for speed.
 """
 
 from __future__ import annotations
@@ -56,14 +56,13 @@ async def _flood_over_tls(tmp_path, secret, stranger) -> None:
         listeners.append(await loop.create_server(
             lambda s=server: ClientProtocol(s), "127.0.0.1", entry.port))  # fmt: skip
         listeners.append(await loop.create_server(
-            lambda s=server: PeerConnection(s), "127.0.0.1", entry.peer_port,
-            ssl=options.server_ssl))  # fmt: skip
+            lambda s=server: PeerConnection(s), "127.0.0.1", entry.peer_port))  # fmt: skip
         servers[name] = server
     dialer = asyncio.create_task(keep_dialing(servers["Goloman"], "Hands"))
     try:
         await _wait(lambda: "Hands" in servers["Goloman"].links, "the TLS link")
         link = servers["Goloman"].links["Hands"]
-        assert link.transport.get_extra_info("ssl_object").version() == "TLSv1.3"
+        assert link.tls.version() == "TLSv1.3"
         reader, writer = await asyncio.open_connection("127.0.0.1", config.servers["Goloman"].port)
         writer.write(b"".join(b"IAMAT tls%d +1+1 %d.5\n" % (i, i) for i in range(100)))
         replies = [await reader.readline() for _ in range(100)]
