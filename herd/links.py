@@ -69,10 +69,12 @@ class PeerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.address = prepare(transport, HIGH_WATER)
         options = self.server.options
-        if not self.dialed and not self.server.peer_opened(self):
+        context = options.client_ssl if self.dialed else options.server_ssl
+        # With TLS an accepted connection takes a pending slot once it proved the secret
+        # (as with asyncio's ssl=): a stranger's handshake must not hold one.
+        if not self.dialed and context is None and not self.server.peer_opened(self):
             transport.abort()
             return
-        context = options.client_ssl if self.dialed else options.server_ssl
         if context is not None:
             self.tls = TlsSession(
                 context,
@@ -195,8 +197,12 @@ class PeerConnection(asyncio.Protocol):
             return b""
         if tls.wants_output:
             self.transport.write(tls.take_output())
-        if tls.established and not established and self.dialed:
-            self._send(self.server.hello_for(self.neighbour).line())
+        if tls.established and not established:
+            if self.dialed:
+                self._send(self.server.hello_for(self.neighbour).line())
+            elif not self.server.peer_opened(self):
+                self.drop("too many pending peer connections")
+                return b""
         return data
 
     def _lazy_due(self) -> None:

@@ -166,8 +166,9 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
     except BaseException:
         # Interrupted, or given up: replies may still come on these connections,
         # and must not be taken for the next requests'.
-        for call in flying.values():
-            call.member.transport.disconnect()
+        for call in calls:
+            if call.deadline is not None:
+                call.member.transport.disconnect()
         raise
 
 
