@@ -178,8 +178,8 @@ class PeerConnection(asyncio.Protocol):
                 self._write(ack + data if ack else data)
             elif ack:
                 self._write(ack)
-            if self._paused or not link.has_outgoing:
-                break
+            if self._paused or not link.has_outgoing or self.transport.is_closing():
+                break  # (closing: a failed write dropped the link)
         if self._lazy_timer is None and (link.ack_due or link.holding(table)):
             loop = asyncio.get_running_loop()
             self._lazy_timer = loop.call_later(LAZY_DELAY, self._lazy_due)
@@ -193,7 +193,7 @@ class PeerConnection(asyncio.Protocol):
             data = tls.receive(data)
         except TlsError as error:
             self.transport.write(tls.take_output())  # the alert that says why
-            self.drop(f"TLS: {error}")
+            self.drop(f"TLS: {error}", graceful=True)
             return b""
         if tls.wants_output:
             self.transport.write(tls.take_output())
@@ -227,10 +227,14 @@ class PeerConnection(asyncio.Protocol):
             "out peer %s: %s", self.neighbour or self.address, _text(data.rstrip())
         )
 
-    def drop(self, why: str) -> None:
+    def drop(self, why: str, graceful: bool = False) -> None:
+        """Closes the link; ``graceful`` lets what was written (a TLS alert) go first."""
         self._why = why
         if self.transport is not None:
-            self.transport.abort()
+            if graceful:
+                self.transport.close()
+            else:
+                self.transport.abort()
 
     def _handshake_expired(self) -> None:
         if self.link is None:

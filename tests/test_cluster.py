@@ -20,6 +20,7 @@ import pytest
 
 from harness.processes import ROOT, python_module, wait_until
 from hashtable.cluster import ClusterClient, key_hash, replicas
+from hashtable.errors import ServiceUnavailable
 from hashtable.logreader import read_records
 from hashtable.storage import LOG
 from tests.cluster_support import Cluster
@@ -160,6 +161,46 @@ def test_a_write_waits_for_a_dead_replica_and_completes_when_it_returns(cluster3
             thread.join(60)
         assert cluster3.contents(1).get(key) == "v1"
         assert_replicas_identical(cluster3, 2)
+
+
+def test_an_operation_gives_up_on_time_and_does_not_spin_meanwhile(cluster3):
+    """Past ``give_up_after`` an operation makes its last try and raises, although
+    the members' backoff (1 s, 2 s, 4 s, ...) runs longer; it sleeps meanwhile.
+    A later operation counts waiting on members remembered as down as failing."""
+    key = next(f"g{n}" for n in range(100) if set(replicas(f"g{n}", 3, 2)) == {0, 1})
+    cluster3.kill(0)
+    cluster3.kill(1)
+    options = {"backoff_initial": 1.0, "backoff_cap": 8.0, "give_up_after": 1.5}
+    with cluster3.client(2, **options) as table:
+        for what, operation in [
+            ("lookup", lambda: table.lookup(key)),
+            ("insert", lambda: table.insert(key, 1)),
+            ("scan", lambda: table.scan("")),  # only server 2 left: some keys have no copy
+        ]:
+            began, cpu = time.monotonic(), time.thread_time()
+            with pytest.raises(ServiceUnavailable, match=f"{what} unreachable for 1.5 s"):
+                operation()
+            took, spent = time.monotonic() - began, time.thread_time() - cpu
+            assert 1.4 <= took < 2.5, f"{what} gave up after {took:.2f} s, not 1.5 s"
+            assert spent < 0.3, f"{what} spent {spent:.2f} s of CPU waiting"
+
+
+def test_a_write_given_up_leaves_no_reply_to_be_taken_for_the_next_request(
+    spawn, tmp_path, catalog
+):
+    """The write reaches server 0, then gives up on server 1 before server 0's
+    reply is read: that connection is closed, so the next request on it cannot
+    take the late reply for its own."""
+    duo = Cluster(spawn, tmp_path, catalog.host, "duo", 2)
+    with duo.client(2, give_up_after=0) as table:
+        table.insert("before", "old")
+        first = next(f"d{n}" for n in range(100) if replicas(f"d{n}", 2, 2)[0] == 0)
+        duo.kill(1)
+        with pytest.raises(ServiceUnavailable):
+            table.insert(first, "new")
+        duo.restart(1)
+        # Reads take turns between the replicas: some of these are server 0's.
+        assert [table.lookup("before") for _ in range(4)] == ["old"] * 4
 
 
 def test_removes_leave_no_copy_and_a_late_older_insert_does_not_bring_a_key_back(cluster3):

@@ -8,6 +8,7 @@ the directory and checks it against a model of the acknowledged mutations.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -53,7 +54,9 @@ def kill_driver(driver, how: str, rng: random.Random) -> None:
         # Children live for milliseconds: kill them until one dies before finishing.
         def kill_a_child() -> bool:
             for child in children(driver.pid):
-                os.kill(child, signal.SIGKILL)
+                # A child may finish between the listing and the kill.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             return "compaction failed" in driver.output()
 
         wait_until(kill_a_child, timeout=20, what="a compaction to fail")

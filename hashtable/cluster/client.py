@@ -221,9 +221,9 @@ class ClusterClient:
         patience = Patience(self.give_up_after, self.name, request.method)
         while True:
             now = time.monotonic()
-            member = next((m for m in order if m.available(now)), None)
+            member = next((m for m in order if patience.due(m, now)), None)
             if member is None:  # all remembered as down: wait for the first to be due
-                patience.sleep_until(min(m.retry_at for m in order))
+                patience.sleep_until(min(patience.next_try(m, now) for m in order))
                 continue
             call = Call(member, line)
             run([call], patience, keep_trying=False)
@@ -243,7 +243,7 @@ class ClusterClient:
             calls = [
                 Call(member, line)
                 for member in self._members
-                if member.index not in results and member.available(now)
+                if member.index not in results and patience.due(member, now)
             ]
             run(calls, patience, keep_trying=False)
             for call in calls:
@@ -255,7 +255,8 @@ class ClusterClient:
                 return None
             if covered(set(results), *self._shape):
                 return results
-            left = [m.retry_at for m in self._members if m.index not in results]
+            now = time.monotonic()
+            left = [patience.next_try(m, now) for m in self._members if m.index not in results]
             patience.sleep_until(min(left))
 
 

@@ -41,9 +41,6 @@ class Member:
         self.numbering = numbering
         self.retry_at = 0.0  # time.monotonic() before which it is remembered as down
 
-    def available(self, now: float) -> bool:
-        return now >= self.retry_at
-
     def down(self, exc: Exception, now: float) -> None:
         """It failed: drops the connection, logs, and remembers it as down for
         its transport's next backoff delay."""
@@ -94,13 +91,28 @@ class Patience:
                 f"{self.give_up_after:g} s: {describe_failure(exc)}"
             ) from exc
 
-    def sleep_until(self, when: float) -> None:
-        """Waits for ``when`` (a member's retry time), or until it is time to give up."""
-        now = time.monotonic()
-        if self.give_up_after is not None and self.since is not None:
-            when = min(when, self.since + self.give_up_after)
-        if when > now:
-            time.sleep(when - now)
+    def next_try(self, member: Member, now: float) -> float:
+        """When this operation tries ``member`` next: once its backoff is over,
+        or when it is time to give up. That last try, as ``Transport.retry_after``
+        makes it, is what ends the operation: members are shared by every
+        operation, so their backoff may run past any one operation's time.
+        Waiting on a member remembered as down counts as failing."""
+        if member.retry_at <= now:
+            return member.retry_at
+        if self.since is None:
+            self.since = now
+        if self.give_up_after is None:
+            return member.retry_at
+        return min(member.retry_at, self.since + self.give_up_after)
+
+    def due(self, member: Member, now: float) -> bool:
+        return self.next_try(member, now) <= now
+
+    @staticmethod
+    def sleep_until(when: float) -> None:
+        delay = when - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
 
 def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
@@ -120,8 +132,9 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
                     continue
                 if call.failure is not None and not keep_trying:
                     continue
-                if call.member.retry_at <= now:
-                    _send(call, patience, now)
+                next_try = patience.next_try(call.member, now)
+                if next_try <= now:
+                    _send(call, patience)
                     if call.deadline is not None:
                         fd = call.member.transport.sock.fileno()  # type: ignore[union-attr]
                         flying[fd] = call
@@ -129,8 +142,9 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
                         continue
                     if not keep_trying:
                         continue
-                if retry_at is None or call.member.retry_at < retry_at:
-                    retry_at = call.member.retry_at
+                    next_try = patience.next_try(call.member, now)  # it failed: later
+                if retry_at is None or next_try < retry_at:
+                    retry_at = next_try
             if not flying:
                 if retry_at is None:
                     return
@@ -172,7 +186,7 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
         raise
 
 
-def _send(call: Call, patience: Patience, now: float) -> None:
+def _send(call: Call, patience: Patience) -> None:
     transport = call.member.transport
     call.failure = None
     try:
@@ -180,9 +194,10 @@ def _send(call: Call, patience: Patience, now: float) -> None:
         call.out = out = bytearray(call.line)
         transport.push(out)
     except RETRYABLE as exc:
-        _failed(call, exc, patience, now)
+        _failed(call, exc, patience, _monotonic())
         return
-    call.deadline = now + transport.timeout
+    # Read after the connect, which may have blocked: the reply gets its whole time-out.
+    call.deadline = _monotonic() + transport.timeout
     call.events = _POLLIN | _POLLOUT if out or transport.sending else _POLLIN
 
 
