@@ -3,7 +3,7 @@
 The server loop drives it without blocking on anything but the group commit:
 
     outcome = db.start(request)        # for each request of the turn
-    if isinstance(outcome, ReadJob):   # scan, query: a slice per turn, other clients between
+    if isinstance(outcome, ReadJob):   # scan, query, a size census: a slice per turn
         outcome = outcome.step(deadline)   # None: not done, step again next turn
     if db.needs_commit:
         db.commit()                    # one write + one fsync for the whole turn
@@ -146,7 +146,9 @@ class Database:
     def _scan(self, request: Request) -> Outcome | ReadJob:
         return self.table.scan(request.regex, self.scan_timeout, self.key_timeout)
 
-    def _size(self, request: Request) -> Outcome:
+    def _size(self, request: Request) -> Outcome | ReadJob:
+        if request.servers is not None:
+            return self.table.census(request.servers, self.scan_timeout)
         return self.table.size()
 
     def _query(self, request: Request) -> Outcome | ReadJob:

@@ -238,6 +238,8 @@ def encode_request(request: Request) -> bytes:
             message["ack"] = request.ack
         if request.version is not None:
             message["version"] = request.version
+    if request.servers is not None:
+        message["servers"] = request.servers
     return _dumps(message, option=_NEWLINE)
 
 

@@ -33,6 +33,7 @@ MAX_VERSION = MAX_SEQ
 # log record and by replies (scan: object > array > array > value), so values get a margin.
 MAX_VALUE_DEPTH = 200
 MAX_QUOTE = 80  # characters of client input echoed in a message
+MAX_SERVERS = 1024  # a cluster's N at most: a size census answers N counts
 
 
 class Status(StrEnum):
@@ -57,6 +58,9 @@ class Request:
     every server (a session's ``client`` id may change: a server that forgot a
     session makes the client start a new one). Only with ``client`` and ``seq``.
 
+    ``servers``: a ``size`` that counts by placement (``hashtable.placement``) over a
+    cluster of that many servers: the census a cluster client checks its replicas by.
+
     ``problem``: set by the wire parser on a mutation whose exactly-once fields
     are good but whose other fields are not. Such a request is answered invalid
     and still recorded under its number, so that the client's later mutations
@@ -73,6 +77,7 @@ class Request:
     seq: int | None = None
     ack: int | None = None
     version: list[Any] | None = None  # [number, writer]
+    servers: int | None = None  # size: a census over a cluster of this many servers
     problem: str | None = None
 
 
@@ -141,6 +146,10 @@ def _is_ack(value: Any) -> bool:
     return type(value) is int and 0 <= value < MAX_SEQ
 
 
+def _is_servers(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= MAX_SERVERS
+
+
 def _is_version(value: Any) -> bool:
     return (
         type(value) is list
@@ -165,6 +174,7 @@ FIELDS: dict[str, Field] = {
         "ASCII characters",
         _is_version,
     ),
+    "servers": Field(f"an integer from 1 to {MAX_SERVERS}", _is_servers),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "insert": ("key", "value"),
@@ -176,7 +186,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 SESSION_FIELDS = ("client", "seq", "ack")
 # Fields a method may carry besides its required ones and the session's.
-OPTIONAL: dict[str, tuple[str, ...]] = {"insert": ("version",), "remove": ("version",)}
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "insert": ("version",),
+    "remove": ("version",),
+    "size": ("servers",),
+}
 assert set(REQUIRED) == METHODS
 # method -> the names of every field it accepts
 ACCEPTED: dict[str, frozenset[str]] = {

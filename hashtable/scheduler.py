@@ -255,7 +255,9 @@ class Scheduler:
                 line = lines[i]
                 request = parse_request(line)
                 if type(request) is Request:
-                    if request.method in WHOLE_TABLE_READS and self.jobs >= self.limits.max_scans:
+                    if (
+                        request.method in WHOLE_TABLE_READS or request.servers is not None
+                    ) and self.jobs >= self.limits.max_scans:
                         parked = True  # this line waits (unread) for a job to end
                         break
                     i += 1

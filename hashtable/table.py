@@ -17,12 +17,14 @@ from typing import Any
 
 import regex
 
+from hashtable.placement import key_hash
 from hashtable.request import OK_NONE, Outcome, Status
 
 _SHOWN_KEY_CHARS = 80  # keys may be megabytes long; messages show a prefix
 # The longest one key's regex search may take: no search holds the loop longer.
 KEY_TIMEOUT = 0.05
 _OK = Status.OK
+_DIGEST_MASK = 2**64 - 1
 
 # A versioned write's version: (number, writer id), ordered as a tuple. Written
 # [number, "writer"] in requests, replies, checkpoints and docs/protocol.md.
@@ -69,7 +71,7 @@ class Table:
     versioned writes to the same key are not meant to be mixed.
     """
 
-    __slots__ = ("_changes", "_snapshot", "data", "tombstones", "versions")
+    __slots__ = ("_census", "_changes", "_snapshot", "data", "tombstones", "versions")
 
     def __init__(
         self,
@@ -84,6 +86,7 @@ class Table:
         self._changes = 0
         # The latest snapshot, while a read job still holds it (weak: not kept for nobody).
         self._snapshot: tuple[int, weakref.ref[Snapshot]] | None = None
+        self._census: tuple[int, int, list[list[Any]]] | None = None  # (changes, N, counts)
 
     def insert(self, key: str, value: Any) -> Outcome:
         self.data[key] = value
@@ -177,6 +180,36 @@ class Table:
     def size(self) -> Outcome:
         return Outcome.ok(len(self.data))
 
+    def census(self, servers: int, scan_timeout: float = math.inf) -> Outcome | ReadJob:
+        """``size`` by placement over a cluster of ``servers`` (hashtable.placement):
+        for each primary P, ``[count, digest]`` of the keys held here whose primary
+        is P, the digest the sum of their H(key) mod 2**64 as 16 hex digits. Two
+        replicas with the same pair for P hold the same keys of P (but for a 64-bit
+        collision), which a cluster client checks before counting them once
+        (docs/cluster.md). A pass over the keys, answered from memory until the
+        next change."""
+        cached = self._census
+        if cached is not None and cached[0] == self._changes and cached[1] == servers:
+            return Outcome.ok(cached[2])
+        changes, counts, sums = self._changes, [0] * servers, [0] * servers
+
+        def count(key: str, value: Any, timeout: float) -> bool:
+            h = key_hash(key)
+            counts[h % servers] += 1
+            sums[h % servers] += h
+            return False
+
+        def finish(found: list[list[Any]]) -> list[list[Any]]:
+            result = [
+                [n, f"{total & _DIGEST_MASK:016x}"] for n, total in zip(counts, sums, strict=True)
+            ]
+            self._census = (changes, servers, result)
+            return result
+
+        return ReadJob(
+            self.snapshot(), count, slow="size", scan_timeout=scan_timeout, finish=finish
+        )
+
     def scan(
         self, pattern: str, scan_timeout: float, key_timeout: float = KEY_TIMEOUT
     ) -> Outcome | ReadJob:
@@ -238,7 +271,7 @@ class Snapshot:
 
 
 class ReadJob:
-    """A read that visits every item (scan, query), run a slice at a time.
+    """A read that visits every item (scan, query, a census), run a slice at a time.
 
     It works on a snapshot taken when it starts, so its result is the table as of
     that moment whatever is written while it runs, and ``step`` returns by its
@@ -250,6 +283,7 @@ class ReadJob:
     """
 
     __slots__ = (
+        "_finish",
         "_found",
         "_items",
         "_key_timeout",
@@ -268,6 +302,7 @@ class ReadJob:
         slow: str,
         scan_timeout: float = math.inf,
         key_timeout: float = math.inf,
+        finish: Callable[[list[list[Any]]], Any] | None = None,
     ) -> None:
         self.snapshot = snapshot  # held while the job runs: jobs started meanwhile share it
         self._items = zip(snapshot.keys, snapshot.values, strict=True)
@@ -277,6 +312,7 @@ class ReadJob:
         self._key_timeout = key_timeout
         self._spent = 0.0
         self._found: list[list[Any]] = []
+        self._finish = finish  # the result from what was found (default: the pairs)
 
     def step(self, deadline: float) -> Outcome | None:
         """Advances until ``deadline`` (``time.monotonic``), at least one item;
@@ -306,7 +342,7 @@ class ReadJob:
             if now >= deadline:
                 self._spent += now - started
                 return None
-        return Outcome.ok(found)
+        return Outcome.ok(found if self._finish is None else self._finish(found))
 
     def run(self) -> Outcome:
         """The outcome, in one go."""

@@ -103,7 +103,8 @@ def test_any_k_from_1_to_n(spawn, tmp_path, catalog, servers, copies):
     [
         (3, 4, "1 <= K <= N = 3, not 4"),
         (3, 0, "1 <= K <= N = 3, not 0"),
-        (0, 1, "N (the number of servers) must be a whole number >= 1, not 0"),
+        (0, 1, "N (the number of servers) must be a whole number from 1 to 1024, not 0"),
+        (10**20, 2, "from 1 to 1024, not 100000000000000000000"),
         ("3", 1, "not '3'"),
     ],
 )
@@ -258,6 +259,26 @@ def test_scan_query_and_size_count_every_key_once(cluster3):
         assert table.size() == 64 and dict(table.scan("")) == model
 
 
+def test_size_counts_writes_given_up_half_way_once_even_when_counts_agree(cluster3):
+    """Two writes given up half way leave key a on server 0 only and key b on
+    server 1 only, both of primary 0: each server counts one key of primary 0, and
+    the sum of all counts is a multiple of K. The census' digests differ, so the
+    keys are listed: each counted once."""
+    with cluster3.client(2) as table:
+        for n in range(10):
+            table.insert(f"base-{n}", n)
+    a, b = [key for key in (f"h{n}" for n in range(500)) if replicas(key, 3, 2) == [0, 1]][:2]
+    for down, key in ((1, a), (0, b)):
+        cluster3.kill(down)
+        with cluster3.client(2, give_up_after=1) as table, pytest.raises(ServiceUnavailable):
+            table.insert(key, "half")
+        cluster3.restart(down)
+    assert a in cluster3.contents(0) and a not in cluster3.contents(1)
+    assert b in cluster3.contents(1) and b not in cluster3.contents(0)
+    with cluster3.client(2) as table:
+        assert table.size() == len(table.scan("")) == 12
+
+
 def test_three_concurrent_writers_to_the_same_keys_leave_identical_replicas(
     spawn, tmp_path, catalog
 ):
@@ -358,6 +379,11 @@ def test_a_local_cluster_in_one_command(tmp_path, catalog):
         assert started.stdout.count("listening on port") == 3
         assert cluster("status", "local", *where).returncode == 0
         assert cluster("start", "local", "3", *where).returncode == 1  # already running
+        # Another cluster in the same directory is not this one.
+        other = cluster("status", "other", *where)
+        assert other.returncode == 1 and "no cluster 'other'" in other.stdout
+        assert "no cluster 'other' to stop" in cluster("stop", "other", *where).stdout
+        assert cluster("status", "local", *where).returncode == 0
         with ClusterClient("local", 3, 2, catalog=catalog.host, give_up_after=30) as table:
             table.insert("k", "v")
             assert table.lookup("k") == "v"
@@ -367,6 +393,10 @@ def test_a_local_cluster_in_one_command(tmp_path, catalog):
     status = cluster("status", "local", *where)
     assert status.returncode == 1 and "no cluster" in status.stdout
     assert (tmp_path / "data" / "local-2" / LOG).exists()
+    (tmp_path / "file").write_text("")
+    unusable = cluster("start", "local", "1", "--dir", str(tmp_path / "file" / "run"))
+    assert unusable.returncode == 1 and "Traceback" not in unusable.stderr
+    assert f"cannot use {tmp_path / 'file' / 'run'} for pid files and logs" in unusable.stderr
 
 
 def test_the_versioned_writes_are_in_the_replicas_logs(cluster3):

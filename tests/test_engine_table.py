@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashtable.database import Database, ReadJob
+from hashtable.placement import key_hash
 from hashtable.request import METHODS, Outcome, Request, Status
 from hashtable.table import Table
 
@@ -33,6 +34,30 @@ def test_insert_lookup_remove_size(db):
     assert run(db, "insert", key="zebra", value=[1, 2]).result is None  # a blind set
     assert run(db, "remove", key="zebra").result == [1, 2]
     assert run(db, "size").result == 1
+
+
+def test_a_census_counts_by_placement_and_is_kept_until_the_next_change(db):
+    """``size`` with ``servers``: ``[count, digest]`` per primary (hashtable.placement);
+    the digest is the sum of the keys' H mod 2**64, so equal pairs mean equal keys."""
+    keys = [f"k{n}" for n in range(50)]
+    for key in keys:
+        run(db, "insert", key=key, value=1)
+    census = run(db, "size", servers=3).result
+    assert [count for count, _ in census] == [
+        sum(1 for key in keys if key_hash(key) % 3 == first) for first in range(3)
+    ]
+    for first, (_, digest) in enumerate(census):
+        expected = sum(key_hash(key) for key in keys if key_hash(key) % 3 == first) % 2**64
+        assert digest == f"{expected:016x}"
+    assert run(db, "size", servers=3).result is census  # nothing changed: not counted again
+    run(db, "remove", key="k0")
+    again = run(db, "size", servers=3).result
+    assert sum(count for count, _ in again) == 49 and again != census
+    assert run(db, "size", servers=1).result[0][0] == 49 == run(db, "size").result
+    for bad in (0, 1025, "3", 2.0, True):
+        outcome = run(db, "size", servers=bad)
+        assert outcome.status is Status.INVALID
+        assert 'field "servers" must be an integer from 1 to 1024' in outcome.message
 
 
 def test_missing_key_is_a_failed_keyerror(db):

@@ -5,7 +5,6 @@
 """
 
 from hashtable.cluster.client import ClusterClient, ClusterPipeline
-from hashtable.cluster.placement import key_hash, primary, replicas
 from hashtable.errors import (
     AuthenticationError,
     HashTableError,
@@ -13,6 +12,7 @@ from hashtable.errors import (
     ServerError,
     ServiceUnavailable,
 )
+from hashtable.placement import key_hash, primary, replicas
 
 __all__ = [
     "AuthenticationError",

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hashtable.errors import result_of
+from hashtable.placement import key_hash
 from hashtable.protocol import ProtocolError
 from hashtable.request import Outcome, Status
 
 from .clock import HybridClock
-from .placement import key_hash
 
 
 def needs_new_version(outcomes: Iterable[Outcome]) -> bool:
@@ -84,11 +84,25 @@ def merged_pairs(
     return [(key, value) for key, (_, value) in best.items()]
 
 
-def quick_size(sizes: Mapping[int, Any], servers: int, copies: int) -> int | None:
-    """The number of distinct keys from every server's ``size``, when that tells:
-    all N answered and the sum is K copies of each key. None otherwise (a server
-    down, or replicas that differ for now): then the keys must be counted."""
-    if len(sizes) != servers or not all(type(size) is int for size in sizes.values()):
+def census_size(censuses: Mapping[int, Any], servers: int, copies: int) -> int | None:
+    """The number of distinct keys from every server's census (``size`` with
+    ``servers``: ``[count, digest]`` per primary), when that tells: each primary's
+    K replicas answered alike, so they hold the same keys, counted once. None
+    otherwise (a server down, or replicas that differ for now: a write under way,
+    or one whose writer gave up half way): then the keys must be listed. Keys a
+    server holds for a primary it does not replicate (written there directly)
+    are not counted, as in ``merged_pairs``."""
+    if len(censuses) != servers:
         return None
-    total = sum(sizes.values())
-    return total // copies if total % copies == 0 else None
+    for index, census in censuses.items():
+        if type(census) is not list or len(census) != servers:
+            raise ProtocolError(f"server {index}: not a census of {servers}: {str(census)[:80]}")
+    total = 0
+    for first in range(servers):
+        count = censuses[first][first]
+        if any(censuses[(first + n) % servers][first] != count for n in range(1, copies)):
+            return None
+        if type(count) is not list or len(count) != 2 or type(count[0]) is not int:
+            raise ProtocolError(f"not a census entry: {str(count)[:80]}")
+        total += count[0]
+    return total

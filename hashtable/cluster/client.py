@@ -7,7 +7,7 @@
 
 The servers are ordinary hash table servers (``HashTableServer.py NAME-i``)
 that know nothing of each other, each found through the catalog. Where a key
-lives is ``hashtable.cluster.placement``; how replicas stay identical is the
+lives is ``hashtable.placement``; how replicas stay identical is the
 versioned writes (``hashtable.cluster.clock``, docs/cluster.md).
 """
 
@@ -28,14 +28,14 @@ from hashtable.errors import (
 )
 from hashtable.numbering import Numbering
 from hashtable.pipeline import RequestQueue
+from hashtable.placement import covered, key_hash, replicas
 from hashtable.protocol import encode_request
-from hashtable.request import Outcome, Request, argument_problem
+from hashtable.request import MAX_SERVERS, Outcome, Request, argument_problem
 from hashtable.transport import DEFAULT_TIMEOUT, Transport
 
-from .answers import merged_pairs, needs_new_version, quick_size, write_result
+from .answers import census_size, merged_pairs, needs_new_version, write_result
 from .clock import HybridClock
 from .fanout import Call, Member, Patience, run
-from .placement import covered, key_hash, replicas
 
 
 class ClusterClient:
@@ -148,12 +148,16 @@ class ClusterClient:
         return self._execute(Request("query", subkey=subkey, subvalue=subvalue))
 
     def size(self) -> int:
-        """The number of distinct keys. Every server's count when all answer and
-        agree (K copies of each key); otherwise the keys are listed and counted."""
-        sizes = self._read_all(Request("size"), need_all=True)
-        quick = quick_size(sizes, *self._shape) if sizes is not None else None
-        if quick is not None:
-            return quick
+        """The number of distinct keys: from every server's census when all answer
+        and each key's replicas agree (docs/cluster.md); otherwise the keys are
+        listed and counted, each once."""
+        try:
+            censuses = self._read_all(Request("size", servers=self.servers), need_all=True)
+        except InvalidRequestError:  # a server without censuses (another implementation)
+            censuses = None
+        counted = census_size(censuses, *self._shape) if censuses is not None else None
+        if counted is not None:
+            return counted
         return len(merged_pairs(self._read_all(Request("scan", regex="")), *self._shape))
 
     def pipeline(self) -> ClusterPipeline:
@@ -284,9 +288,13 @@ class ClusterPipeline(RequestQueue):
 
 
 def check_shape(servers: Any, copies: Any) -> None:
-    """N and K as the course states them: ``1 <= K <= N``."""
-    if type(servers) is not int or servers < 1:
-        raise ValueError(f"N (the number of servers) must be a whole number >= 1, not {servers!r}")
+    """N and K as the course states them: ``1 <= K <= N``; N at most ``MAX_SERVERS``
+    (a connection and a census entry per server)."""
+    if type(servers) is not int or not 1 <= servers <= MAX_SERVERS:
+        raise ValueError(
+            f"N (the number of servers) must be a whole number from 1 to {MAX_SERVERS}, "
+            f"not {servers!r}"
+        )
     if type(copies) is not int or not 1 <= copies <= servers:
         raise ValueError(
             f"K (the copies of each key) must be a whole number with 1 <= K <= N = {servers}, "

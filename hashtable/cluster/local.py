@@ -41,13 +41,18 @@ SERVER = Path(__file__).resolve().parents[2] / "HashTableServer.py"
 
 
 def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra: list[str]) -> int:
-    directory.mkdir(parents=True, exist_ok=True)
-    running = [project for project in _projects(directory) if _pid(directory, project)]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"cannot use {directory} for pid files and logs: {error.strerror}", file=sys.stderr)
+        return 1
+    projects = _projects(directory, name)
+    running = [project for project in projects if _pid(directory, project)]
     if running:
         print(f"already running: {', '.join(running)} (stop them first)", file=sys.stderr)
         return 1
-    for stale in directory.glob("*.pid"):
-        stale.unlink()
+    for stale in projects:
+        (directory / f"{stale}.pid").unlink()
     if "--host" not in extra:
         extra = ["--host", "127.0.0.1", *extra]
     for index in range(servers):
@@ -69,15 +74,15 @@ def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra
             if _pid(directory, project) is None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-1500:]
                 print(f"{project} did not start (see {log}):\n{tail}", file=sys.stderr)
-                stop(directory)
+                stop(directory, name)
                 return 1
             time.sleep(0.05)
         print(f"{project} listening on port {port} (log {log})")
     return 0
 
 
-def stop(directory: Path) -> int:
-    pids = {project: _pid(directory, project) for project in _projects(directory)}
+def stop(directory: Path, name: str) -> int:
+    pids = {project: _pid(directory, project) for project in _projects(directory, name)}
     for pid in pids.values():
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
@@ -89,23 +94,27 @@ def stop(directory: Path) -> int:
             print(f"{project} stopped")
         (directory / f"{project}.pid").unlink(missing_ok=True)
     if not pids:
-        print(f"nothing to stop in {directory}")
+        print(f"no cluster {name!r} to stop in {directory}")
     return 0
 
 
-def status(directory: Path) -> int:
-    pids = {project: _pid(directory, project) for project in _projects(directory)}
+def status(directory: Path, name: str) -> int:
+    pids = {project: _pid(directory, project) for project in _projects(directory, name)}
     for project, pid in pids.items():
         print(f"{project}: {'running, pid ' + str(pid) if pid else 'not running'}")
     if not pids:
-        print(f"no cluster in {directory}")
+        print(f"no cluster {name!r} in {directory}")
     return 0 if pids and all(pids.values()) else 1
 
 
-def _projects(directory: Path) -> list[str]:
-    """The servers of the cluster in ``directory``, by number."""
-    found = [path.stem for path in directory.glob("*.pid")] if directory.is_dir() else []
-    return sorted(found, key=lambda project: int(project.rsplit("-", 1)[1]))
+def _projects(directory: Path, name: str) -> list[str]:
+    """The servers of cluster ``name`` with a pid file in ``directory``, by number
+    (clusters may share a directory: each one's files are NAME-i.pid)."""
+    if not directory.is_dir():
+        return []
+    server = re.compile(re.escape(name) + r"-([0-9]+)")
+    found = [m for path in directory.glob("*.pid") if (m := server.fullmatch(path.stem))]
+    return [m.group(0) for m in sorted(found, key=lambda m: int(m.group(1)))]
 
 
 def _pid(directory: Path, project: str) -> int | None:
@@ -159,4 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.catalog:
             extra = ["--catalog", args.catalog, *extra]
         return start(args.name, args.servers, directory, args.data_dir, extra)
-    return stop(directory) if args.command == "stop" else status(directory)
+    if args.command == "stop":
+        return stop(directory, args.name)
+    return status(directory, args.name)
