@@ -42,7 +42,10 @@ log = logging.getLogger("herd")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog=program_name("python -m herd"),
+        # server.py is where the assignment's users start it; its errors say so.
+        prog=program_name(
+            "python server.py" if Path(sys.argv[0]).name == "server.py" else "python -m herd"
+        ),
         description="Run one server of a herd (see docs/herd.md).",
     )
     parser.add_argument("name", help="this server's name in the configuration")

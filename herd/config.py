@@ -91,7 +91,11 @@ def parse_config(document: Any) -> HerdConfig:
         raise ConfigError("'links' must be a list of [name, name] pairs")
     links = set()
     for item in links_doc:
-        if not (isinstance(item, list) and len(item) == 2 and all(n in servers for n in item)):
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and all(type(n) is str and n in servers for n in item)
+        ):
             raise ConfigError(f"link {item!r:.80} is not a pair of configured server names")
         if item[0] == item[1]:
             raise ConfigError(f"link {item!r} joins a server to itself")

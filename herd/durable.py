@@ -33,7 +33,7 @@ class DurableLocations:
         for client, value in self.db.table.data.items():
             try:
                 line, received_ns = value
-                fields = line.split()
+                fields = line.split(" ")  # as written: a client ID may hold U+00A0
                 if fields[0] != "AT" or type(received_ns) is not int:
                     raise Invalid("not an AT line and a time")
                 at = parse_at_fields(fields[1:])

@@ -64,9 +64,9 @@ class GooglePlaces:
         }
         try:
             async with self._session.get(self.url, params=params) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
                 if response.status != 200:
                     return _failure(f"HTTP status {response.status}")
+                body = await _read_at_most(response.content, MAX_ANSWER_BYTES + 1)
         except (TimeoutError, aiohttp.ClientError) as error:
             return _failure(f"request failed: {type(error).__name__}")
         if len(body) > MAX_ANSWER_BYTES:
@@ -85,6 +85,18 @@ class GooglePlaces:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end or ``limit`` bytes: ``read(n)`` gives what has come so
+    far, which for an answer sent in pieces is only the first of them."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await stream.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _failure(why: str) -> dict[str, Any]:

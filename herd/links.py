@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 from herd.clients import prepare
-from herd.peering import PING_LINE, Link, ProtocolError, parse_hello
+from herd.peering import PING_LINE, BadUpdate, Link, ProtocolError, parse_hello
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer, LineTooLong
 from netkit.tls import TlsError, TlsSession
@@ -149,7 +149,11 @@ class PeerConnection(asyncio.Protocol):
         log, prefix = server.io_log, f"in  peer {self.neighbour}: "
         for line in lines:
             log.line(prefix + _text(line))
-            location = link.receive(line, server.table)
+            try:
+                location = link.receive(line, server.table)
+            except BadUpdate as error:
+                server.log.warning("from %s: %s", self.neighbour, error)
+                continue
             if location is not None:
                 server.changed(location)
         if link.ack_due:

@@ -85,10 +85,11 @@ def parse_iamat(client: str, location: str, time_text: str) -> IAmAt:
 
 def parse_whatsat(client: str, radius: str, items: str) -> WhatsAt:
     check_client(client)
-    if not _RADIUS.fullmatch(radius) or not 0 < float(radius) <= MAX_RADIUS_KM:
-        raise Invalid(f"radius must be a number above 0 and at most {MAX_RADIUS_KM} (km)")
-    if not _COUNT.fullmatch(items) or not 0 < int(items) <= MAX_ITEMS:
-        raise Invalid(f"the number of items must be a whole number from 1 to {MAX_ITEMS}")
+    # Compared exactly: 50.0000000000000001 is over 50, though float() rounds it to 50.
+    if not _RADIUS.fullmatch(radius) or Decimal(radius) > MAX_RADIUS_KM:
+        raise Invalid(f"radius must be a number from 0 to {MAX_RADIUS_KM} (km)")
+    if not _COUNT.fullmatch(items) or int(items) > MAX_ITEMS:
+        raise Invalid(f"the number of items must be a whole number from 0 to {MAX_ITEMS}")
     return WhatsAt(client, float(radius), int(items))
 
 
@@ -105,7 +106,8 @@ def parse_location(text: str) -> tuple[float, float]:
     lat_sign, lat, lon_sign, lon = match.groups()
     latitude = float(lat) * (-1 if lat_sign == "-" else 1)
     longitude = float(lon) * (-1 if lon_sign == "-" else 1)
-    if abs(latitude) > 90 or abs(longitude) > 180:
+    # Exactly near the edges, where float() could round a value just over onto one.
+    if (abs(latitude) >= 90 or abs(longitude) >= 180) and (Decimal(lat) > 90 or Decimal(lon) > 180):
         raise Invalid("latitude must be within 90 degrees and longitude within 180")
     return latitude, longitude
 
@@ -159,7 +161,8 @@ class At(NamedTuple):
         return at_line(self.server, self.diff, self.client, self.location, self.time_text)
 
 
-_DIFF = re.compile(r"[+-]\d{1,20}\.\d{9}")
+# A time of up to 20 integer digits minus now (10 digits): up to 21.
+_DIFF = re.compile(r"[+-]\d{1,21}\.\d{9}")
 SERVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 

@@ -139,6 +139,10 @@ class Waiter(Protocol):
     def set_result(self, result: Any) -> None: ...
 
 
+class BadUpdate(ProtocolError):
+    """A well-framed UPDATE whose location does not parse: skipped, the link kept."""
+
+
 class Link:
     """One established link with a neighbour: what was sent, acknowledged, received."""
 
@@ -213,7 +217,10 @@ class Link:
                 raise Invalid("a client ID holds no whitespace")
             at = parse_at_fields(fields[3:8])
         except Invalid as error:
-            raise ProtocolError(f"bad UPDATE: {error}") from None
+            # Taken (numbered and acknowledged) but not stored: dropping the link would
+            # have it sent again on every redial, and cut the link off for good.
+            self._accept(lsn, "", fields[8])
+            raise BadUpdate(f"UPDATE {lsn} skipped: {error}") from None
         location = Location(at, received_ns)
         location.covered = self._accept(lsn, at.server, fields[8])
         try:

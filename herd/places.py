@@ -82,6 +82,8 @@ class PlaceIndex:
         self, latitude: float, longitude: float, radius_km: float, limit: int
     ) -> list[Place]:
         """Up to ``limit`` places within ``radius_km``, most populous first."""
+        if limit <= 0:
+            return []
         lists = [
             members
             for key in _cells_around(latitude, longitude, radius_km)

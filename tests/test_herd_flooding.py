@@ -178,12 +178,14 @@ def test_acknowledged_locations_survive_sigkill(tmp_path):
         for name in names:
             herd.start(name, extra=["--data-dir", str(tmp_path / f"data-{name}")])
         herd.wait_links()
-        pipelined = "".join(f"IAMAT durable{i} +4+4 {i}.25\n" for i in range(300))
-        replies = ask(herd.port("Goloman"), pipelined).splitlines()
-        assert len(replies) == 300 and all(r.startswith("AT Goloman") for r in replies)
+        # Spaces that are not the protocol's whitespace belong to the client ID.
+        clients = [f"durable{i}" for i in range(300)] + ["nb\u00a0sp", "em\u2003sp", "fs\x1csep"]
+        pipelined = "".join(f"IAMAT {client} +4+4 {i}.25\n" for i, client in enumerate(clients))
+        replies = ask(herd.port("Goloman"), pipelined).split("\n")[:-1]
+        assert len(replies) == 303 and all(r.startswith("AT Goloman") for r in replies)
         herd.kill(*names)  # every server at once: nobody to catch up from
         herd.start("Goloman", extra=["--data-dir", str(tmp_path / "data-Goloman")])
-        assert all(knows(herd, "Goloman", f"durable{i}") == replies[i] for i in range(300))
+        assert all(knows(herd, "Goloman", c) == replies[i] for i, c in enumerate(clients))
         # Its neighbours kept theirs too (flooded before the reply left).
         herd.start("Wilkes", extra=["--data-dir", str(tmp_path / "data-Wilkes")])
         assert knows(herd, "Wilkes", "durable299") == replies[299]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -21,7 +22,8 @@ KEY = "test-key-4f1d9c"
 
 
 class StandIn(http.server.BaseHTTPRequestHandler):
-    """Answers like Nearby Search: 30 results, or an error for radius 1000 (1 km)."""
+    """Answers like Nearby Search: 30 results, or an error for radius 1000 (1 km);
+    for radius 2000 the body comes in two pieces, 0.2 s apart."""
 
     requests: ClassVar[list[dict]] = []
 
@@ -40,6 +42,11 @@ class StandIn(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if query.get("radius") == "2000":
+            self.wfile.write(body[:100])
+            self.wfile.flush()
+            time.sleep(0.2)
+            body = body[100:]
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -68,12 +75,14 @@ def test_google_places_through_aiohttp_with_the_key_never_logged(tmp_path, stand
         herd.start("Goloman")
         port = herd.port("Goloman")
         at = ask(port, "IAMAT g +34.068930-118.445127 1600000000\n").strip()
-        reply = ask(port, "WHATSAT g 10 5\nWHATSAT g 1 5\n")
+        reply = ask(port, "WHATSAT g 10 5\nWHATSAT g 1 5\nWHATSAT g 2 3\n")
         first, rest = reply.split("\n", 1)
         assert first == at
-        ok, failed = rest.split("\n\n")[:2]
+        ok, failed, in_pieces = rest.split("\n\n")[:3]
         assert [r["name"] for r in json.loads(ok)["results"]] == [f"place {i}" for i in range(5)]
         assert json.loads(failed.split("\n", 1)[1])["status"] == "UNKNOWN_ERROR"
+        answer = json.loads(in_pieces.split("\n", 1)[1])  # read to its end, not its first piece
+        assert [r["name"] for r in answer["results"]] == [f"place {i}" for i in range(3)]
         assert StandIn.requests[0] == {
             "location": "34.06893,-118.445127",
             "radius": "10000",

@@ -20,7 +20,15 @@ from herd.messages import (
     parse_client_line,
     whatsat_reply,
 )
-from herd.peering import AckWaiters, Hello, Link, ProtocolError, fanout, parse_hello
+from herd.peering import (
+    AckWaiters,
+    BadUpdate,
+    Hello,
+    Link,
+    ProtocolError,
+    fanout,
+    parse_hello,
+)
 from herd.places import Place, PlaceIndex, distance_km
 from herd.server import HerdServer, Options
 from herd.traffic import TrafficLog
@@ -64,10 +72,11 @@ def test_a_unicode_space_is_part_of_a_client_id():
         b"IAMAT \xff\xfe +34.0-118.0 1",  # not UTF-8
         b"WHATSAT kiwi 10",
         b"WHATSAT kiwi 51 5",  # radius over 50 km
-        b"WHATSAT kiwi 0 5",
+        b"WHATSAT kiwi 50.0000000000000001 5",  # over, though float() makes it 50.0
+        b"IAMAT kiwi +90.0000000000000001+0 1",  # likewise over 90
+        b"IAMAT kiwi +0+180.00000000000001 1",  # and over 180
         b"WHATSAT kiwi -1 5",
         b"WHATSAT kiwi 10 21",  # bound over 20
-        b"WHATSAT kiwi 10 0",
         b"WHATSAT kiwi 10 2.5",
         b"WHATSAT kiwi ten 5",
         b"AT Goloman +0.1 kiwi +34-118 1",  # peers' business, not a client's
@@ -80,8 +89,21 @@ def test_invalid_lines_are_rejected(line):
 
 
 def test_whatsat_bounds_are_inclusive():
+    """ "radius at most 50 (km), bound at most 20 (items)": 0 is in range too."""
     assert parse_client_line(b"WHATSAT kiwi 50 20") == WhatsAt("kiwi", 50.0, 20)
     assert parse_client_line(b"WHATSAT kiwi 0.5 1") == WhatsAt("kiwi", 0.5, 1)
+    assert parse_client_line(b"WHATSAT kiwi 0 0") == WhatsAt("kiwi", 0.0, 0)
+    assert parse_client_line(b"IAMAT kiwi -90.000+180.0 1").latitude == -90.0
+
+
+def test_the_at_line_of_any_valid_time_parses_back_for_the_peers():
+    """A time of 20 integer digits makes a difference of 21: what a server
+    replies with, its neighbours must take (else one client line cut a link)."""
+    for time_text in ("-99999999999999999999", "99999999999999999999.999999999"):
+        at = parse_client_line(f"IAMAT x +1+1 {time_text}".encode())
+        diff = format_diff(1_800_000_000_000_000_000, at.time)
+        parsed = parse_at_fields(["Goloman", diff, "x", "+1+1", time_text])
+        assert parsed.diff == diff
 
 
 @pytest.mark.parametrize(
@@ -217,10 +239,6 @@ def test_a_link_rejects_junk_and_out_of_order_updates():
         b"UPDATE 6 0 Hands +0.000000000 c +1+1 1",  # no fanout
         b"UPDATE 6 0 Hands +0.000000000 c +1+1 1 a,,b",
         b"UPDATEX 6 0 Hands +0.000000000 c +1+1 1 -",
-        b"UPDATE 6 0 Hands +0.000000000 c\td +1+1 1 -",  # no client sends an ID with a tab
-        b"UPDATE 6 0 Hands +0.000000000 " + b"x" * 300 + b" +1+1 1 -",  # client ID too long
-        "UPDATE 6 0 Hands +0.000000000 {} +1+1 1 -".format("\u00e9" * 200).encode(),  # in bytes
-        b"UPDATE 6 0 Hands +0.000000000 c +91+1 1 -",
         b"HERD 1",
         b"GARBAGE",
         b"ACK x",
@@ -228,6 +246,27 @@ def test_a_link_rejects_junk_and_out_of_order_updates():
     ]:
         with pytest.raises(ProtocolError):
             link.receive(junk, table)
+
+
+def test_an_update_whose_location_does_not_parse_is_skipped_and_acknowledged():
+    """Dropping the link for it would have it sent again on every redial."""
+    table = LocationTable()
+    link = Link("B", "e", 0, 0)
+    for lsn, bad in enumerate(
+        [
+            b"Hands +0.1 c +1+1 1",  # not fixed point to the nanosecond
+            b"Hands +0.000000000 c\td +1+1 1",  # no client sends an ID with a tab
+            b"Hands +0.000000000 " + b"x" * 300 + b" +1+1 1",  # client ID too long
+            "Hands +0.000000000 {} +1+1 1".format("\u00e9" * 200).encode(),  # in bytes
+            b"Hands +0.000000000 c +91+1 1",
+        ],
+        start=1,
+    ):
+        with pytest.raises(BadUpdate, match=f"UPDATE {lsn} skipped"):
+            link.receive(b"UPDATE %d 0 %s -" % (lsn, bad), table)
+        assert link.received_upto == lsn and link.ack_line() == b"ACK %d\n" % lsn
+    assert len(table) == 0
+    assert link.receive(b"UPDATE 6 0 Hands +0.000000000 c +1+1 1 -", table) is not None
 
 
 class Waiter:
@@ -413,6 +452,7 @@ def test_nearby_is_exactly_the_most_populous_within_the_radius():
         (34.0, -118.4, 3, 20),
         (-16.5, 180.0, 30, 5),
         (89.95, 90.0, 50, 5),
+        (34.0, -118.4, 50, 0),  # a bound of 0: none
     ]:
         expected = sorted(
             (p for p in places if distance_km(lat, lon, p.latitude, p.longitude) <= radius),
@@ -446,6 +486,8 @@ def test_the_shipped_configuration_is_the_assignments_herd():
         ({"servers": {"A": {"port": 5}, "B": {"port": 6}}}, "both use port 6"),
         ({"servers": {"A": {"port": 5}}, "links": [["A", "C"]]}, "not a pair"),
         ({"servers": {"A": {"port": 5}}, "links": [["A", "A"]]}, "to itself"),
+        ({"servers": {"A": {"port": 5}}, "links": [["A", ["A"]]]}, "not a pair"),
+        ({"servers": {"A": {"port": 5}}, "links": [["A", {"A": 1}]]}, "not a pair"),
         ({"servers": {"A": {"port": 5}}, "extra": 1}, "unknown keys"),
     ],
 )
