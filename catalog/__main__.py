@@ -25,7 +25,7 @@ log = logging.getLogger("catalog")
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65535:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65535:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a port from 1 to 65534 (the catalog also uses the next port)"
         )

@@ -7,7 +7,7 @@ else, and is tested without sockets (tests/test_scheduler.py):
 - a turn runs each client with work for one slice (``TURN_SLICE``) or until its
   replies would pass the high-water mark, so that a client pipelining slow
   requests cannot hold the others back for long;
-- a scan or query is a job over a snapshot, run a slice per turn, before that
+- a scan, query or census is a job over a snapshot, run a slice per turn, before that
   client's next line; at most ``max_scans`` run at once and the client whose
   next line is one more waits, parked, first come first served;
 - each client's connection goes through explicit phases (``Phase``): open;
@@ -123,8 +123,10 @@ class Client:
         self.heard = False  # any request line received yet
         self.lines: list[bytes] = []  # request lines read and not yet executed
         self.next = 0  # index of the next line to execute
-        self.job: ReadJob | None = None  # a scan or query under way; later lines wait for it
-        self.parked = False  # its next line is a scan or query waiting for a job slot
+        self.job: ReadJob | None = (
+            None  # a scan, query or census under way; later lines wait for it
+        )
+        self.parked = False  # its next line is a scan, query or census waiting for a job slot
         self.replies = bytearray()  # this turn's replies, sent after the commit
         self.refusal: bytes | None = None  # the last reply, once the lines before it are done
         self.queued = 0  # reply bytes the server has not got out yet (set by the server)
@@ -150,7 +152,7 @@ class Scheduler:
         self.limits = limits
         self.clock = clock
         self.busy: dict[Client, None] = {}  # clients with lines to execute, in arrival order
-        self.jobs = 0  # scans and queries under way
+        self.jobs = 0  # scans, queries and censuses under way
         self.parked: deque[Client] = deque()  # waiting for one of them to end, oldest first
         self.requests = 0
         self.recent: dict[str, int] = {}  # requests per client since the last summary
@@ -308,7 +310,7 @@ class Scheduler:
                     client.refusal = None
 
     def _job_ended(self) -> None:
-        """A scan or query ended: the longest-waiting parked client may start its own."""
+        """A scan, query or census ended: the longest-waiting parked client may start its own."""
         self.jobs -= 1
         while self.parked:
             client = self.parked.popleft()
@@ -402,5 +404,5 @@ def _step(client: Client, job: ReadJob, deadline: float) -> Outcome | None:
     try:
         return job.step(deadline)
     except Exception:
-        log.exception("a scan or query from %s failed", client.name)
+        log.exception("a scan, query or census from %s failed", client.name)
         return _SERVER_ERROR

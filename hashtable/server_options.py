@@ -187,7 +187,7 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=Limits.max_scans,
         metavar="N",
-        help="scans and queries running at once (default %(default)s); each may "
+        help="scans, queries and censuses running at once (default %(default)s); each may "
         "hold a snapshot of the table (16 bytes per key), more wait for one to end",
     )
     parser.add_argument(

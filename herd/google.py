@@ -55,11 +55,13 @@ class GooglePlaces:
         return f"GooglePlaces(url={self.url!r})"
 
     async def search(self, latitude: float, longitude: float, radius_km: float, limit: int):
+        if limit == 0 or radius_km == 0:  # nothing can be in it: Google refuses radius 0
+            return {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         params = {
             "location": f"{latitude},{longitude}",
-            "radius": str(round(radius_km * 1000)),
+            "radius": str(max(1, round(radius_km * 1000))),  # metres, at least Google's 1
             "key": self._key,
         }
         try:

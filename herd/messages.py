@@ -21,11 +21,11 @@ MAX_RADIUS_KM = 50
 MAX_ITEMS = 20
 
 # ISO 6709 decimal degrees, one token: a sign before each number.
-_LOCATION = re.compile(r"([+-])(\d{1,2}(?:\.\d{1,20})?)([+-])(\d{1,3}(?:\.\d{1,20})?)")
+_LOCATION = re.compile(r"([+-])(\d{1,2}(?:\.\d{1,20})?)([+-])(\d{1,3}(?:\.\d{1,20})?)", re.ASCII)
 # POSIX seconds, optionally signed, with an optional fraction: no exponent, no inf/nan.
-_TIME = re.compile(r"[+-]?\d{1,20}(?:\.\d{1,20})?")
-_RADIUS = re.compile(r"\d{1,3}(?:\.\d{1,20})?")
-_COUNT = re.compile(r"\d{1,3}")
+_TIME = re.compile(r"[+-]?\d{1,20}(?:\.\d{1,20})?", re.ASCII)
+_RADIUS = re.compile(r"\d{1,3}(?:\.\d{1,20})?", re.ASCII)
+_COUNT = re.compile(r"\d{1,3}", re.ASCII)
 # Precise enough for 20 integer and 20 fraction digits on both sides of a subtraction.
 _EXACT = Context(prec=64)
 _NANO = Decimal("1e-9")
@@ -162,7 +162,7 @@ class At(NamedTuple):
 
 
 # A time of up to 20 integer digits minus now (10 digits): up to 21.
-_DIFF = re.compile(r"[+-]\d{1,21}\.\d{9}")
+_DIFF = re.compile(r"[+-]\d{1,21}\.\d{9}", re.ASCII)
 SERVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 

@@ -53,7 +53,7 @@ from herd.messages import SERVER_NAME, Invalid, parse_at_fields
 
 VERSION = "2"  # 2: UPDATE carries the fanout
 _EPOCH = re.compile(r"[0-9a-f]{1,32}|-")
-_NUMBER = re.compile(r"\d{1,19}")
+_NUMBER = re.compile(r"\d{1,19}", re.ASCII)
 _NAME = SERVER_NAME.pattern
 _FANOUT = re.compile(rf"-|{_NAME}(?:,{_NAME}){{0,63}}")
 NO_FANOUT: frozenset[str] = frozenset()
@@ -116,9 +116,14 @@ def fanout_text(names: frozenset[str]) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def parse_fanout(text: str) -> frozenset[str]:
-    """The servers an UPDATE's fanout field names (one shared set per distinct field)."""
+    """The servers an UPDATE's fanout field names (one shared set per distinct field).
+
+    A fanout is only a hint (who else gets the change promptly): one that does not
+    parse names nobody, so the change is passed on to every other neighbour and
+    nothing is lost, where refusing it would drop the link and have the same line
+    sent again on every redial."""
     if not _FANOUT.fullmatch(text):
-        raise ProtocolError("bad fanout in UPDATE")
+        return NO_FANOUT
     return NO_FANOUT if text == "-" else frozenset(text.split(","))
 
 

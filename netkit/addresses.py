@@ -27,7 +27,7 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         if text.endswith(":") and (text.count(":") == 1 or text.endswith("]:")):
             raise AddressError(f"bad address {text!r}: empty port")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise AddressError(f"bad address {text!r}: port must be a number from 1 to 65535")
     return host, int(port_text)
 

@@ -26,7 +26,7 @@ def program_name(usual: str) -> str:
 
 def port_number(text: str) -> int:
     """A TCP/UDP port; 0 lets a server take any free one."""
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
     return int(text)
 

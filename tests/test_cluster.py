@@ -8,7 +8,9 @@ ClusterClient left where.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ import orjson
 import pytest
 
 from harness.processes import ROOT, python_module, wait_until
+from harness.procfs import alive
 from hashtable.cluster import ClusterClient, key_hash, replicas
 from hashtable.errors import ServiceUnavailable
 from hashtable.logreader import read_records
@@ -145,6 +148,27 @@ def test_reads_go_on_while_a_server_is_killed_and_do_not_wait_on_it(cluster3, ca
         assert len(table.query("n", 3)) == 0  # values are numbers, not objects: none match
 
 
+def test_a_read_given_up_on_one_replica_still_tries_one_whose_backoff_ended(cluster3):
+    """Replica A, remembered as down from an earlier read, is skipped; B, frozen,
+    times out after the read's time to give up: A, due by then, gets a last try."""
+    key = next(k for k in (f"r{n}" for n in range(500)) if replicas(k, 3, 2) == [0, 1])
+    a, b = (cluster3.servers[i].process for i in (0, 1))
+    options = {"timeout": 1.5, "backoff_initial": 0.5, "backoff_cap": 0.5, "give_up_after": 1.0}
+    with cluster3.client(2, **options) as table:
+        table.insert(key, "v")
+        a.signal(signal.SIGSTOP)
+        try:
+            for _ in range(2):  # one of the two starts at A, times out, fails over to B
+                assert table.lookup(key) == "v"
+        finally:
+            a.signal(signal.SIGCONT)
+        b.signal(signal.SIGSTOP)  # A is back, but remembered as down for 0.5 s more
+        try:
+            assert table.lookup(key) == "v"
+        finally:
+            b.signal(signal.SIGCONT)
+
+
 def test_a_write_waits_for_a_dead_replica_and_completes_when_it_returns(cluster3):
     with cluster3.client(2) as table:
         key = next(f"w{n}" for n in range(100) if set(replicas(f"w{n}", 3, 2)) == {0, 1})
@@ -228,7 +252,21 @@ def test_removes_leave_no_copy_and_a_late_older_insert_does_not_bring_a_key_back
         assert "gone" not in holders(cluster3)
 
 
-def test_scan_query_and_size_count_every_key_once(cluster3):
+@pytest.fixture
+def asked(monkeypatch) -> list[str]:
+    """The methods a ClusterClient asks every server for, in order."""
+    methods: list[str] = []
+    ask_all = ClusterClient._read_all
+
+    def spy(self, request, need_all=False):
+        methods.append(request.method)
+        return ask_all(self, request, need_all)
+
+    monkeypatch.setattr(ClusterClient, "_read_all", spy)
+    return methods
+
+
+def test_scan_query_and_size_count_every_key_once(cluster3, asked):
     with cluster3.client(2) as table:
         model = {}
         for n in range(80):
@@ -246,7 +284,9 @@ def test_scan_query_and_size_count_every_key_once(cluster3):
         assert sorted(table.query("group", 2)) == sorted(
             (k, v) for k, v in model.items() if v.get("group") == 2
         )
+        asked.clear()
         assert table.size() == len(model) == 64
+        assert asked == ["size"]  # the censuses agreed: no key was listed
         with table.pipeline() as queued:  # the same interface as HashTableClient's
             queued.insert("piped", 1)
             queued.lookup("piped")
@@ -259,7 +299,7 @@ def test_scan_query_and_size_count_every_key_once(cluster3):
         assert table.size() == 64 and dict(table.scan("")) == model
 
 
-def test_size_counts_writes_given_up_half_way_once_even_when_counts_agree(cluster3):
+def test_size_counts_writes_given_up_half_way_once_even_when_counts_agree(cluster3, asked):
     """Two writes given up half way leave key a on server 0 only and key b on
     server 1 only, both of primary 0: each server counts one key of primary 0, and
     the sum of all counts is a multiple of K. The census' digests differ, so the
@@ -276,7 +316,9 @@ def test_size_counts_writes_given_up_half_way_once_even_when_counts_agree(cluste
     assert a in cluster3.contents(0) and a not in cluster3.contents(1)
     assert b in cluster3.contents(1) and b not in cluster3.contents(0)
     with cluster3.client(2) as table:
-        assert table.size() == len(table.scan("")) == 12
+        asked.clear()
+        assert table.size() == 12 and asked == ["size", "scan"]
+        assert len(table.scan("")) == 12
 
 
 def test_three_concurrent_writers_to_the_same_keys_leave_identical_replicas(
@@ -387,9 +429,14 @@ def test_a_local_cluster_in_one_command(tmp_path, catalog):
         with ClusterClient("local", 3, 2, catalog=catalog.host, give_up_after=30) as table:
             table.insert("k", "v")
             assert table.lookup("k") == "v"
+        frozen = int((tmp_path / "run" / "local-1.pid").read_text())
+        os.kill(frozen, signal.SIGSTOP)  # a server that does not stop on SIGTERM
     finally:
-        stopped = cluster("stop", "local", *where)
-    assert stopped.returncode == 0 and stopped.stdout.count("stopped") == 3
+        stopped = cluster("stop", "local", *where, "--timeout", "1")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert stopped.stdout.count(" stopped") == 2
+    assert "local-1 did not stop within 1 s of SIGTERM: killed" in stopped.stdout
+    assert not alive(frozen) and not (tmp_path / "run" / "local-1.pid").exists()
     status = cluster("status", "local", *where)
     assert status.returncode == 1 and "no cluster" in status.stdout
     assert (tmp_path / "data" / "local-2" / LOG).exists()

@@ -75,10 +75,15 @@ def test_google_places_through_aiohttp_with_the_key_never_logged(tmp_path, stand
         herd.start("Goloman")
         port = herd.port("Goloman")
         at = ask(port, "IAMAT g +34.068930-118.445127 1600000000\n").strip()
-        reply = ask(port, "WHATSAT g 10 5\nWHATSAT g 1 5\nWHATSAT g 2 3\n")
+        reply = ask(port, "WHATSAT g 10 5\nWHATSAT g 1 5\nWHATSAT g 2 3\n"
+                          "WHATSAT g 0 5\nWHATSAT g 10 0\n")  # fmt: skip
         first, rest = reply.split("\n", 1)
         assert first == at
-        ok, failed, in_pieces = rest.split("\n\n")[:3]
+        ok, failed, in_pieces, no_radius, no_items = rest.split("\n\n")[:5]
+        for empty in (no_radius, no_items):  # answered without asking Google (it refuses 0)
+            assert json.loads(empty.split("\n", 1)[1]) == {
+                "html_attributions": [], "results": [], "status": "ZERO_RESULTS"}  # fmt: skip
+        assert len(StandIn.requests) == 3
         assert [r["name"] for r in json.loads(ok)["results"]] == [f"place {i}" for i in range(5)]
         assert json.loads(failed.split("\n", 1)[1])["status"] == "UNKNOWN_ERROR"
         answer = json.loads(in_pieces.split("\n", 1)[1])  # read to its end, not its first piece

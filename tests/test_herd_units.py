@@ -81,6 +81,12 @@ def test_a_unicode_space_is_part_of_a_client_id():
         b"WHATSAT kiwi ten 5",
         b"AT Goloman +0.1 kiwi +34-118 1",  # peers' business, not a client's
         b"IAMAT " + b"x" * 300 + b" +1+1 1",  # client ID over 256 bytes
+        # Digits are ASCII digits: int() and Decimal() would take any script's.
+        "WHATSAT kiwi \u0665 5".encode(),
+        "WHATSAT kiwi 10 \u0665".encode(),
+        "IAMAT kiwi +\u0663\u0664-118 1".encode(),
+        "IAMAT kiwi +34-118 \u0661\u0666".encode(),
+        "IAMAT kiwi +34-118 \uff11".encode(),  # a fullwidth 1
     ],
 )
 def test_invalid_lines_are_rejected(line):
@@ -237,7 +243,7 @@ def test_a_link_rejects_junk_and_out_of_order_updates():
         good,
         b"UPDATE 6 0 Hands +0.1 c +1+1 1 -",
         b"UPDATE 6 0 Hands +0.000000000 c +1+1 1",  # no fanout
-        b"UPDATE 6 0 Hands +0.000000000 c +1+1 1 a,,b",
+        "UPDATE \u0669 0 Hands +0.000000000 c +1+1 1 -".encode(),  # an Arabic-Indic 9
         b"UPDATEX 6 0 Hands +0.000000000 c +1+1 1 -",
         b"HERD 1",
         b"GARBAGE",
@@ -267,6 +273,17 @@ def test_an_update_whose_location_does_not_parse_is_skipped_and_acknowledged():
         assert link.received_upto == lsn and link.ack_line() == b"ACK %d\n" % lsn
     assert len(table) == 0
     assert link.receive(b"UPDATE 6 0 Hands +0.000000000 c +1+1 1 -", table) is not None
+
+
+def test_a_fanout_that_does_not_parse_names_nobody_and_the_update_is_stored():
+    table = LocationTable()
+    link = Link("B", "e", 0, 0)
+    for lsn, field in enumerate([b"a,,b", b"-,x", b"x" * 70, b"\x7f"], start=1):
+        line = b"UPDATE %d 0 Hands +0.000000000 c%d +1+1 1 %s" % (lsn, lsn, field)
+        location = link.receive(line, table)
+        assert location is not None and location.covered == frozenset()
+        assert link.ack_line() == b"ACK %d\n" % lsn
+    assert len(table) == 4
 
 
 class Waiter:

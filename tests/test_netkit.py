@@ -105,7 +105,18 @@ class TestAddresses:
         assert parse_address(text, 9097) == expected
 
     @pytest.mark.parametrize(
-        "text", ["", ":80", "host:", "host:x", "host:0", "host:65536", "[::1", "[::1]x"]
+        "text",
+        [
+            "",
+            ":80",
+            "host:",
+            "host:x",
+            "host:0",
+            "host:65536",
+            "[::1",
+            "[::1]x",
+            "host:\u0668\u0660",
+        ],
     )
     def test_rejects_with_a_message(self, text):
         with pytest.raises(AddressError, match=r"address"):

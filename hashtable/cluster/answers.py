@@ -91,18 +91,18 @@ def census_size(censuses: Mapping[int, Any], servers: int, copies: int) -> int |
     otherwise (a server down, or replicas that differ for now: a write under way,
     or one whose writer gave up half way): then the keys must be listed. Keys a
     server holds for a primary it does not replicate (written there directly)
-    are not counted, as in ``merged_pairs``."""
+    are not counted, as in ``merged_pairs``. An answer that is not a census (a
+    server that ignores ``servers`` and sends its plain size) is None too."""
     if len(censuses) != servers:
         return None
-    for index, census in censuses.items():
-        if type(census) is not list or len(census) != servers:
-            raise ProtocolError(f"server {index}: not a census of {servers}: {str(census)[:80]}")
+    if any(type(census) is not list or len(census) != servers for census in censuses.values()):
+        return None
     total = 0
     for first in range(servers):
         count = censuses[first][first]
+        if type(count) is not list or len(count) != 2 or type(count[0]) is not int:
+            return None
         if any(censuses[(first + n) % servers][first] != count for n in range(1, copies)):
             return None
-        if type(count) is not list or len(count) != 2 or type(count[0]) is not int:
-            raise ProtocolError(f"not a census entry: {str(count)[:80]}")
         total += count[0]
     return total

@@ -230,7 +230,16 @@ class ClusterClient:
                 patience.sleep_until(min(patience.next_try(m, now) for m in order))
                 continue
             call = Call(member, line)
-            run([call], patience, keep_trying=False)
+            try:
+                run([call], patience, keep_trying=False)
+            except ServiceUnavailable:
+                # Given up; but a replica skipped as down (its backoff from an earlier
+                # operation) may be due by now: each such one gets a last try.
+                now = time.monotonic()
+                order = [m for m in order if m.retry_at <= now]
+                if not order:
+                    raise
+                continue
             if call.outcome is not None:
                 return result_of(call.outcome, request.key)
 

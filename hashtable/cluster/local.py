@@ -2,7 +2,7 @@
 
     python -m hashtable.cluster start NAME N [--dir DIR] [--catalog HOST:PORT] [-- SERVER OPTIONS...]
     python -m hashtable.cluster status NAME [--dir DIR]
-    python -m hashtable.cluster stop NAME [--dir DIR]
+    python -m hashtable.cluster stop NAME [--dir DIR] [--timeout SECONDS]
 
 (also the ``cluster`` command). ``start`` launches ``HashTableServer.py NAME-0``
 ... ``NAME-(N-1)``, each its own process in the background, listening on
@@ -12,12 +12,13 @@ catalog, and returns once all of them listen. Each has its output in
 ``./cluster-run/NAME``. The data stays in each server's own data directory
 (``~/.local/state/hashtable/NAME-i``, or ``--data-dir D``: ``D/NAME-i``), so
 a cluster stopped and started again has its keys. ``stop`` sends each SIGTERM
-and waits for it to exit.
+and waits for it to exit; one still running after ``--timeout`` (10 s) is killed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -28,12 +29,12 @@ from pathlib import Path
 
 from harness.procfs import alive
 from harness.services import listening_port
-from netkit.cliargs import positive_int, program_name
+from netkit.cliargs import positive_int, positive_seconds, program_name
 
 DEFAULT_DIR = Path("cluster-run")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-MAX_SERVERS = 64
+LOCAL_MAX_SERVERS = 64  # processes one command starts on this machine
 # A cluster's name names its servers' projects and files: the server's own rule.
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 # HashTableServer.py sits beside the hashtable package, in a checkout as when installed.
@@ -81,21 +82,43 @@ def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra
     return 0
 
 
-def stop(directory: Path, name: str) -> int:
+def stop(directory: Path, name: str, timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM to each server, then SIGKILL to the process group of any still
+    running ``timeout`` seconds later (with ``--sync always``, what it acknowledged
+    is on disk either way)."""
     pids = {project: _pid(directory, project) for project in _projects(directory, name)}
     for pid in pids.values():
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
+            with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    failed = False
     for project, pid in pids.items():
         while pid is not None and alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid is not None:
+        if pid is not None and alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # each server leads its own session
+            if not _wait_gone(pid, STOP_TIMEOUT):
+                print(f"{project} (pid {pid}) did not stop", file=sys.stderr)
+                failed = True
+                continue  # its pid file stays: it still runs
+            print(f"{project} did not stop within {timeout:g} s of SIGTERM: killed")
+        elif pid is not None:
             print(f"{project} stopped")
         (directory / f"{project}.pid").unlink(missing_ok=True)
     if not pids:
         print(f"no cluster {name!r} to stop in {directory}")
-    return 0
+    return 1 if failed else 0
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def status(directory: Path, name: str) -> int:
@@ -137,8 +160,10 @@ def _cluster_name(text: str) -> str:
 
 def _server_count(text: str) -> int:
     count = positive_int(text)
-    if count > MAX_SERVERS:
-        raise argparse.ArgumentTypeError(f"{count} servers is more than {MAX_SERVERS}")
+    if count > LOCAL_MAX_SERVERS:
+        raise argparse.ArgumentTypeError(
+            f"{count} servers is more than {LOCAL_MAX_SERVERS} (on one machine)"
+        )
     return count
 
 
@@ -158,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     begin.add_argument("servers", type=_server_count, metavar="N")
     begin.add_argument("--data-dir", type=Path, help="put each server's data in DIR/NAME-i")
     begin.add_argument("--catalog", help="catalogs the servers announce to (HOST[:PORT],...)")
-    for command, help_text in (("stop", "stop the cluster's servers"), ("status", "list them")):
-        commands.add_parser(command, help=help_text).add_argument("name", type=_cluster_name)
+    end = commands.add_parser("stop", help="stop the cluster's servers")
+    end.add_argument("name", type=_cluster_name)
+    end.add_argument("--timeout", type=positive_seconds, default=STOP_TIMEOUT, metavar="SECONDS",
+                     help=f"SIGKILL a server still running this long after SIGTERM "
+                          f"(default {STOP_TIMEOUT:g})")  # fmt: skip
+    commands.add_parser("status", help="list them").add_argument("name", type=_cluster_name)
     for sub in commands.choices.values():
         sub.add_argument("--dir", type=Path, help="pid files and logs (default ./cluster-run/NAME)")
     args = parser.parse_args(argv)
@@ -169,5 +198,5 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["--catalog", args.catalog, *extra]
         return start(args.name, args.servers, directory, args.data_dir, extra)
     if args.command == "stop":
-        return stop(directory, args.name)
+        return stop(directory, args.name, args.timeout)
     return status(directory, args.name)
