@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from catalog.client import catalog_addresses
+from catalog.client import CatalogUnavailable, catalog_addresses, matching, query
 from hashtable.client import AuthenticationError, ServiceUnavailable
 from hashtable.cluster.client import check_shape
 from netkit.addresses import AddressError, parse_address
@@ -217,9 +217,34 @@ def wait_for_service(args: argparse.Namespace) -> None:
     every few seconds (at most every 10), what it waits for (the project and the
     catalogs asked, or the --server address) and why; it raises
     ``ServiceUnavailable`` after --give-up-after. The client processes start only
-    then, so that N of them do not all repeat the same complaint."""
+    then, so that N of them do not all repeat the same complaint.
+
+    For a cluster, each of its N servers must answer first: a run on part of a
+    cluster (or with the wrong N) would measure waits for the missing servers, and
+    leave its keys where a cluster of N puts them."""
+    if args.servers is not None:
+        from HashTableClient import HashTableClient
+
+        for index in range(args.servers):
+            project = f"{args.project}-{index}"
+            with HashTableClient(project, catalog=args.catalog, backoff_cap=10.0,
+                                 give_up_after=args.give_up_after, secret_file=args.secret_file,
+                                 auth=not args.no_auth) as server:  # fmt: skip
+                server.size()
+        _warn_if_more_servers(args)
     with make_client(args, backoff_cap=10.0) as client:
         client.size()
+
+
+def _warn_if_more_servers(args: argparse.Namespace) -> None:
+    beyond = f"{args.project}-{args.servers}"
+    try:
+        listed = matching(query(catalogs=catalog_addresses(args.catalog)), "hashtable", beyond)
+    except CatalogUnavailable:
+        return
+    if listed:
+        print(f"TestPerf: the catalog also lists {beyond}: if the cluster has more than "
+              f"N={args.servers} servers, keys land on the wrong servers", file=sys.stderr)  # fmt: skip
 
 
 def workload_options(args: argparse.Namespace) -> dict:

@@ -12,6 +12,7 @@ lookup for the method, one pass over the fields.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -240,7 +241,23 @@ def encode_request(request: Request) -> bytes:
             message["version"] = request.version
     if request.servers is not None:
         message["servers"] = request.servers
-    return _dumps(message, option=_NEWLINE)
+    line = _dumps(message, option=_NEWLINE)
+    # orjson writes NaN and infinities as null: the value would change silently.
+    if b"null" in line and _non_finite(message):
+        raise TypeError("NaN and infinity are not JSON numbers: JSON cannot carry this value")
+    return line
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity is in ``value`` (which orjson took: at most
+    255 levels deep)."""
+    if type(value) is float:
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(item) for item in value)
+    return isinstance(value, float) and not math.isfinite(value)  # a float subclass
 
 
 def decode_reply(line: bytes) -> Outcome:

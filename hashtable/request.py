@@ -303,7 +303,7 @@ def kind_of(value: Any) -> str:
         return "a string"
     if isinstance(value, list):
         return "an array"
-    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+    return "an object" if isinstance(value, dict) else f"a Python {type(value).__name__}"
 
 
 def describe(value: Any) -> str:

@@ -6,8 +6,11 @@ back the replies behind it, never the other connections. Each reply is written
 in one piece. At EOF the connection closes once the last reply is out.
 
 Bounds: a line longer than ``max_line`` is answered with ``?`` and ends the
-connection; a client that does not read its replies stops being read once
-``high_water`` bytes wait for it; an idle connection is closed after
+connection; a client that does not read its replies stops being read, and its
+lines stop being answered, once ``HIGH_WATER`` bytes wait for it; one
+connection's lines are answered for ``TURN_SLICE`` seconds at most before the
+loop serves the others (a client pipelining thousands of WHATSATs delays
+nobody else by more than that); an idle connection is closed after
 ``idle_timeout`` seconds; past ``max_clients`` connections new ones are closed.
 """
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 HIGH_WATER = 256 * 1024
 LINGER = 5.0
+TURN_SLICE = 0.005  # seconds of one connection's lines per loop turn
 
 
 def prepare(transport: asyncio.Transport, high_water: int) -> str:
@@ -48,7 +52,8 @@ class ClientProtocol(asyncio.Protocol):
         self._lines: deque[bytes] = deque()
         self._waiting: PendingReply | None = None
         self._closing = False  # EOF or a fatal line: close once the replies are out
-        self._paused = False
+        self._paused = False  # its replies fill the transport's buffer
+        self._yielded = False  # lines wait for the next loop turn (TURN_SLICE)
         self._last_active = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # after an over-long line: read and drop until EOF
@@ -107,18 +112,31 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if not self._closing:
-            self.transport.resume_reading()
+        self._process()
+        self._read_more()
+
+    def _read_more(self) -> None:
+        transport = self.transport
+        if self._paused or self._yielded or self._closing or transport.is_closing():
+            return
+        transport.resume_reading()
 
     # ---- serving ------------------------------------------------------------------
 
     def _process(self) -> None:
-        """Answers queued lines in order until one must wait or none are left."""
+        """Answers queued lines in order until one must wait, none are left, or this
+        connection's slice of the loop turn is over."""
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is None or transport.is_closing() or self._paused or self._yielded:
+            return  # resume_writing or _next_turn calls again
         replies = []
+        size, deadline = 0, time.monotonic() + TURN_SLICE
         while self._lines and self._waiting is None:
+            if replies and (size >= HIGH_WATER or time.monotonic() >= deadline):
+                self._yielded = True
+                transport.pause_reading()  # what is queued is enough to go on with
+                asyncio.get_running_loop().call_soon(self._next_turn)
+                break
             line = self._lines.popleft()
             if line is None:
                 replies.append(self.server.overlong_line(self.peer))
@@ -127,6 +145,7 @@ class ClientProtocol(asyncio.Protocol):
             result = self.server.handle_client_line(line, self.peer)
             if isinstance(result, bytes):
                 replies.append(result)
+                size += len(result)
             else:
                 self._waiting = result
                 result.on_ready = self._reply_ready
@@ -134,6 +153,11 @@ class ClientProtocol(asyncio.Protocol):
             transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
         if self._closing and not self._lines and self._waiting is None:
             self._close_gently()
+
+    def _next_turn(self) -> None:
+        self._yielded = False
+        self._process()
+        self._read_more()
 
     def _close_gently(self) -> None:
         """Closes once the replies are out. Unread input would make the kernel reset

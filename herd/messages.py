@@ -20,12 +20,16 @@ MAX_FIELD = 256  # bytes in a client ID, location or time stamp
 MAX_RADIUS_KM = 50
 MAX_ITEMS = 20
 
-# ISO 6709 decimal degrees, one token: a sign before each number.
-_LOCATION = re.compile(r"([+-])(\d{1,2}(?:\.\d{1,20})?)([+-])(\d{1,3}(?:\.\d{1,20})?)", re.ASCII)
+# ISO 6709 decimal degrees, one token: a sign before each number. Numbers may have
+# leading zeros (ISO 6709 writes longitudes with three digits: -075.0); the ranges
+# are checked on the values.
+_LOCATION = re.compile(
+    r"([+-])(0*\d{1,2}(?:\.\d{1,20})?)([+-])(0*\d{1,3}(?:\.\d{1,20})?)", re.ASCII
+)
 # POSIX seconds, optionally signed, with an optional fraction: no exponent, no inf/nan.
 _TIME = re.compile(r"[+-]?\d{1,20}(?:\.\d{1,20})?", re.ASCII)
-_RADIUS = re.compile(r"\d{1,3}(?:\.\d{1,20})?", re.ASCII)
-_COUNT = re.compile(r"\d{1,3}", re.ASCII)
+_RADIUS = re.compile(r"0*\d{1,3}(?:\.\d{1,20})?", re.ASCII)
+_COUNT = re.compile(r"0*\d{1,3}", re.ASCII)
 # Precise enough for 20 integer and 20 fraction digits on both sides of a subtraction.
 _EXACT = Context(prec=64)
 _NANO = Decimal("1e-9")

@@ -17,11 +17,20 @@ so the logging module's records (start, stop, warnings) can share it.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 MAX_PENDING = 1 << 20  # bytes held back at most, whatever the interval
+# What a line from the network may hold that would move a terminal's cursor, or
+# look like a line break to a log reader: written escaped (\r, \x00, \u2028), so
+# that no client can forge or hide a line of the log.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 class TrafficLog:
@@ -74,7 +83,10 @@ class TrafficLog:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         stamp = f"{self._second_text}.{int(now % 1 * 1000):03d} "
-        data = (stamp + ("\n" + stamp).join(self._lines) + "\n").encode(errors="backslashreplace")
+        text = stamp + ("\n" + stamp).join(self._lines) + "\n"
+        if _CONTROL.search(text):
+            text = _CONTROL.sub(_escaped, text)
+        data = text.encode(errors="backslashreplace")
         self._lines.clear()
         self._pending.append(data)
         self._pending_size += len(data)

@@ -22,6 +22,7 @@ import pytest
 
 from harness.processes import ROOT, python_module, wait_until
 from harness.procfs import alive
+from hashtable.client import HashTableClient
 from hashtable.cluster import ClusterClient, key_hash, replicas
 from hashtable.errors import ServiceUnavailable
 from hashtable.logreader import read_records
@@ -115,6 +116,24 @@ def test_k_between_1_and_n_is_enforced_with_a_clear_error(servers, copies, messa
     with pytest.raises(ValueError, match="must be a whole number") as error:
         ClusterClient("x", servers, copies)
     assert message in str(error.value)
+
+
+def test_n_and_k_are_both_required():
+    with pytest.raises(
+        ValueError, match=r"needs N \(servers\) and K .*ClusterClient\(NAME, N, K\)"
+    ):
+        ClusterClient("x", 3)
+
+
+@pytest.mark.parametrize("key", [b"k", object(), {1}])
+def test_a_key_json_cannot_carry_is_a_type_error_as_from_hashtableclient(key):
+    """Refused before anything is sent (nothing listens at these addresses)."""
+    single = HashTableClient.at("127.0.0.1", 9, auth=False)
+    cluster = ClusterClient("x", 3, 2, addresses=[("127.0.0.1", 9)] * 3, auth=False)
+    for table in (single, cluster):
+        for call in (table.lookup, table.remove, lambda k: table.insert(k, 1)):  # noqa: B023
+            with pytest.raises(TypeError):
+                call(key)
 
 
 def test_testperf_refuses_k_above_n_in_one_message():
@@ -258,9 +277,9 @@ def asked(monkeypatch) -> list[str]:
     methods: list[str] = []
     ask_all = ClusterClient._read_all
 
-    def spy(self, request, need_all=False):
+    def spy(self, request, need_all=False, for_method=None):
         methods.append(request.method)
-        return ask_all(self, request, need_all)
+        return ask_all(self, request, need_all, for_method)
 
     monkeypatch.setattr(ClusterClient, "_read_all", spy)
     return methods
@@ -407,6 +426,24 @@ def test_testperf_measures_a_cluster(cluster3, catalog):
     assert holders(cluster3) == {}  # it removed what it inserted, from every replica
 
 
+def test_testperf_with_the_wrong_n_writes_nothing(cluster3, catalog):
+    def testperf(servers: str, copies: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "TestPerf.py", "trio", servers, copies, "--catalog", catalog.host,
+             "--stage-seconds", "0.2", "--min-ops", "20", "--give-up-after", "2"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    larger = testperf("4", "2")  # trio-3 does not exist: nothing is written anywhere
+    assert larger.returncode == 1 and "trio-3" in larger.stderr, larger.stderr
+    assert "Traceback" not in larger.stderr
+    assert holders(cluster3) == {}
+    smaller = testperf("2", "1")  # runs, on trio-0 and trio-1, but says what it saw
+    assert smaller.returncode == 0, smaller.stdout + smaller.stderr
+    assert "the catalog also lists trio-2" in smaller.stderr
+    assert holders(cluster3) == {}
+
+
 def test_a_local_cluster_in_one_command(tmp_path, catalog):
     run = [sys.executable, "-m", "hashtable.cluster"]
     where = ["--dir", str(tmp_path / "run")]
@@ -420,15 +457,32 @@ def test_a_local_cluster_in_one_command(tmp_path, catalog):
         assert started.returncode == 0, started.stdout + started.stderr
         assert started.stdout.count("listening on port") == 3
         assert cluster("status", "local", *where).returncode == 0
-        assert cluster("start", "local", "3", *where).returncode == 1  # already running
+        again = cluster("start", "local", "3", *where)  # nothing to do
+        assert again.returncode == 0 and again.stdout.count("already running") == 3
+        smaller = cluster("start", "local", "2", *where)
+        assert smaller.returncode == 1 and "more than 2 servers" in smaller.stderr
         # Another cluster in the same directory is not this one.
         other = cluster("status", "other", *where)
         assert other.returncode == 1 and "no cluster 'other'" in other.stdout
-        assert "no cluster 'other' to stop" in cluster("stop", "other", *where).stdout
+        other = cluster("stop", "other", *where)
+        assert other.returncode == 1 and "no cluster 'other' to stop" in other.stderr
         assert cluster("status", "local", *where).returncode == 0
+        on_2 = next(key for key in (f"k{n}" for n in range(100)) if 2 in replicas(key, 3, 2))
         with ClusterClient("local", 3, 2, catalog=catalog.host, give_up_after=30) as table:
-            table.insert("k", "v")
-            assert table.lookup("k") == "v"
+            table.insert(on_2, "v")
+            assert table.lookup(on_2) == "v"
+        # One dies: start brings back just that one, with its data.
+        died = int((tmp_path / "run" / "local-2.pid").read_text())
+        os.kill(died, signal.SIGKILL)
+        wait_until(lambda: not alive(died), what="local-2 to die")
+        assert cluster("status", "local", *where).returncode == 1
+        revived = cluster("start", "local", "3", *where, "--data-dir", str(tmp_path / "data"),
+                          "--catalog", catalog.host)  # fmt: skip
+        assert revived.returncode == 0, revived.stdout + revived.stderr
+        assert revived.stdout.count("already running") == 2
+        port = int(revived.stdout.split("local-2 listening on port ")[1].split()[0])
+        with HashTableClient.at("127.0.0.1", port, give_up_after=30) as server:
+            assert server.lookup(on_2) == "v"
         frozen = int((tmp_path / "run" / "local-1.pid").read_text())
         os.kill(frozen, signal.SIGSTOP)  # a server that does not stop on SIGTERM
     finally:

@@ -147,6 +147,21 @@ def test_garbage_and_a_megabyte_line_get_question_marks_and_the_server_goes_on(h
     assert ask(herd.port("Goloman"), IAMAT).startswith("AT Goloman")
 
 
+def test_a_client_pipelining_thousands_of_whatsats_delays_nobody_else(herd):
+    """A connection's lines are answered a slice of a loop turn at a time: another
+    client is answered meanwhile (before, it waited for all of them: about 1 s)."""
+    port = herd.port("Wilkes")
+    assert ask(port, "IAMAT heavy +34.068930-118.445127 1\n").startswith("AT Wilkes")
+    batch = b"WHATSAT heavy 50 20\n" * 12_000  # 240 KB: about a second of answers
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as hog:
+        hog.sendall(batch)  # and never reads its answers
+        began = time.monotonic()
+        assert ask(port, "WHATSAT heavy 1 1\n").startswith("AT Wilkes")
+        took = time.monotonic() - began
+        assert took < 0.3, f"answered after {took:.2f} s"
+    assert ask(port, "WHATSAT heavy 1 1\n").startswith("AT Wilkes")
+
+
 def test_a_flood_of_connections_does_not_stall_other_clients(herd):
     port = herd.port("Holiday")
     idle = []

@@ -102,6 +102,15 @@ def test_whatsat_bounds_are_inclusive():
     assert parse_client_line(b"IAMAT kiwi -90.000+180.0 1").latitude == -90.0
 
 
+def test_numbers_may_have_leading_zeros():
+    assert parse_client_line(b"WHATSAT kiwi 0010 005") == WhatsAt("kiwi", 10.0, 5)
+    iamat = parse_client_line(b"IAMAT kiwi +034.5-075.25 1")  # ISO 6709's three-digit longitude
+    assert (iamat.latitude, iamat.longitude) == (34.5, -75.25)
+    for line in (b"WHATSAT kiwi 0051 5", b"WHATSAT kiwi 10 0021", b"IAMAT kiwi +091-075 1"):
+        with pytest.raises(Invalid):
+            parse_client_line(line)
+
+
 def test_the_at_line_of_any_valid_time_parses_back_for_the_peers():
     """A time of 20 integer digits makes a difference of 21: what a server
     replies with, its neighbours must take (else one client line cut a link)."""
@@ -444,6 +453,20 @@ def test_the_traffic_log_stamps_each_turn_and_writes_within_the_interval(tmp_pat
     every_turn.line("now")
     every_turn.end_turn()
     assert (tmp_path / "u.log").read_text().endswith(" now\n")
+
+
+def test_the_traffic_log_escapes_what_could_forge_or_hide_a_line(tmp_path):
+    path = tmp_path / "t.log"
+    log = TrafficLog(path)
+    log.line("in  client 1.2.3.4:5: IAMAT a\x00b\r2026-01-01 00:00:00.000 in  peer X: forged\tok")
+    log.line("in  client 1.2.3.4:5: IAMAT c\u2028d\x1be[2J\x85 \u00e9")
+    log.end_turn()
+    lines = path.read_bytes().decode().split("\n")
+    assert [line.split(" ", 2)[2] for line in lines[:2]] == [
+        "in  client 1.2.3.4:5: IAMAT a\\x00b\\r2026-01-01 00:00:00.000 in  peer X: forged\tok",
+        "in  client 1.2.3.4:5: IAMAT c\\u2028d\\x1be[2J\\x85 \u00e9",
+    ]
+    assert lines[2:] == [""]
 
 
 # ---- places -----------------------------------------------------------------------------

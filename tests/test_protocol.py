@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -270,6 +272,19 @@ class TestClientEncoding:
     def test_value_json_cannot_carry(self):
         with pytest.raises(TypeError):
             encode_request(Request("insert", "k", {1, 2}))
+
+    @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+    def test_nan_and_infinity_are_refused_not_sent_as_null(self, number):
+        # orjson alone writes them as null: the value would change without a word.
+        for value in (number, [1, {"a": [None, number]}], (number,)):
+            with pytest.raises(TypeError, match="NaN and infinity"):
+                encode_request(Request("insert", "k", value))
+        with pytest.raises(TypeError, match="NaN and infinity"):
+            encode_request(Request("query", subkey="x", subvalue=number))
+        assert orjson.loads(encode_request(Request("insert", "k", [None, 1.5])))["value"] == [
+            None,
+            1.5,
+        ]
 
 
 # ---------------------------------------------------------------- properties

@@ -74,8 +74,10 @@ class ClusterClient:
             raise ValueError("the cluster's name must be a non-empty string")
         if servers is None and addresses is not None:
             servers = len(addresses)
-        if copies is None:
-            copies = 1
+        if servers is None or copies is None:
+            raise ValueError(
+                "a cluster needs N (servers) and K (copies of each key): ClusterClient(NAME, N, K)"
+            )
         check_shape(servers, copies)
         if addresses is not None and len(addresses) != servers:
             raise ValueError(f"{len(addresses)} addresses for {servers} servers")
@@ -158,7 +160,8 @@ class ClusterClient:
         counted = census_size(censuses, *self._shape) if censuses is not None else None
         if counted is not None:
             return counted
-        return len(merged_pairs(self._read_all(Request("scan", regex="")), *self._shape))
+        listed = self._read_all(Request("scan", regex=""), for_method="size")
+        return len(merged_pairs(listed, *self._shape))
 
     def pipeline(self) -> ClusterPipeline:
         """Requests queued and run together (``HashTableClient.pipeline``'s interface)."""
@@ -197,6 +200,8 @@ class ClusterClient:
 
     def _replicas_of(self, request: Request) -> list[Member]:
         if type(request.key) is not str:  # no placement: the servers' own answer
+            # But first TypeError, as from HashTableClient, for what JSON cannot carry.
+            encode_request(request)
             raise InvalidRequestError(argument_problem(request))
         return self._replica_sets[key_hash(request.key) % self.servers]
 
@@ -243,13 +248,15 @@ class ClusterClient:
             if call.outcome is not None:
                 return result_of(call.outcome, request.key)
 
-    def _read_all(self, request: Request, need_all: bool = False) -> dict[int, Any] | None:
+    def _read_all(
+        self, request: Request, need_all: bool = False, for_method: str | None = None
+    ) -> dict[int, Any] | None:
         """Every server's result, asked at once; servers that fail are left out
         once the others hold a copy of every key (``placement.covered``), and
         waited for otherwise. ``need_all``: None as soon as one fails instead
-        (the caller has another way)."""
+        (the caller has another way). ``for_method``: the operation a failure names."""
         line = encode_request(request)
-        patience = Patience(self.give_up_after, self.name, request.method)
+        patience = Patience(self.give_up_after, self.name, for_method or request.method)
         results: dict[int, Any] = {}
         while True:
             now = time.monotonic()

@@ -5,7 +5,8 @@
     python -m hashtable.cluster stop NAME [--dir DIR] [--timeout SECONDS]
 
 (also the ``cluster`` command). ``start`` launches ``HashTableServer.py NAME-0``
-... ``NAME-(N-1)``, each its own process in the background, listening on
+... ``NAME-(N-1)`` (those not running already: after one died, ``start``
+again brings it back), each its own process in the background, listening on
 loopback (``-- --host ADDR`` for another address) and announcing itself to the
 catalog, and returns once all of them listen. Each has its output in
 ``DIR/NAME-i.log`` and its pid in ``DIR/NAME-i.pid``; ``DIR`` defaults to
@@ -42,40 +43,49 @@ SERVER = Path(__file__).resolve().parents[2] / "HashTableServer.py"
 
 
 def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra: list[str]) -> int:
+    """Starts those of NAME-0 ... NAME-(N-1) that are not running (all of them, or
+    the ones that died), and waits until each listens."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         print(f"cannot use {directory} for pid files and logs: {error.strerror}", file=sys.stderr)
         return 1
     projects = _projects(directory, name)
-    running = [project for project in projects if _pid(directory, project)]
-    if running:
-        print(f"already running: {', '.join(running)} (stop them first)", file=sys.stderr)
+    running = {project: pid for project in projects if (pid := _pid(directory, project))}
+    beyond = [project for project in running if _index(project) >= servers]
+    if beyond:
+        print(f"{', '.join(beyond)} running: cluster {name!r} has more than {servers} servers "
+              f"(stop it first)", file=sys.stderr)  # fmt: skip
         return 1
     for stale in projects:
-        (directory / f"{stale}.pid").unlink()
+        if stale not in running:
+            (directory / f"{stale}.pid").unlink()
     if "--host" not in extra:
         extra = ["--host", "127.0.0.1", *extra]
+    started: dict[str, int] = {}  # project -> where this run's output starts in its log
     for index in range(servers):
         project = f"{name}-{index}"
+        if project in running:
+            print(f"{project} already running (pid {running[project]})")
+            continue
         args = [sys.executable, str(SERVER), project, *extra]
         if data_dir is not None:
             args += ["--data-dir", str(data_dir / project)]
-        log = directory / f"{project}.log"
-        with open(log, "wb") as out:
+        # Appended to: a server that died left the reason in its log.
+        with open(directory / f"{project}.log", "ab") as out:
+            started[project] = out.tell()
             process = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         (directory / f"{project}.pid").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
-    for index in range(servers):
-        project = f"{name}-{index}"
+    for project, offset in started.items():
         log = directory / f"{project}.log"
-        while (port := listening_port(log.read_text(errors="replace"))) is None:
+        while (port := listening_port(_output(log, offset))) is None:
             if _pid(directory, project) is None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-1500:]
+                tail = _output(log, offset)[-1500:]
                 print(f"{project} did not start (see {log}):\n{tail}", file=sys.stderr)
-                stop(directory, name)
+                _stop(directory, {p: _pid(directory, p) for p in started}, STOP_TIMEOUT)
                 return 1
             time.sleep(0.05)
         print(f"{project} listening on port {port} (log {log})")
@@ -87,6 +97,13 @@ def stop(directory: Path, name: str, timeout: float = STOP_TIMEOUT) -> int:
     running ``timeout`` seconds later (with ``--sync always``, what it acknowledged
     is on disk either way)."""
     pids = {project: _pid(directory, project) for project in _projects(directory, name)}
+    if not pids:
+        print(f"no cluster {name!r} to stop in {directory}", file=sys.stderr)
+        return 1
+    return _stop(directory, pids, timeout)
+
+
+def _stop(directory: Path, pids: dict[str, int | None], timeout: float) -> int:
     for pid in pids.values():
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):  # it may have just exited
@@ -107,8 +124,6 @@ def stop(directory: Path, name: str, timeout: float = STOP_TIMEOUT) -> int:
         elif pid is not None:
             print(f"{project} stopped")
         (directory / f"{project}.pid").unlink(missing_ok=True)
-    if not pids:
-        print(f"no cluster {name!r} to stop in {directory}")
     return 1 if failed else 0
 
 
@@ -138,6 +153,16 @@ def _projects(directory: Path, name: str) -> list[str]:
     server = re.compile(re.escape(name) + r"-([0-9]+)")
     found = [m for path in directory.glob("*.pid") if (m := server.fullmatch(path.stem))]
     return [m.group(0) for m in sorted(found, key=lambda m: int(m.group(1)))]
+
+
+def _output(log: Path, offset: int) -> str:
+    with open(log, "rb") as file:
+        file.seek(offset)
+        return file.read().decode(errors="replace")
+
+
+def _index(project: str) -> int:
+    return int(project.rsplit("-", 1)[1])
 
 
 def _pid(directory: Path, project: str) -> int | None:
