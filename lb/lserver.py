@@ -191,9 +191,10 @@ class LoadBalancer(ListeningService):
             if eof.rest:
                 self.balancer.client_lines(client, [eof.rest], now)
         except Closed as exc:
-            # A failed receive: if the client is gone, sending the answers due fails and drops it.
-            log.debug("client %s: %s", client, exc)
-            client.reading = False
+            # A failed receive (reset): the client is gone, and its queries with it,
+            # not kept until they time out.
+            self.arrivals.note("clients gone", f"{client}: {exc}", now)
+            self._drop_client(client)
         else:
             self.balancer.client_lines(client, lines, now)
 

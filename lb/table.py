@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from lb.protocol import fold, name_problem
+from lb.protocol import fold, name_problem, shown
 
 log = logging.getLogger("lb.table")
 
@@ -88,7 +88,7 @@ def _check_entry(fields: list[bytes], where: str) -> bytes:
 
 
 def _quoted(field: bytes) -> str:
-    return repr(field.decode(errors="backslashreplace"))
+    return f"'{shown(field).decode()}'"  # escaped once: repr() would double the backslashes
 
 
 def load_table(path: str | Path) -> DnsTable:

@@ -195,6 +195,18 @@ def test_a_late_answer_from_a_frozen_ts_does_not_answer_a_later_query(spawn) -> 
         session.close()
 
 
+def test_a_client_that_resets_is_forgotten_at_once_with_its_queries(spawn) -> None:
+    _, ts_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt")
+    ls, port = start_ls(spawn, [ts_port], "--timeout", "60")  # its queries would wait 60 s
+    client = Session(port)
+    client.sock.sendall(b"amazon.com\n" + b"nothinghere.com\n" * 50)  # one segment
+    assert client.read(1) == [b"amazon.com 94.5.6.7 A IN"]  # so the LS has read them all
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # a reset, not an EOF
+    wait_until(lambda: "clients gone" in ls.output(), timeout=10, what="the LS to drop it")
+    assert Session(port).ask([b"amazon.com"]) == [b"amazon.com 94.5.6.7 A IN"]
+
+
 def test_a_ts_killed_mid_stream_costs_the_time_out_then_comes_back(spawn) -> None:
     lab = sample_servers(spawn)
     names = [b"www.princeton.edu", b"rutgers.edu", b"google.com"]

@@ -132,7 +132,7 @@ def test_first_entry_of_a_repeated_name_wins() -> None:
         (b"google.com 46.1.3.7 A IN", "found 4 field(s)"),
         (b"google.com 46.1.3 A", "'46.1.3' is not an IPv4 address"),
         (b"google.com 46.1.3.7 MX", "record type 'MX' is not A"),
-        (b"goo\xffgle.com 46.1.3.7 A", "domain name 'goo\\\\xffgle.com' is not valid UTF-8"),
+        (b"goo\xffgle.com 46.1.3.7 A", "domain name 'goo\\xffgle.com' is not valid UTF-8"),
     ],
 )
 def test_malformed_table_line_names_file_and_line(tmp_path, line: bytes, complaint: str) -> None:
