@@ -196,6 +196,11 @@ def _too_deep(line: bytes, value: Any) -> bool:
 def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
     if not line.strip():
         return "empty request: send one JSON object per line"
+    if "not valid UTF-8" in str(exc):  # orjson's message then speaks of surrogates
+        try:
+            line.decode()
+        except UnicodeDecodeError as error:
+            return f"not valid JSON: the request is not UTF-8 (byte {error.start + 1})"
     return f"not valid JSON ({exc})"
 
 

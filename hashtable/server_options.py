@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 from catalog.client import ANNOUNCE_INTERVAL, catalog_addresses
@@ -16,6 +15,7 @@ from hashtable.database import (
     DEFAULT_VERSION_WINDOW,
     SYNC_MODES,
 )
+from hashtable.names import project_problem
 from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits
 from netkit.addresses import AddressError
 from netkit.cliargs import (
@@ -27,8 +27,6 @@ from netkit.cliargs import (
     program_name,
 )
 from netkit.listeners import is_loopback
-
-_PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def default_data_dir(project: str) -> Path | None:
@@ -46,11 +44,9 @@ def default_data_dir(project: str) -> Path | None:
 
 
 def _project(text: str) -> str:
-    if not _PROJECT_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} cannot name a project: use up to 128 letters, digits, '.', '_' and '-', "
-            "not starting with '.' or '-' (it names the data directory)"
-        )
+    problem = project_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

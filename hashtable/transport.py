@@ -231,7 +231,6 @@ class Transport:
         raise ConnectionError("no server answered: " + "; ".join(failures))
 
     def _open(self, host: str, port: int) -> socket.socket:
-        self._peer = f"{host}:{port}"
         sock = socket.create_connection((host, port), timeout=self.timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -252,6 +251,7 @@ class Transport:
             self.sock = None
             sock.close()
             raise
+        self._peer = f"{host}:{port}"  # the server in use, which messages name; not the last tried
         return sock
 
     def _handshake(self, sock: socket.socket) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 
 class AddressError(ValueError):
     """An address that cannot be parsed; the message says what is wrong."""
@@ -23,6 +25,11 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         host, port_text = text, ""  # a bare IPv6 address, or a host name
     if not host:
         raise AddressError(f"bad address {text!r}: no host")
+    if ":" in host:  # only an IPv6 address has colons
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise AddressError(f"bad address {text!r}: {host!r} is not an IPv6 address") from None
     if not port_text:
         if text.endswith(":") and (text.count(":") == 1 or text.endswith("]:")):
             raise AddressError(f"bad address {text!r}: empty port")

@@ -166,3 +166,10 @@ def test_giving_up_is_an_option(caplog):
     with pytest.raises(ServiceUnavailable, match=r"unreachable for 0\.3 s"):
         client.size()
     assert "retrying in" in caplog.text
+
+
+@pytest.mark.parametrize("project", ["bad/name", "../etc", "-x", "", "a b", "x" * 129])
+def test_a_project_no_server_can_have_is_refused_at_once(project):
+    """Else the client would wait for ever for a server that cannot be listed under it."""
+    with pytest.raises(ValueError, match="cannot name a project"):
+        HashTableClient(project)

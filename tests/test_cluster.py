@@ -118,6 +118,14 @@ def test_k_between_1_and_n_is_enforced_with_a_clear_error(servers, copies, messa
     assert message in str(error.value)
 
 
+def test_a_cluster_name_its_servers_cannot_have_is_refused_at_once():
+    with pytest.raises(ValueError, match="its server 'bad/name-2' cannot name a project"):
+        ClusterClient("bad/name", 3, 2)
+    ClusterClient("x" * 126, 10, 2)  # x...x-9: 128 characters, the most a project has
+    with pytest.raises(ValueError, match="cannot name a project"):
+        ClusterClient("x" * 126, 11, 2)
+
+
 def test_n_and_k_are_both_required():
     with pytest.raises(
         ValueError, match=r"needs N \(servers\) and K .*ClusterClient\(NAME, N, K\)"

@@ -116,6 +116,9 @@ class TestAddresses:
             "[::1",
             "[::1]x",
             "host:\u0668\u0660",
+            "::::",
+            "[::::]:80",
+            "[1:2]",
         ],
     )
     def test_rejects_with_a_message(self, text):

@@ -102,9 +102,9 @@ class TestInvalidRequests:
     @pytest.mark.parametrize(
         ("line", "expected"),
         [
-            (b"\xff\xfe garbage", "not valid JSON"),
-            (b'{"method": "lookup", "key": "\xc3"}', "not valid JSON"),  # truncated UTF-8
-            (b'{"method": "lookup", "key": "\\ud800"}', "not valid JSON"),  # lone surrogate
+            (b"\xff\xfe garbage", "not valid JSON: the request is not UTF-8 (byte 1)"),
+            (b'{"method": "lookup", "key": "\xc3"}', "the request is not UTF-8 (byte 30)"),
+            (b'{"method": "lookup", "key": "\\ud800"}', "no low surrogate"),  # an escaped lone one
             (b'{"method": "insert", "key": "k", "value": NaN}', "not valid JSON"),
             (b'{"method": "insert", "key": "k", "value": 1e999}', "not valid JSON"),
             (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),  # beyond the parser's depth

@@ -26,6 +26,7 @@ from hashtable.errors import (
     ServiceUnavailable,
     result_of,
 )
+from hashtable.names import project_problem
 from hashtable.numbering import Numbering
 from hashtable.pipeline import RequestQueue
 from hashtable.placement import covered, key_hash, replicas
@@ -79,6 +80,9 @@ class ClusterClient:
                 "a cluster needs N (servers) and K (copies of each key): ClusterClient(NAME, N, K)"
             )
         check_shape(servers, copies)
+        last = f"{name}-{servers - 1}"  # the longest of its servers' project names
+        if addresses is None and (problem := project_problem(last)):
+            raise ValueError(f"cluster {name!r}: its server {problem}")
         if addresses is not None and len(addresses) != servers:
             raise ValueError(f"{len(addresses)} addresses for {servers} servers")
         secret = client_secret(secret_file, auth)

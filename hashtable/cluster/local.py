@@ -30,14 +30,13 @@ from pathlib import Path
 
 from harness.procfs import alive
 from harness.services import listening_port
+from hashtable.names import project_problem
 from netkit.cliargs import positive_int, positive_seconds, program_name
 
 DEFAULT_DIR = Path("cluster-run")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 LOCAL_MAX_SERVERS = 64  # processes one command starts on this machine
-# A cluster's name names its servers' projects and files: the server's own rule.
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 # HashTableServer.py sits beside the hashtable package, in a checkout as when installed.
 SERVER = Path(__file__).resolve().parents[2] / "HashTableServer.py"
 
@@ -176,9 +175,11 @@ def _pid(directory: Path, project: str) -> int | None:
 
 
 def _cluster_name(text: str) -> str:
-    if not _NAME.fullmatch(text):
+    # NAME-i names each server's project (and pid and log files): the server's rule.
+    if project_problem(f"{text}-{LOCAL_MAX_SERVERS - 1}"):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a cluster name (letters, digits, '.', '_', '-')"
+            f"{text!r} is not a cluster name: up to 125 letters, digits, '.', '_' and '-', "
+            "not starting with '.' or '-'"
         )
     return text
 
