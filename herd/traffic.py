@@ -27,6 +27,7 @@ MAX_PENDING = 1 << 20  # bytes held back at most, whatever the interval
 # look like a line break to a log reader: written escaped (\r, \x00, \u2028), so
 # that no client can forge or hide a line of the log.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_ASCII_CONTROL = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
 
 
 def _escaped(match: re.Match[str]) -> str:
@@ -84,9 +85,14 @@ class TrafficLog:
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         stamp = f"{self._second_text}.{int(now % 1 * 1000):03d} "
         text = stamp + ("\n" + stamp).join(self._lines) + "\n"
-        if _CONTROL.search(text):
-            text = _CONTROL.sub(_escaped, text)
         data = text.encode(errors="backslashreplace")
+        # Checked on the bytes at C speed (a regular expression over the text cost 6 us
+        # a KB, a tenth of a WHATSAT): only a turn with an ASCII control character, or
+        # UTF-8 that may hold a C1 one or U+2028/9 (lead bytes C2, E2 80), is searched.
+        if len(data.translate(None, _ASCII_CONTROL)) != len(data) or (
+            not text.isascii() and (b"\xc2" in data or b"\xe2\x80" in data)
+        ):
+            data = _CONTROL.sub(_escaped, text).encode(errors="backslashreplace")
         self._lines.clear()
         self._pending.append(data)
         self._pending_size += len(data)
