@@ -433,6 +433,7 @@ def test_the_ls_keeps_a_connected_ts_that_a_restarted_catalog_forgot(spawn, tmp_
             name="catalog",
         )  # fmt: skip
         wait_until(lambda: tcp_open("127.0.0.1", port) or not process.alive(), what="catalog")
+        assert process.alive(), process.output()
         return process
 
     first = start_catalog("state")
@@ -440,11 +441,17 @@ def test_the_ls_keeps_a_connected_ts_that_a_restarted_catalog_forgot(spawn, tmp_
     ts, ts_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt", "--project", "amnesia", env=env)
     ls, ls_port = start_ls(spawn, [], "--project", "amnesia", "--refresh", "0.2", env=env)
     name = [b"rutgers.edu"]
-    wait_until(
-        lambda: resolve("127.0.0.1", ls_port, name) == [RIGHT[name[0]]],
-        timeout=20,
-        what="the LS to use the TS",
-    )
+    try:
+        wait_until(
+            lambda: resolve("127.0.0.1", ls_port, name) == [RIGHT[name[0]]],
+            timeout=20,
+            what="the LS to use the TS",
+        )
+    except TimeoutError:  # seen once in CI: say what each process saw
+        outputs = {"catalog": first, "TS": ts, "LS": ls}
+        raise AssertionError(
+            "\n".join(f"--- {what}:\n{p.output()[-3000:]}" for what, p in outputs.items())
+        ) from None
     first.kill()
     start_catalog("empty-state")  # same port, no records; the TS announces in a minute
     time.sleep(1.0)  # five refreshes that list no TS
