@@ -24,6 +24,7 @@ from pathlib import Path
 from catalog.client import CatalogUnavailable, catalog_addresses, matching, query
 from hashtable.client import AuthenticationError, ServiceUnavailable
 from hashtable.cluster.client import check_shape
+from hashtable.names import project_problem
 from netkit.addresses import AddressError, parse_address
 from netkit.cliargs import (
     choice_list,
@@ -157,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(exc))
         if args.server:
             parser.error("--server talks to one server; a cluster is found through the catalog")
+    # A cluster's servers are the projects NAME-0 ... NAME-(N-1): the longest must be one.
+    project = args.project if args.servers is None else f"{args.project}-{args.servers - 1}"
+    if not args.server and (problem := project_problem(project)):
+        parser.error(problem)
     if args.no_auth and args.secret_file is not None:
         parser.error("--no-auth and --secret-file contradict each other")
     if args.catalog:
@@ -219,16 +224,19 @@ def wait_for_service(args: argparse.Namespace) -> None:
     ``ServiceUnavailable`` after --give-up-after. The client processes start only
     then, so that N of them do not all repeat the same complaint.
 
-    For a cluster, each of its N servers must answer first: a run on part of a
-    cluster (or with the wrong N) would measure waits for the missing servers, and
-    leave its keys where a cluster of N puts them."""
+    For a cluster, each of its N servers must answer first (all within
+    --give-up-after): a run on part of a cluster (or with the wrong N) would
+    measure waits for the missing servers, and leave its keys where a cluster of
+    N puts them."""
     if args.servers is not None:
         from HashTableClient import HashTableClient
 
+        deadline = None if args.give_up_after is None else time.monotonic() + args.give_up_after
         for index in range(args.servers):
-            project = f"{args.project}-{index}"
-            with HashTableClient(project, catalog=args.catalog, backoff_cap=10.0,
-                                 give_up_after=args.give_up_after, secret_file=args.secret_file,
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            with HashTableClient(f"{args.project}-{index}", catalog=args.catalog,
+                                 backoff_cap=10.0, give_up_after=left,
+                                 secret_file=args.secret_file,
                                  auth=not args.no_auth) as server:  # fmt: skip
                 server.size()
         _warn_if_more_servers(args)

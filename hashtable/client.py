@@ -30,7 +30,6 @@ from hashtable.errors import (
     ServiceUnavailable,
     result_of,
 )
-from hashtable.names import project_problem
 from hashtable.numbering import Numbering
 from hashtable.pipeline import Pipeline, Reply
 from hashtable.protocol import encode_request
@@ -86,8 +85,6 @@ class HashTableClient:
     ) -> None:
         if (project is None) == (address is None):
             raise ValueError("give a project name or an address (HashTableClient.at)")
-        if project is not None and (problem := project_problem(project)):
-            raise ValueError(problem)  # no server is listed under it: it would wait for ever
         secret = client_secret(secret_file, auth)
         self.project = project
         self.address = address

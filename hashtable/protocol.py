@@ -12,6 +12,8 @@ lookup for the method, one pass over the fields.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import re
 from typing import Any
@@ -255,14 +257,19 @@ def encode_request(request: Request) -> bytes:
 
 def _non_finite(value: Any) -> bool:
     """Whether a NaN or an infinity is in ``value`` (which orjson took: at most
-    255 levels deep)."""
+    255 levels deep; orjson refuses float subclasses, and writes dataclasses and
+    enumerations as their fields and values)."""
     if type(value) is float:
         return not math.isfinite(value)
     if isinstance(value, dict):
         return any(_non_finite(item) for item in value.values())
     if isinstance(value, list | tuple):
         return any(_non_finite(item) for item in value)
-    return isinstance(value, float) and not math.isfinite(value)  # a float subclass
+    if isinstance(value, enum.Enum):
+        return _non_finite(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_non_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
 
 
 def decode_reply(line: bytes) -> Outcome:

@@ -23,6 +23,7 @@ from collections import deque
 
 from catalog.client import CatalogUnavailable, catalog_addresses, matching, query, record_endpoint
 from hashtable.errors import AuthenticationError, ServiceUnavailable
+from hashtable.names import project_problem
 from hashtable.protocol import ProtocolError, decode_reply
 from hashtable.request import Outcome
 from hashtable.rivals import listed_servers, rival_warning, rivals
@@ -83,6 +84,8 @@ class Transport:
     ) -> None:
         if project is None and address is None:
             raise ValueError("give a project name or an address")
+        if project is not None and (problem := project_problem(project)):
+            raise ValueError(problem)  # no server is listed under it: it would wait for ever
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.project = project

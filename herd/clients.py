@@ -7,7 +7,8 @@ in one piece. At EOF the connection closes once the last reply is out.
 
 Bounds: a line longer than ``max_line`` is answered with ``?`` and ends the
 connection; a client that does not read its replies stops being read, and its
-lines stop being answered, once ``HIGH_WATER`` bytes wait for it; one
+lines stop being answered, once ``HIGH_WATER`` bytes wait for it, and stops being
+read while ``MAX_QUEUED`` of its lines wait for their answers; one
 connection's lines are answered for ``TURN_SLICE`` seconds at most before the
 loop serves the others (a client pipelining thousands of WHATSATs delays
 nobody else by more than that); an idle connection is closed after
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 HIGH_WATER = 256 * 1024
 LINGER = 5.0
 TURN_SLICE = 0.005  # seconds of one connection's lines per loop turn
+MAX_QUEUED = 1000  # lines read ahead of their answers (behind a reply that waits, say)
+_clock = time.monotonic  # the slices' clock (a test's own)
 
 
 def prepare(transport: asyncio.Transport, high_water: int) -> str:
@@ -83,6 +86,8 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self._lines.extend(lines)
         self._process()
+        if len(self._lines) >= MAX_QUEUED and not self.transport.is_closing():
+            self.transport.pause_reading()  # _read_more once they are answered
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -112,14 +117,21 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._process()
-        self._read_more()
+        # Not from here, inside the transport's own write callback: closing there (the
+        # last reply out after EOF) makes asyncio's transport lose its connection twice.
+        self._next_turn_soon()
 
     def _read_more(self) -> None:
         transport = self.transport
         if self._paused or self._yielded or self._closing or transport.is_closing():
             return
-        transport.resume_reading()
+        if len(self._lines) < MAX_QUEUED:
+            transport.resume_reading()
+
+    def _next_turn_soon(self) -> None:
+        if not self._yielded:
+            self._yielded = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
 
     # ---- serving ------------------------------------------------------------------
 
@@ -130,12 +142,11 @@ class ClientProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing() or self._paused or self._yielded:
             return  # resume_writing or _next_turn calls again
         replies = []
-        size, deadline = 0, time.monotonic() + TURN_SLICE
+        size, deadline = 0, _clock() + TURN_SLICE
         while self._lines and self._waiting is None:
-            if replies and (size >= HIGH_WATER or time.monotonic() >= deadline):
-                self._yielded = True
+            if replies and (size >= HIGH_WATER or _clock() >= deadline):
                 transport.pause_reading()  # what is queued is enough to go on with
-                asyncio.get_running_loop().call_soon(self._next_turn)
+                self._next_turn_soon()
                 break
             line = self._lines.popleft()
             if line is None:
@@ -179,6 +190,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.transport.write(reply)
         self._process()
+        self._read_more()
 
     def _arm_idle_timer(self) -> None:
         timeout = self.server.options.idle_timeout

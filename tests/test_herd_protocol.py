@@ -158,7 +158,7 @@ def test_a_client_pipelining_thousands_of_whatsats_delays_nobody_else(herd):
         began = time.monotonic()
         assert ask(port, "WHATSAT heavy 1 1\n").startswith("AT Wilkes")
         took = time.monotonic() - began
-        assert took < 0.3, f"answered after {took:.2f} s"
+        assert took < 0.6, f"answered after {took:.2f} s"  # 1-1.6 s when it waited for all
     assert ask(port, "WHATSAT heavy 1 1\n").startswith("AT Wilkes")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from decimal import Decimal
 
 import pytest
 
+import herd.clients
+from herd.clients import ClientProtocol
 from herd.config import ConfigError, load_config, parse_config
 from herd.locations import Location, LocationTable, TableFull
 from herd.messages import (
@@ -30,7 +33,7 @@ from herd.peering import (
     parse_hello,
 )
 from herd.places import Place, PlaceIndex, distance_km
-from herd.server import HerdServer, Options
+from herd.server import HerdServer, Options, PendingReply
 from herd.traffic import TrafficLog
 
 # ---- client messages ------------------------------------------------------------------
@@ -534,3 +537,90 @@ def test_the_shipped_configuration_is_the_assignments_herd():
 def test_bad_configurations_are_explained(document, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(document)
+
+
+# ---- the client port's protocol ---------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+
+class SlowServer:
+    """Answers every line with ``?``, each taking 2 ms of the test's clock."""
+
+    def __init__(self, now: list[float]) -> None:
+        self.now = now
+        self.options = Options()
+
+    def client_opened(self, client) -> bool:
+        return True
+
+    def handle_client_line(self, line: bytes, peer: str) -> bytes:
+        self.now[0] += 0.002
+        return b"? " + line + b"\n"
+
+
+def test_a_connection_yields_the_loop_after_its_slice_of_a_turn(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(herd.clients, "_clock", lambda: now[0])
+
+    async def scenario() -> tuple[list[int], bool]:
+        protocol, transport = ClientProtocol(SlowServer(now)), FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"".join(b"L%d\n" % n for n in range(10)))
+        answered = [sum(chunk.count(b"\n") for chunk in transport.written)]
+        paused = not transport.reading  # the rest waits: nothing more is read meanwhile
+        while sum(chunk.count(b"\n") for chunk in transport.written) < 10:
+            await asyncio.sleep(0)  # another loop turn: the other connections' too
+            answered.append(sum(chunk.count(b"\n") for chunk in transport.written))
+        assert transport.reading  # all answered: read again
+        assert b"".join(transport.written) == b"".join(b"? L%d\n" % n for n in range(10))
+        return answered, paused
+
+    answered, paused = asyncio.run(scenario())
+    assert answered[:2] == [3, 6] and answered[-1] == 10 and paused  # 5 ms: three lines a turn
+
+
+def test_a_client_is_not_read_while_too_many_of_its_lines_wait_behind_a_reply():
+    waiting = PendingReply(b"AT first\n", 1)
+
+    class Waits(SlowServer):
+        def handle_client_line(self, line: bytes, peer: str):
+            return waiting if line == b"IAMAT" else b"? " + line + b"\n"
+
+    async def scenario() -> None:
+        protocol, transport = ClientProtocol(Waits([0.0])), FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"IAMAT\n" + b"x\n" * (herd.clients.MAX_QUEUED + 5))
+        assert not transport.reading and transport.written == []  # bounded, in order
+        waiting.set_result(None)  # its neighbours acknowledged: the reply, then the rest
+        while b"".join(transport.written).count(b"\n") < herd.clients.MAX_QUEUED + 6:
+            await asyncio.sleep(0)
+        assert transport.written[0] == b"AT first\n" and transport.reading
+
+    asyncio.run(scenario())

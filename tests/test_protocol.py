@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 
 import orjson
@@ -276,7 +278,12 @@ class TestClientEncoding:
     @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
     def test_nan_and_infinity_are_refused_not_sent_as_null(self, number):
         # orjson alone writes them as null: the value would change without a word.
-        for value in (number, [1, {"a": [None, number]}], (number,)):
+        @dataclasses.dataclass
+        class Point:
+            x: float
+
+        kinds = enum.Enum("Kinds", {"odd": number})
+        for value in (number, [1, {"a": [None, number]}], (number,), Point(number), kinds.odd):
             with pytest.raises(TypeError, match="NaN and infinity"):
                 encode_request(Request("insert", "k", value))
         with pytest.raises(TypeError, match="NaN and infinity"):

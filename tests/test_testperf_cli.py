@@ -49,6 +49,13 @@ def test_an_output_path_that_cannot_be_written_stops_it_before_anything_runs(
         assert not target.exists()
 
 
+@pytest.mark.parametrize("args", [["bad/name"], [".lead"], ["y" * 127, "3", "2"]])
+def test_a_project_no_server_can_have_is_one_error_not_a_wait(args):
+    done = run_testperf(*args, "--catalog", f"127.0.0.1:{free_port()}", timeout=20)
+    assert done.returncode == 2 and "cannot name a project" in done.stderr, done.stderr
+    assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+
+
 def test_checking_a_path_leaves_an_existing_file_alone_and_no_new_one_behind(tmp_path: Path):
     kept = tmp_path / "kept.csv"
     kept.write_text("earlier results\n")

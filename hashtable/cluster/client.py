@@ -245,7 +245,7 @@ class ClusterClient:
                 # Given up; but a replica skipped as down (its backoff from an earlier
                 # operation) may be due by now: each such one gets a last try.
                 now = time.monotonic()
-                order = [m for m in order if m.retry_at <= now]
+                order = [m for m in order if m is not member and m.retry_at <= now]
                 if not order:
                     raise
                 continue
