@@ -258,7 +258,7 @@ def encode_request(request: Request) -> bytes:
 def _non_finite(value: Any) -> bool:
     """Whether a NaN or an infinity is in ``value`` (which orjson took: at most
     255 levels deep; orjson refuses float subclasses, and writes dataclasses and
-    enumerations as their fields and values)."""
+    enumerations as their public fields and values)."""
     if type(value) is float:
         return not math.isfinite(value)
     if isinstance(value, dict):
@@ -268,7 +268,8 @@ def _non_finite(value: Any) -> bool:
     if isinstance(value, enum.Enum):
         return _non_finite(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return any(_non_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
+        fields = dataclasses.fields(value)  # orjson leaves out the "_private" ones
+        return any(_non_finite(getattr(value, f.name)) for f in fields if f.name[:1] != "_")
     return False
 
 

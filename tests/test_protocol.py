@@ -288,6 +288,15 @@ class TestClientEncoding:
                 encode_request(Request("insert", "k", value))
         with pytest.raises(TypeError, match="NaN and infinity"):
             encode_request(Request("query", subkey="x", subvalue=number))
+
+        @dataclasses.dataclass
+        class Hidden:
+            x: object
+            _y: float = number  # orjson does not send it
+
+        assert orjson.loads(encode_request(Request("insert", "k", Hidden(None))))["value"] == {
+            "x": None
+        }
         assert orjson.loads(encode_request(Request("insert", "k", [None, 1.5])))["value"] == [
             None,
             1.5,
