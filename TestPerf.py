@@ -200,12 +200,15 @@ def _value_size(text: str) -> int:
     return size
 
 
-def make_client(args: argparse.Namespace, **options):
+def make_client(args: argparse.Namespace, *, member: int | None = None, **options):
+    """The client the options ask for; ``member``: one server of the cluster, alone."""
     from HashTableClient import HashTableClient
 
     options.setdefault("give_up_after", args.give_up_after)
     options.setdefault("secret_file", args.secret_file)
     options.setdefault("auth", not args.no_auth)
+    if member is not None:
+        return HashTableClient(f"{args.project}-{member}", catalog=args.catalog, **options)
     if args.servers is not None:
         from ClusterClient import ClusterClient
 
@@ -229,15 +232,10 @@ def wait_for_service(args: argparse.Namespace) -> None:
     measure waits for the missing servers, and leave its keys where a cluster of
     N puts them."""
     if args.servers is not None:
-        from HashTableClient import HashTableClient
-
         deadline = None if args.give_up_after is None else time.monotonic() + args.give_up_after
         for index in range(args.servers):
             left = None if deadline is None else max(0.1, deadline - time.monotonic())
-            with HashTableClient(f"{args.project}-{index}", catalog=args.catalog,
-                                 backoff_cap=10.0, give_up_after=left,
-                                 secret_file=args.secret_file,
-                                 auth=not args.no_auth) as server:  # fmt: skip
+            with make_client(args, member=index, backoff_cap=10.0, give_up_after=left) as server:
                 server.size()
         _warn_if_more_servers(args)
     with make_client(args, backoff_cap=10.0) as client:

@@ -110,12 +110,10 @@ def _stop(directory: Path, pids: dict[str, int | None], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     failed = False
     for project, pid in pids.items():
-        while pid is not None and alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid is not None and alive(pid):
+        if pid is not None and not _gone_by(pid, deadline):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)  # each server leads its own session
-            if not _wait_gone(pid, STOP_TIMEOUT):
+            if not _gone_by(pid, time.monotonic() + STOP_TIMEOUT):
                 print(f"{project} (pid {pid}) did not stop", file=sys.stderr)
                 failed = True
                 continue  # its pid file stays: it still runs
@@ -126,10 +124,10 @@ def _stop(directory: Path, pids: dict[str, int | None], timeout: float) -> int:
     return 1 if failed else 0
 
 
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
+def _gone_by(pid: int, deadline: float) -> bool:
+    """Waits until process ``pid`` is gone, or ``deadline`` (time.monotonic()) passes."""
     while alive(pid):
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
     return True
