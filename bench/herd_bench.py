@@ -23,7 +23,8 @@ Prints ratios ours/baseline. The machine may be shared: say so with the figures
 ours and measured in alternation with it (``--repeat`` rounds, medians), so
 that the machine's drift hits both alike; ``--before-args``/``--ours-args``
 give either extra server options (``--before . --before-args "--loop asyncio"``
-compares the event loops).
+compares the event loops; a lone option needs ``=``, as in ``--before-args=--no-auth``,
+or argparse takes it for one of the benchmark's own).
 """
 
 from __future__ import annotations
@@ -306,8 +307,14 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=300, help="flood latency samples")
     parser.add_argument("--before", type=checkout, help="also measure this checkout's herd")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of ours (and --before)")
-    parser.add_argument("--ours-args", default="", help="extra options for our servers")
-    parser.add_argument("--before-args", default="", help="extra options for --before's")
+    parser.add_argument(
+        "--ours-args",
+        default="",
+        help="extra options for our servers (a lone option: --ours-args=--no-auth)",
+    )
+    parser.add_argument(
+        "--before-args", default="", help="extra options for --before's (--before-args=--no-auth)"
+    )
     parser.add_argument("--skip", type=part_list, default=[], help=f"of: {', '.join(PARTS)}")
     parser.add_argument(
         "--floor-args", default="", help="for bench/herd_floor.py: --loop, --log-dir"
