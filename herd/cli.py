@@ -26,8 +26,10 @@ from herd.durable import DurableLocations
 from herd.links import PeerConnection, keep_dialing
 from herd.places import POPULATIONS, load_geonames
 from herd.server import HerdServer, Options
+from herd.traffic import RecordHandler, TrafficLog
 from netkit.addresses import AddressError
 from netkit.cliargs import (
+    nonnegative_int,
     nonnegative_seconds,
     port_number,
     positive_int,
@@ -79,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-locations", type=positive_int, default=1_000_000, help="clients in the table")
     add("--log-flush-interval", type=nonnegative_seconds, default=0.01,
         help="longest the traffic log waits to be written (default 0.01 s; 0: every turn)")  # fmt: skip
+    add("--log-max-bytes", type=nonnegative_int, default=64 << 20, metavar="BYTES",
+        help="past this size the log file becomes NAME.log.1 (default 64 MiB; 0: never)")  # fmt: skip
+    add("--log-backups", type=nonnegative_int, default=2, metavar="N",
+        help="rotated logs kept: NAME.log.1 ... NAME.log.N (default 2)")  # fmt: skip
     add("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
         help="event loop: uvloop when it is installed (auto), or asyncio's own")  # fmt: skip
     add("--secret-file", type=Path, metavar="FILE",
@@ -93,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--places-key-file is for --places google")
     if args.no_auth and args.secret_file is not None:
         parser.error("--no-auth and --secret-file contradict each other")
+    if args.backoff_initial > args.backoff_cap:
+        parser.error("--backoff-initial is longer than --backoff-cap")
     return args
 
 
@@ -122,12 +130,10 @@ def peer_security(args: argparse.Namespace, config: HerdConfig) -> dict[str, Any
     }
 
 
-def setup_logs(name: str, log_file: Path, verbose: int, quiet: bool) -> None:
-    """Events to the server's log file and standard error (the traffic: herd.traffic)."""
-    file_handler = logging.FileHandler(log_file)
-    file_handler.setFormatter(
-        logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    )
+def setup_logs(name: str, traffic: TrafficLog, verbose: int, quiet: bool) -> None:
+    """Events to the server's log file, among its traffic (herd.traffic), and to
+    standard error."""
+    file_handler = RecordHandler(traffic)
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(
         logging.Formatter(
@@ -152,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"herd: no server {args.name!r} in the configuration "
               f"(it names {', '.join(sorted(config.servers))})", file=sys.stderr)  # fmt: skip
         return 2
+    log_file = args.log_file or Path(f"{args.name}.log")
     try:
-        setup_logs(args.name, args.log_file or Path(f"{args.name}.log"), args.verbose, args.quiet)
+        traffic = TrafficLog(log_file, max_bytes=args.log_max_bytes, backups=args.log_backups)
     except OSError as error:
         print(f"herd: cannot open the log file: {error}", file=sys.stderr)
         return 2
+    setup_logs(args.name, traffic, args.verbose, args.quiet)
     try:
         security = peer_security(args, config)
         places = make_places(args)
@@ -170,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
         return 2
     try:
-        return runner(run(args, config, places, durable, catalogs, security))
+        return runner(run(args, config, places, durable, catalogs, security, traffic))
     except KeyboardInterrupt:
         return 0
     finally:
         if durable is not None:
             durable.close()
+        traffic.close()
 
 
 def loop_runner(choice: str) -> Callable[[Coroutine], int] | None:
@@ -200,7 +209,7 @@ def make_places(args: argparse.Namespace):
     return index.nearby_search
 
 
-async def run(args, config: HerdConfig, places, durable, catalogs, security) -> int:
+async def run(args, config: HerdConfig, places, durable, catalogs, security, traffic) -> int:
     """Serves until a signal (0) or a storage failure (1); 2 if it cannot listen.
 
     Long because it is the server's life in order (listen, link, announce,
@@ -218,12 +227,11 @@ async def run(args, config: HerdConfig, places, durable, catalogs, security) -> 
         ping_interval=args.ping_interval,
         peer_timeout=args.peer_timeout,
         backoff_initial=args.backoff_initial,
-        backoff_cap=max(args.backoff_cap, args.backoff_initial),
+        backoff_cap=args.backoff_cap,
         log_flush_interval=args.log_flush_interval,
         **security,
     )
-    log_file = args.log_file or Path(f"{args.name}.log")
-    server = HerdServer(args.name, config, options, places, durable, log_file=log_file)
+    server = HerdServer(args.name, config, options, places, durable, io_log=traffic)
     discovery = None
     if catalogs is not None:
         discovery = Discovery(config.herd, args.name, catalogs, server.status,
@@ -236,6 +244,11 @@ async def run(args, config: HerdConfig, places, durable, catalogs, security) -> 
     if port is None or peer_port is None:
         log.error("%s has no port in the configuration: give --port and --peer-port", args.name)
         return 2
+    # Before listening: a client served while the second port opens must not find a
+    # signal still taking the process down without its log's last lines.
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
     try:
         clients = await loop.create_server(lambda: ClientProtocol(server), host, port)
         peers = await loop.create_server(lambda: PeerConnection(server), host, peer_port)
@@ -246,9 +259,6 @@ async def run(args, config: HerdConfig, places, durable, catalogs, security) -> 
     peer_port = peers.sockets[0].getsockname()[1]
     log.info("%s listening on %s:%d for clients, %s:%d for peers; neighbours %s", args.name,
              host, port, host, peer_port, ", ".join(sorted(server.neighbours)) or "none")  # fmt: skip
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(keep_dialing(server, neighbour))
         for neighbour in sorted(server.neighbours)
@@ -270,7 +280,7 @@ async def run(args, config: HerdConfig, places, durable, catalogs, security) -> 
         close = getattr(getattr(places, "__self__", None), "close", None)
         if close is not None and asyncio.iscoroutinefunction(close):
             await close()
-    server.io_log.close()
+    server.io_log.flush()
     if server.failed is not None:
         return 1
     log.info("%s stopped", args.name)

@@ -12,7 +12,11 @@ read while ``MAX_QUEUED`` of its lines wait for their answers; one
 connection's lines are answered for ``TURN_SLICE`` seconds at most before the
 loop serves the others (a client pipelining thousands of WHATSATs delays
 nobody else by more than that); an idle connection is closed after
-``idle_timeout`` seconds; past ``max_clients`` connections new ones are closed.
+``idle_timeout`` seconds; past ``max_clients`` connections, a new one takes the
+place of the one idle longest if that has been idle ``EVICT_IDLE`` seconds (as
+nginx reuses its idle keep-alive connections: otherwise whoever holds every
+place, sending nothing, locks everyone else out until ``idle_timeout``), and is
+closed if none has.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ HIGH_WATER = 256 * 1024
 LINGER = 5.0
 TURN_SLICE = 0.005  # seconds of one connection's lines per loop turn
 MAX_QUEUED = 1000  # lines read ahead of their answers (behind a reply that waits, say)
+EVICT_IDLE = 1.0  # seconds: at max_clients, a connection idle this long may make room
 _clock = time.monotonic  # the slices' clock (a test's own)
 
 
@@ -52,12 +57,14 @@ class ClientProtocol(asyncio.Protocol):
         self.framer = LineFramer(server.options.max_line)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self._lines: deque[bytes] = deque()
+        # Lines not answered yet, each with the time it arrived (time.time_ns()): an
+        # IAMAT's receive time, however long it waits behind the replies before it.
+        self._lines: deque[tuple[bytes | None, int]] = deque()
         self._waiting: PendingReply | None = None
         self._closing = False  # EOF or a fatal line: close once the replies are out
         self._paused = False  # its replies fill the transport's buffer
         self._yielded = False  # lines wait for the next loop turn (TURN_SLICE)
-        self._last_active = time.monotonic()
+        self.last_active = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # after an over-long line: read and drop until EOF
         self._overlong = self._eof = False
@@ -73,18 +80,19 @@ class ClientProtocol(asyncio.Protocol):
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
-        self._last_active = time.monotonic()
+        self.last_active = time.monotonic()
         if self._discarding:
             return
+        now = time.time_ns()
         try:
             lines = self.framer.feed(data)
         except LineTooLong as error:
-            self._lines.extend(error.lines)
-            self._lines.append(None)  # type: ignore[arg-type]  # marks the over-long line
+            self._lines.extend([(line, now) for line in error.lines])
+            self._lines.append((None, now))  # marks the over-long line
             self._overlong = True
             self._closing = True
         else:
-            self._lines.extend(lines)
+            self._lines.extend([(line, now) for line in lines])
         self._process()
         if len(self._lines) >= MAX_QUEUED and not self.transport.is_closing():
             self.transport.pause_reading()  # _read_more once they are answered
@@ -96,11 +104,12 @@ class ClientProtocol(asyncio.Protocol):
             return True
         # A last line without its newline still counts.
         if self.framer.pending:
+            now = time.time_ns()
             try:
-                self._lines.extend(self.framer.feed(b"\n"))
+                self._lines.extend([(line, now) for line in self.framer.feed(b"\n")])
             except LineTooLong as error:
-                self._lines.extend(error.lines)
-                self._lines.append(None)  # type: ignore[arg-type]
+                self._lines.extend([(line, now) for line in error.lines])
+                self._lines.append((None, now))
         self._closing = True
         self._process()
         return True  # keep the transport open to write the remaining replies
@@ -148,12 +157,12 @@ class ClientProtocol(asyncio.Protocol):
                 transport.pause_reading()  # what is queued is enough to go on with
                 self._next_turn_soon()
                 break
-            line = self._lines.popleft()
+            line, received_ns = self._lines.popleft()
             if line is None:
                 replies.append(self.server.overlong_line(self.peer))
                 self._lines.clear()
                 break
-            result = self.server.handle_client_line(line, self.peer)
+            result = self.server.handle_client_line(line, self.peer, received_ns)
             if isinstance(result, bytes):
                 replies.append(result)
                 size += len(result)
@@ -192,15 +201,32 @@ class ClientProtocol(asyncio.Protocol):
         self._process()
         self._read_more()
 
+    def idle(self) -> bool:
+        """Nothing to answer and nothing waiting: closing it loses nothing."""
+        return self._waiting is None and not self._lines and not self._paused
+
+    def close_to_make_room(self, now: float) -> None:
+        self.server.io_log.info(
+            "client %s idle for %.1f s: closed to make room", self.peer, now - self.last_active
+        )
+        self.transport.close()
+
     def _arm_idle_timer(self) -> None:
         timeout = self.server.options.idle_timeout
         if timeout:
             self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._check_idle)
 
     def _check_idle(self) -> None:
-        idle = time.monotonic() - self._last_active
+        idle = time.monotonic() - self.last_active
         if idle >= self.server.options.idle_timeout and self._waiting is None:
             self.server.io_log.info("client %s idle for %.0f s: closed", self.peer, idle)
             self.transport.close()
             return
         self._arm_idle_timer()
+
+
+def idlest(clients: set[ClientProtocol], now: float) -> ClientProtocol | None:
+    """The connection idle longest, if it has been idle ``EVICT_IDLE`` seconds or more."""
+    idle = [client for client in clients if client.idle()]
+    oldest = min(idle, key=lambda client: client.last_active, default=None)
+    return oldest if oldest is not None and now - oldest.last_active >= EVICT_IDLE else None

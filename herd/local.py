@@ -6,8 +6,8 @@
 
 ``start`` launches every server of the configuration (the shipped five by
 default) as its own process, each with its log (``DIR/NAME.log``), its output
-(``DIR/NAME.out``) and its pid (``DIR/NAME.pid``), and returns once all of
-them listen. ``stop`` sends each SIGTERM and waits for it to exit. ``DIR``
+(``DIR/NAME.out``) and its pid (``DIR/NAME.pid``), and returns once each of
+them has logged that it listens (exit 1, every server stopped, if one does not). ``stop`` sends each SIGTERM and waits for it to exit. ``DIR``
 defaults to ``./herd-run``.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from harness.processes import tcp_open
 from herd.config import ConfigError, load_config
 
 DEFAULT_DIR = Path("herd-run")
@@ -34,8 +34,11 @@ def start(config_path: Path | None, directory: Path, extra: list[str]) -> int:
     if running:
         print(f"already running: {', '.join(sorted(running))} (stop them first)", file=sys.stderr)
         return 1
+    offsets = {}
     for name in config.servers:
-        args = [sys.executable, "-m", "herd", name, "--log-file", str(directory / f"{name}.log")]
+        log = directory / f"{name}.log"
+        offsets[name] = log.stat().st_size if log.exists() else 0
+        args = [sys.executable, "-m", "herd", name, "--log-file", str(log)]
         if config_path is not None:
             args += ["--config", str(config_path)]
         with open(directory / f"{name}.out", "ab") as out:
@@ -44,15 +47,31 @@ def start(config_path: Path | None, directory: Path, extra: list[str]) -> int:
             )
         (directory / f"{name}.pid").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + 60
-    for name, entry in config.servers.items():
-        while not (entry.host and entry.port and tcp_open(entry.host, entry.port)):
+    for name in config.servers:
+        # The server's own word that it listens, not a port that answers: another
+        # process may hold the port this one failed to take.
+        log = directory / f"{name}.log"
+        while (address := _listening(name, log, offsets[name])) is None:
             if _pid(directory, name) is None or time.monotonic() > deadline:
                 print(f"{name} did not start; see {directory / (name + '.out')}", file=sys.stderr)
                 stop(directory)
                 return 1
             time.sleep(0.1)
-        print(f"{name} listening on {entry.host}:{entry.port} (log {directory / (name + '.log')})")
+        print(f"{name} listening on {address} (log {log})")
     return 0
+
+
+def _listening(name: str, log: Path, offset: int) -> str | None:
+    """The client address in the server's "NAME listening on HOST:PORT" line, once
+    it has logged one after ``offset``."""
+    try:
+        with open(log, "rb") as file:
+            file.seek(offset)
+            text = file.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    found = re.search(rf"\b{re.escape(name)} listening on (\S+) for clients", text)
+    return found.group(1) if found else None
 
 
 def stop(directory: Path) -> int:

@@ -23,15 +23,16 @@ MAX_ITEMS = 20
 # ISO 6709 decimal degrees, one token: a sign before each number. Numbers may have
 # leading zeros (ISO 6709 writes longitudes with three digits: -075.0); the ranges
 # are checked on the values.
-_LOCATION = re.compile(
-    r"([+-])(0*\d{1,2}(?:\.\d{1,20})?)([+-])(0*\d{1,3}(?:\.\d{1,20})?)", re.ASCII
-)
+# Fractions of any length (MAX_FIELD bounds the token).
+_LOCATION = re.compile(r"([+-])(0*\d{1,2}(?:\.\d+)?)([+-])(0*\d{1,3}(?:\.\d+)?)", re.ASCII)
 # POSIX seconds, optionally signed, with an optional fraction: no exponent, no inf/nan.
-_TIME = re.compile(r"[+-]?\d{1,20}(?:\.\d{1,20})?", re.ASCII)
-_RADIUS = re.compile(r"0*\d{1,3}(?:\.\d{1,20})?", re.ASCII)
+# At most 20 digits before the point, so that a difference fits the peers' AT (_DIFF).
+_TIME = re.compile(r"[+-]?\d{1,20}(?:\.\d+)?", re.ASCII)
+_RADIUS = re.compile(r"0*\d{1,3}(?:\.\d+)?", re.ASCII)
 _COUNT = re.compile(r"0*\d{1,3}", re.ASCII)
-# Precise enough for 20 integer and 20 fraction digits on both sides of a subtraction.
-_EXACT = Context(prec=64)
+# Exact for any time a MAX_FIELD token can hold, on both sides of a subtraction (a
+# Decimal's cost is in its digits, not in the context's precision).
+_EXACT = Context(prec=2 * MAX_FIELD + 32)
 _NANO = Decimal("1e-9")
 _BILLION = Decimal(1_000_000_000)
 
@@ -104,6 +105,8 @@ def check_client(client: str) -> None:
 
 def parse_location(text: str) -> tuple[float, float]:
     """``(latitude, longitude)`` of an ISO 6709 token such as ``+34.068930-118.445127``."""
+    if len(text) > MAX_FIELD:
+        raise Invalid(f"location longer than {MAX_FIELD} bytes")
     match = _LOCATION.fullmatch(text)
     if match is None:
         raise Invalid("location is not ISO 6709 decimal degrees such as +34.068930-118.445127")
@@ -117,6 +120,8 @@ def parse_location(text: str) -> tuple[float, float]:
 
 
 def parse_time(text: str) -> Decimal:
+    if len(text) > MAX_FIELD:
+        raise Invalid(f"time longer than {MAX_FIELD} bytes")
     if not _TIME.fullmatch(text):
         raise Invalid("time is not POSIX seconds such as 1520023934.918963997")
     return Decimal(text)

@@ -20,11 +20,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from herd.clients import idlest
 from herd.config import HerdConfig
 from herd.durable import DurableLocations
 from herd.locations import Location, LocationTable, TableFull
@@ -66,13 +66,16 @@ class Options:
 
 class PendingReply:
     """A reply that leaves once ``remaining`` conditions (commit, acks) have each been met:
-    then ``on_ready`` gets it. Not an asyncio Future, whose callbacks would wait for the
-    next loop turn: the reply is written in the turn its last acknowledgement arrives."""
+    then ``on_sent`` (the traffic log) and ``on_ready`` (the client's connection) get it.
+    Not an asyncio Future, whose callbacks would wait for the next loop turn: the reply
+    is written in the turn its last acknowledgement arrives."""
 
-    __slots__ = ("on_ready", "remaining", "reply")
+    __slots__ = ("on_ready", "on_sent", "remaining", "reply")
 
-    def __init__(self, reply: bytes, remaining: int) -> None:
-        self.reply, self.remaining = reply, remaining
+    def __init__(
+        self, reply: bytes, remaining: int, on_sent: Callable[[bytes], None] | None = None
+    ) -> None:
+        self.reply, self.remaining, self.on_sent = reply, remaining, on_sent
         self.on_ready: Callable[[bytes], None] | None = None
 
     def done(self) -> bool:
@@ -80,8 +83,11 @@ class PendingReply:
 
     def set_result(self, _: object) -> None:
         self.remaining -= 1
-        if self.remaining == 0 and self.on_ready is not None:
-            self.on_ready(self.reply)
+        if self.remaining == 0:
+            if self.on_sent is not None:
+                self.on_sent(self.reply)
+            if self.on_ready is not None:
+                self.on_ready(self.reply)
 
 
 class HerdServer:
@@ -93,7 +99,7 @@ class HerdServer:
         places: PlaceSearch,
         durable: DurableLocations | None = None,
         peer_address: Callable[[str], Awaitable[tuple[str, int] | None]] | None = None,
-        log_file: Path | None = None,
+        io_log: TrafficLog | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -110,8 +116,8 @@ class HerdServer:
         self.clients: set[Any] = set()
         self.pending_peers = 0
         self.log = logging.getLogger(f"herd.{name}")
-        self.io_log = TrafficLog(
-            log_file,
+        self.io_log = io_log if io_log is not None else TrafficLog(None)  # None: no log
+        self.io_log.bind(
             on_first_line=self.schedule_turn,
             flush_interval=options.log_flush_interval,
             call_later=lambda delay, callback: self._loop.call_later(delay, callback),
@@ -135,8 +141,15 @@ class HerdServer:
 
     def client_opened(self, client: Any) -> bool:
         if len(self.clients) >= self.options.max_clients:
-            self.io_log.info("client %s refused: %d connections", client.peer, len(self.clients))
-            return False
+            now = time.monotonic()
+            room = idlest(self.clients, now)  # herd.clients: who may make room
+            if room is None:
+                self.io_log.info(
+                    "client %s refused: %d connections", client.peer, len(self.clients)
+                )
+                return False
+            self.clients.discard(room)
+            room.close_to_make_room(now)
         self.clients.add(client)
         self.io_log.info("client %s connected", client.peer)
         return True
@@ -146,13 +159,16 @@ class HerdServer:
             self.clients.discard(client)
             self.io_log.info("client %s closed", client.peer)
 
-    def handle_client_line(self, line: bytes, peer: str) -> bytes | PendingReply:
-        """The reply to one line: bytes now, or a reply that leaves later."""
+    def handle_client_line(
+        self, line: bytes, peer: str, received_ns: int | None = None
+    ) -> bytes | PendingReply:
+        """The reply to one line (that arrived at ``received_ns``, ``time.time_ns()``;
+        None: now): bytes now, or a reply that leaves later."""
         self.io_log.info("in  client %s: %s", peer, line.decode(errors="backslashreplace"))
         try:
             command = parse_client_line(line)
             if isinstance(command, IAmAt):
-                return self._iamat(command, peer)
+                return self._iamat(command, peer, received_ns or time.time_ns())
             return self._whatsat(command.client, command.radius_km, command.max_items, peer)
         except Invalid as error:
             reply = invalid_reply(line)
@@ -160,19 +176,20 @@ class HerdServer:
             return reply
 
     def overlong_line(self, peer: str) -> bytes:
-        reply = f"? (line longer than {self.options.max_line} bytes)\n".encode()
+        limit = self.options.max_line
+        self.io_log.info("in  client %s: (a line longer than %d bytes, not kept)", peer, limit)
+        reply = f"? (line longer than {limit} bytes)\n".encode()
         self._log_reply(peer, reply, "line too long; connection closed")
         return reply
 
     def _log_reply(self, peer: str, reply: bytes, note: str = "") -> None:
-        text = reply.decode(errors="backslashreplace").rstrip("\n")
+        """The reply as sent; ``note``, why, on a line of its own before it."""
         if note:
-            self.io_log.info("out client %s: %s  [%s]", peer, text, note)
-        else:
-            self.io_log.info("out client %s: %s", peer, text)
+            self.io_log.info("why client %s: %s", peer, note)
+        text = reply.decode(errors="backslashreplace").rstrip("\n")
+        self.io_log.info("out client %s: %s", peer, text)
 
-    def _iamat(self, command: IAmAt, peer: str) -> bytes | PendingReply:
-        received_ns = time.time_ns()
+    def _iamat(self, command: IAmAt, peer: str, received_ns: int) -> bytes | PendingReply:
         at = At(
             self.name,
             format_diff(received_ns, command.time),
@@ -189,16 +206,20 @@ class HerdServer:
             changed = self.table.offer(location)
         except TableFull as error:
             raise Invalid(str(error)) from None
-        self._log_reply(peer, reply)
         if not changed:  # an older or repeated report: nothing to store or flood
+            self._log_reply(peer, reply)
             return reply
         self.changed(location)
-        pending = PendingReply(reply, 2 if self.durable is not None else 1)
+        # Logged when it leaves, after the acknowledgements that release it.
+        pending = PendingReply(
+            reply, 2 if self.durable is not None else 1, lambda sent: self._log_reply(peer, sent)
+        )
         if self.durable is not None:
             self._commit_waiters.append(pending)
         deadline = self._loop.time() + self.options.ack_timeout
         self.waiters.add(location.lsn, pending, self.live_links(), deadline)
         if pending.done():  # no neighbour to wait for, nothing to commit
+            self._log_reply(peer, reply)
             return reply
         if self._ack_timer is None:
             self._arm_ack_timer()
@@ -213,17 +234,15 @@ class HerdServer:
         at = location.at
         answer = self.places(at.latitude, at.longitude, radius_km, limit)
         if not isinstance(answer, dict):
-            pending = PendingReply(b"", 1)
+            pending = PendingReply(b"", 1, lambda sent: self._log_reply(peer, sent))
             task = asyncio.ensure_future(answer)
-            task.add_done_callback(lambda done: self._places_ready(done, pending, at.line, peer))
+            task.add_done_callback(lambda done: self._places_ready(done, pending, at.line))
             return pending
         reply = whatsat_reply(at.line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
         self._log_reply(peer, reply)
         return reply
 
-    def _places_ready(
-        self, done: asyncio.Future[dict], pending: PendingReply, line: str, peer: str
-    ) -> None:
+    def _places_ready(self, done: asyncio.Future[dict], pending: PendingReply, line: str) -> None:
         error = "cancelled" if done.cancelled() else done.exception()
         if error is not None:
             self.log.warning("place search failed: %r", error)
@@ -233,7 +252,6 @@ class HerdServer:
         pending.reply = whatsat_reply(
             line, orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode()
         )
-        self._log_reply(peer, pending.reply)
         pending.set_result(None)
 
     # ---- changes: storing and flooding --------------------------------------------

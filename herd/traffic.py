@@ -10,14 +10,26 @@ turn does the server's writes and this), and written with one ``os.write``
 at most every ``flush_interval`` seconds (0: at the end of every turn), as
 nginx's ``access_log ... flush=`` does: a write per turn was about a tenth
 of a server's CPU per update. What a SIGKILL can lose is the last interval's
-lines; a stop (SIGTERM, SIGINT) writes everything. The file is opened O_APPEND,
-so the logging module's records (start, stop, warnings) can share it.
+lines; a stop (SIGTERM, SIGINT, SIGHUP) writes everything.
+
+The logging module's records (start, links up and down, warnings) reach the
+file through this writer too (``RecordHandler``), so that the file is in the
+order things happened and one writer can rotate it: past ``max_bytes`` it
+becomes ``NAME.log.1`` (older ones ``.2`` ... up to ``backups``), as
+logging's RotatingFileHandler does, so that no client can fill the disk
+through the log. A write that fails (a full disk) drops those lines, says so
+once on standard error, and says how much was lost in the log once writing
+works again; the server goes on serving.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +40,7 @@ MAX_PENDING = 1 << 20  # bytes held back at most, whatever the interval
 # that no client can forge or hide a line of the log.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _ASCII_CONTROL = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 def _escaped(match: re.Match[str]) -> str:
@@ -43,17 +56,35 @@ class TrafficLog:
         on_first_line: Callable[[], None] | None = None,
         flush_interval: float = 0.0,
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        max_bytes: int = 0,
+        backups: int = 1,
     ) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if path else -1
+        self._path = path
+        self._fd = os.open(path, _FLAGS, 0o644) if path else -1
+        self._size = os.fstat(self._fd).st_size if path else 0
+        self._max_bytes = max_bytes  # 0: never rotated
+        self._backups = backups
+        self._lock = threading.Lock()  # for records logged by other threads (RecordHandler)
+        self._lost = 0  # bytes that could not be written, said in the log once it works
         self._lines: list[str] = []  # this turn's
         self._pending: list[bytes] = []  # earlier turns', stamped, not written yet
         self._pending_size = 0
-        self._on_first_line = on_first_line
-        self._interval = flush_interval if call_later is not None else 0.0
-        self._call_later = call_later
         self._timer_armed = False
         self._second = -1
         self._second_text = ""
+        self.bind(on_first_line, flush_interval, call_later)
+
+    def bind(
+        self,
+        on_first_line: Callable[[], None] | None,
+        flush_interval: float,
+        call_later: Callable[[float, Callable[[], None]], object] | None,
+    ) -> None:
+        """Joins the log to a server's loop turns (opened before the server exists,
+        it writes every line at once until then)."""
+        self._on_first_line = on_first_line
+        self._interval = flush_interval if call_later is not None else 0.0
+        self._call_later = call_later
 
     def info(self, message: str, *args: object) -> None:
         self.line(message % args if args else message)
@@ -78,21 +109,7 @@ class TrafficLog:
         """Stamps this turn's lines with the time; writes them now or within the interval."""
         if not self._lines or self._fd < 0:
             return
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # strftime once a second, not once a turn
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        stamp = f"{self._second_text}.{int(now % 1 * 1000):03d} "
-        text = stamp + ("\n" + stamp).join(self._lines) + "\n"
-        data = text.encode(errors="backslashreplace")
-        # Checked on the bytes at C speed (a regular expression over the text cost 6 us
-        # a KB, a tenth of a WHATSAT): only a turn with an ASCII control character, or
-        # UTF-8 that may hold a C1 one or U+2028/9 (lead bytes C2, E2 80), is searched.
-        if len(data.translate(None, _ASCII_CONTROL)) != len(data) or (
-            not text.isascii() and (b"\xc2" in data or b"\xe2\x80" in data)
-        ):
-            data = _CONTROL.sub(_escaped, text).encode(errors="backslashreplace")
+        data = self._stamped(self._lines)
         self._lines.clear()
         self._pending.append(data)
         self._pending_size += len(data)
@@ -101,6 +118,25 @@ class TrafficLog:
         elif not self._timer_armed:
             self._timer_armed = True
             self._call_later(self._interval, self._timer_fired)
+
+    def _stamped(self, lines: list[str]) -> bytes:
+        """The lines, each after the time, escaped, as bytes for the file."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a turn
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        stamp = f"{self._second_text}.{int(now % 1 * 1000):03d} "
+        text = stamp + ("\n" + stamp).join(lines) + "\n"
+        data = text.encode(errors="backslashreplace")
+        # Checked on the bytes at C speed (a regular expression over the text cost 6 us
+        # a KB, a tenth of a WHATSAT): only a turn with an ASCII control character, or
+        # UTF-8 that may hold a C1 one or U+2028/9 (lead bytes C2, E2 80), is searched.
+        if len(data.translate(None, _ASCII_CONTROL)) != len(data) or (
+            not text.isascii() and (b"\xc2" in data or b"\xe2\x80" in data)
+        ):
+            data = _CONTROL.sub(_escaped, text).encode(errors="backslashreplace")
+        return data
 
     def _timer_fired(self) -> None:
         self._timer_armed = False
@@ -117,11 +153,88 @@ class TrafficLog:
         data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending.clear()
         self._pending_size = 0
-        while data:
-            data = data[os.write(self._fd, data) :]
+        with self._lock:
+            self._write_out(data)
+
+    def write_now(self, lines: list[str]) -> None:
+        """Writes ``lines`` at once, from any thread (ahead of what the loop holds)."""
+        if self._fd >= 0:
+            data = self._stamped(lines)
+            with self._lock:
+                self._write_out(data)
+
+    def _write_out(self, data: bytes) -> None:
+        """Under the lock: rotates when ``data`` would pass ``max_bytes``, then writes."""
+        if self._fd < 0:
+            return
+        if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
+            self._rotate()
+        if self._lost:
+            data = (
+                self._stamped([f"({self._lost} bytes of log lines were lost: not written)"]) + data
+            )
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                self._size += written
+                data = data[written:]
+        except OSError as error:
+            if not self._lost:
+                _warn(f"cannot write the log {self._path}: {error.strerror or error}; "
+                      "its lines are dropped until it can be written again")  # fmt: skip
+            self._lost += len(data)
+        else:
+            self._lost = 0
+
+    def _rotate(self) -> None:
+        """``NAME.log`` becomes ``NAME.log.1`` (``.1`` becomes ``.2``, ...), and a new
+        ``NAME.log`` is begun. If that fails, the log grows on and is tried again later."""
+        path = str(self._path)
+        try:
+            for index in range(self._backups - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}.{index}", f"{path}.{index + 1}")
+            if self._backups:
+                os.replace(path, f"{path}.1")
+            fd = os.open(path, _FLAGS | (0 if self._backups else os.O_TRUNC), 0o644)
+        except OSError as error:
+            _warn(f"cannot rotate the log {path}: {error.strerror or error}")
+            self._size = 0  # tried again after another max_bytes
+            return
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
 
     def close(self) -> None:
         self.flush()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class RecordHandler(logging.Handler):
+    """The logging module's records, into a ``TrafficLog`` in their place among the
+    traffic lines (a handler of their own, writing at once, put them ahead of the
+    lines the log still held). Records from other threads are written at once."""
+
+    def __init__(self, log: TrafficLog) -> None:
+        super().__init__()
+        self.log = log
+        self._thread = threading.get_ident()  # the loop's: the one that makes the server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            lines = self.format(record).split("\n")
+            if threading.get_ident() != self._thread:
+                self.log.write_now(lines)
+                return
+            for line in lines:
+                self.log.line(line)
+            self.log.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _warn(message: str) -> None:
+    """To standard error, not through logging: the log itself is what failed."""
+    print(f"{time.strftime('%H:%M:%S')} herd: {message}", file=sys.stderr, flush=True)

@@ -170,24 +170,37 @@ def test_a_flood_of_connections_does_not_stall_other_clients(herd):
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         idle[0].sendall(b"IAMAT half")  # a line that never ends holds nothing but its bytes
         assert ask(port, "IAMAT during-flood +1+1 1\n").startswith("AT Holiday")
-        for _ in range(60):  # past --max-clients 100: the newest are closed at once
+        for _ in range(60):  # past --max-clients 100
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        closed = 0
-        for sock in idle[-50:]:  # the first 10 of them fit under the cap
-            sock.settimeout(5)
-            try:
-                closed += sock.recv(1) == b""
-            except ConnectionResetError:
-                closed += 1
-        assert closed == 50
+        # The newest were closed at once, or (those idle a second or more) the oldest.
+        wait_until(lambda: sum(_closed(sock) for sock in idle) >= 50, what="50 closed")
+        assert sum(_closed(sock) for sock in idle) == 50
         assert ask(herd.port("Goloman"), IAMAT).startswith("AT Goloman")
+        # With every place taken by connections that send nothing, a client still gets
+        # in, once they have been idle a second: the idlest makes room (herd.clients).
+        held = [sock for sock in idle if not _closed(sock)]
+        assert len(held) == 100
+        wait_until(
+            lambda: _try_ask(port, "IAMAT while-full +1+1 1\n").startswith("AT Holiday"),
+            what="a client to get in while idle connections hold every place",
+        )
+        assert 1 <= sum(_closed(sock) for sock in held) < 100
     finally:
         for sock in idle:
             sock.close()
-    wait_until(
-        lambda: _try_ask(port, "IAMAT after-flood +1+1 1\n").startswith("AT Holiday"),
-        what="Holiday to answer after the flood",
-    )
+    log = herd.log_file("Holiday")
+    wait_until(lambda: "closed to make room" in log.read_text(), what="the log to say why")
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (refused: reset; made room: EOF)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _try_ask(port: int, text: str) -> str:
@@ -244,3 +257,14 @@ def test_the_log_has_every_line_in_and_out_and_the_links(herd):
         what="Welsh's log",
     )  # fmt: skip
     wait_until(lambda: logged("Hands", "in  peer ", " logged +5+5 1600000000"), what="Hands' log")
+    lines = herd.log_file("Welsh").read_text().splitlines()
+
+    def first(*texts: str) -> int:
+        return next(i for i, line in enumerate(lines) if all(text in line for text in texts))
+
+    # In the order things happened: the reply after the ACK that released it, and the
+    # reason for a "?" on a line of its own, never as if it had been sent.
+    iamat = first("in  client", "IAMAT logged +5+5")
+    assert iamat < first("in  peer Holiday: ACK") < first("out client", "AT Welsh", " logged +5+5")
+    assert first("why client", "unknown command 'NONSENSE'") < first("out client", "? NONSENSE")
+    assert lines[first("out client", "? NONSENSE")].endswith(": ? NONSENSE")  # as sent

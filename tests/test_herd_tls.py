@@ -17,6 +17,7 @@ from harness.herd import free_config
 from herd.clients import ClientProtocol
 from herd.links import PeerConnection, keep_dialing
 from herd.server import HerdServer, Options
+from herd.traffic import TrafficLog
 from netkit.security import load_secret
 
 NO_UVLOOP = importlib.util.find_spec("uvloop") is None
@@ -51,7 +52,7 @@ async def _start_pair(tmp_path, options: Options):
     servers, listeners = {}, []
     for name in ("Goloman", "Hands"):
         server = HerdServer(name, config, options, places=lambda *args: {"results": []},
-                            log_file=tmp_path / f"{name}.log")  # fmt: skip
+                            io_log=TrafficLog(tmp_path / f"{name}.log"))  # fmt: skip
         server.bind_loop(loop)
         entry = config.servers[name]
         listeners.append(await loop.create_server(

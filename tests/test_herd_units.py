@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from decimal import Decimal
 
 import pytest
 
 import herd.clients
-from herd.clients import ClientProtocol
+from herd.clients import ClientProtocol, idlest
 from herd.config import ConfigError, load_config, parse_config
 from herd.locations import Location, LocationTable, TableFull
 from herd.messages import (
@@ -84,6 +85,9 @@ def test_a_unicode_space_is_part_of_a_client_id():
         b"WHATSAT kiwi ten 5",
         b"AT Goloman +0.1 kiwi +34-118 1",  # peers' business, not a client's
         b"IAMAT " + b"x" * 300 + b" +1+1 1",  # client ID over 256 bytes
+        b"IAMAT kiwi +1." + b"1" * 260 + b"+1 1",  # location over 256 bytes
+        b"IAMAT kiwi +1+1 1." + b"1" * 260,  # time over 256 bytes
+        b"IAMAT kiwi +1+1 1" + b"0" * 20,  # 21 digits before the point
         # Digits are ASCII digits: int() and Decimal() would take any script's.
         "WHATSAT kiwi \u0665 5".encode(),
         "WHATSAT kiwi 10 \u0665".encode(),
@@ -112,6 +116,17 @@ def test_numbers_may_have_leading_zeros():
     for line in (b"WHATSAT kiwi 0051 5", b"WHATSAT kiwi 10 0021", b"IAMAT kiwi +091-075 1"):
         with pytest.raises(Invalid):
             parse_client_line(line)
+
+
+def test_fractions_of_any_length_within_a_field_are_exact():
+    """The spec bounds no digits; a field's 256 bytes do. Times stay exact."""
+    iamat = parse_client_line(b"IAMAT e4 +34.068930000000000000000001-118.445127 1." + b"0" * 200)
+    assert (iamat.latitude, iamat.longitude) == (34.06893, -118.445127)
+    late = parse_client_line(b"IAMAT e4 +1+1 1.000000000" + b"0" * 190 + b"1")
+    assert format_diff(1_000_000_001, late.time) == "+0.000000001"  # 1.000000001 - 1.0...01
+    assert parse_client_line(b"WHATSAT e4 49." + b"9" * 100 + b" 1").radius_km == 50.0  # in range
+    with pytest.raises(Invalid):
+        parse_client_line(b"WHATSAT e4 50." + b"0" * 100 + b"1 1")
 
 
 def test_the_at_line_of_any_valid_time_parses_back_for_the_peers():
@@ -580,7 +595,7 @@ class SlowServer:
     def client_opened(self, client) -> bool:
         return True
 
-    def handle_client_line(self, line: bytes, peer: str) -> bytes:
+    def handle_client_line(self, line: bytes, peer: str, received_ns: int) -> bytes:
         self.now[0] += 0.002
         return b"? " + line + b"\n"
 
@@ -610,7 +625,7 @@ def test_a_client_is_not_read_while_too_many_of_its_lines_wait_behind_a_reply():
     waiting = PendingReply(b"AT first\n", 1)
 
     class Waits(SlowServer):
-        def handle_client_line(self, line: bytes, peer: str):
+        def handle_client_line(self, line: bytes, peer: str, received_ns: int):
             return waiting if line == b"IAMAT" else b"? " + line + b"\n"
 
     async def scenario() -> None:
@@ -624,3 +639,43 @@ def test_a_client_is_not_read_while_too_many_of_its_lines_wait_behind_a_reply():
         assert transport.written[0] == b"AT first\n" and transport.reading
 
     asyncio.run(scenario())
+
+
+def test_a_line_behind_a_waiting_reply_keeps_the_time_it_arrived():
+    """An IAMAT's receive time is when it came, not when the replies before it left."""
+    waiting = PendingReply(b"AT first\n", 1)
+    seen: dict[bytes, int] = {}
+
+    class Records(SlowServer):
+        def handle_client_line(self, line: bytes, peer: str, received_ns: int):
+            seen[line] = received_ns
+            return waiting if line == b"FIRST" else b"? " + line + b"\n"
+
+    async def scenario() -> None:
+        protocol, transport = ClientProtocol(Records([0.0])), FakeTransport()
+        protocol.connection_made(transport)
+        before = time.time_ns()
+        protocol.data_received(b"FIRST\nSECOND\n")
+        arrived = time.time_ns()
+        await asyncio.sleep(0.05)  # its neighbours take their time
+        waiting.set_result(None)
+        while b"".join(transport.written).count(b"\n") < 2:
+            await asyncio.sleep(0)
+        assert before <= seen[b"SECOND"] <= arrived  # not 50 ms later
+
+    asyncio.run(scenario())
+
+
+def test_at_max_clients_the_connection_idle_longest_makes_room():
+    class Client:
+        def __init__(self, last_active: float, idle: bool = True) -> None:
+            self.last_active, self._idle = last_active, idle
+
+        def idle(self) -> bool:
+            return self._idle
+
+    newest, busy, oldest_idle = Client(10.0), Client(5.0, idle=False), Client(8.0)
+    clients = {newest, busy, oldest_idle}
+    assert idlest(clients, now=9.5) is oldest_idle  # a reply waits on the older one
+    assert idlest(clients, now=8.5) is None  # idle half a second: nobody makes room
+    assert idlest({busy}, now=100.0) is None
