@@ -102,6 +102,10 @@ class Transport:
         self._framer = LineFramer(MAX_REPLY_LINE)
         self._cipher_out = bytearray()  # TLS records not yet taken by the socket
         self._peer = ""
+        # A server of the project has taken our secret: from then on, records signed with
+        # another are impostors' (a wrong secret fails the first time), never the answer.
+        self._secret_proven = False
+        self._warned_foreign = False
 
     # ------------------------------------------------------------ one request at a time
 
@@ -268,6 +272,7 @@ class Transport:
         except TlsError as exc:
             raise AuthenticationError(f"{self.target()}: {exc}") from None
         self.tls = tls
+        self._secret_proven = True
 
     def _candidates(self) -> list[tuple[str, int]]:
         """The endpoints of the project's servers the catalog lists, freshest first,
@@ -279,7 +284,21 @@ class Transport:
         self._warn_of_rivals(found)
         if self.secret is not None:
             ours = [record for record in found if self.secret.record_signed_by_us(record)]
-            if not ours and any(record.get("auth") == AUTH_SCHEME for record in found):
+            signed = any(record.get("auth") == AUTH_SCHEME for record in found)
+            if not ours and signed and self._secret_proven:
+                # Anyone who can send the catalog a datagram can list a forged record (and
+                # withdraw ours): wait for the server's next announcement, as if unlisted.
+                # (Or the server's secret was rotated: docs/security.md.)
+                problem = (
+                    f"the catalog lists servers for project {self.project!r} only with "
+                    "records signed with another secret than the one the server took: "
+                    "impostors, or the server's secret was rotated; waiting for a record of ours"
+                )
+                if not self._warned_foreign:
+                    self._warned_foreign = True
+                    log.warning("%s", problem)
+                raise NotListed(problem)
+            if not ours and signed:
                 raise AuthenticationError(
                     f"the catalog lists servers for project {self.project!r}, but none signed "
                     f"with our secret {self.secret.fingerprint} ({self.secret.path}): the server "

@@ -77,6 +77,49 @@ def test_a_wrong_secret_fails_at_once_with_one_clear_message(
     assert wait_until(lambda: "failed TLS handshakes" in server.log(), what="the failure logged")
 
 
+def test_a_client_its_server_has_served_waits_out_records_signed_with_another_secret(
+    spawn, tmp_path, catalog
+):
+    """Anyone who can send the catalog a datagram can withdraw the server's record and
+    list one "signed" with a secret nobody holds. A new client says the secret does not
+    match, at once; one the server has already taken (so its secret is right) waits for
+    the server's own record, as for a server not listed, instead of failing."""
+    catalogs = [("127.0.0.1", catalog.port)]
+    server = start_server(spawn, tmp_path / "data", project="forged", catalog=catalog.host)
+    table = HashTableClient("forged", catalog=catalog.host, **FAST)
+    table.insert("k", "v")
+    [real] = [r for r in query(catalogs=catalogs) if r.get("project") == "forged"]
+    server.process.kill()
+    announce({"type": "hashtable", "project": "forged", "port": real["port"],
+              "name": real["name"], "lifetime": 1}, catalogs)  # fmt: skip
+    announce({"type": "hashtable", "project": "forged", "port": 1, "auth": "tls-secret-v1",
+              "signed": "type,project", "signature": "v1:" + "0" * 64}, catalogs)  # fmt: skip
+    wait_until(
+        lambda: (
+            [r.get("port") for r in query(catalogs=catalogs) if r.get("project") == "forged"] == [1]
+        ),
+        what="the catalog to list only the forged record",
+    )
+    with pytest.raises(AuthenticationError, match="another secret"):
+        HashTableClient("forged", catalog=catalog.host, **FAST).lookup("k")
+    found: list = []
+    waiting = threading.Thread(target=lambda: found.append(_lookup(table, "k")))
+    waiting.start()
+    waiting.join(timeout=3)  # it used to raise AuthenticationError within a second
+    assert waiting.is_alive(), found
+    start_server(spawn, tmp_path / "data", project="forged", catalog=catalog.host)
+    waiting.join(timeout=30)
+    assert found == ["v"]
+    table.close()
+
+
+def _lookup(table: HashTableClient, key: str) -> object:
+    try:
+        return table.lookup(key)
+    except Exception as error:  # shown by the assertion
+        return error
+
+
 def test_a_secret_file_others_can_read_is_refused(spawn, tmp_path):
     leaky = tmp_path / "leaky"
     leaky.write_text("0123456789abcdef0123456789abcdef\n")
