@@ -299,6 +299,29 @@ def test_removes_leave_no_copy_and_a_late_older_insert_does_not_bring_a_key_back
         assert "gone" not in holders(cluster3)
 
 
+def test_a_write_after_one_from_a_clock_minutes_ahead_still_takes_effect(cluster3):
+    """Last-writer-wins by clocks alone lost this insert to an earlier one by a writer
+    whose clock is 5 minutes fast (inside the servers' window), and returned as if it
+    had taken effect: it is sent again after the version it lost to."""
+    with cluster3.client(2) as fast, cluster3.client(2) as table, cluster3.client(2) as fresh:
+        ahead = fast._clock
+
+        def five_minutes_fast() -> int:
+            ahead.last = max(ahead.last + 1, time.time_ns() // 1000 + 300_000_000)
+            return ahead.last
+
+        ahead.next = five_minutes_fast  # type: ignore[method-assign]
+        fast.insert("skew", "from-fast-first")
+        table.insert("skew", "from-table-later")
+        assert table.lookup("skew") == "from-table-later"
+        assert fresh.lookup("skew") == "from-table-later"
+        fast.insert("gone", "from-fast-first")
+        assert table.remove("gone") == "from-fast-first"  # was KeyError: the insert "newer"
+        with pytest.raises(KeyError):
+            fresh.lookup("gone")
+    assert assert_replicas_identical(cluster3, 2) == {"skew": "from-table-later"}
+
+
 @pytest.fixture
 def asked(monkeypatch) -> list[str]:
     """The methods a ClusterClient asks every server for, in order."""

@@ -27,6 +27,21 @@ def needs_new_version(outcomes: Iterable[Outcome]) -> bool:
     return any(o.status is Status.FAILED and o.error == "StaleVersion" for o in outcomes)
 
 
+def lost_to_newer(outcomes: Iterable[Outcome], version: list[Any], clock: HybridClock) -> bool:
+    """Whether a replica held a newer version of the key than this write's ``version``
+    (another client's, whose clock is ahead), moving ``clock`` past it. Its own version
+    held (a write applied before, its reply forgotten) is not newer."""
+    lost = False
+    for outcome in outcomes:
+        result = outcome.result if outcome.status is Status.OK else None
+        if type(result) is dict and result.get("applied") is False:
+            newer = result.get("newer")
+            if newer != version and type(newer) is list and len(newer) == 2:
+                clock.observe(_number(newer))
+                lost = True
+    return lost
+
+
 def write_result(method: str, key: str, outcomes: list[Outcome], clock: HybridClock) -> Any:
     """The result of a versioned write from its replicas' outcomes; raises what
     the plain client would (``result_of``) for a refused one. Versions the

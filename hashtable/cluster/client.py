@@ -34,9 +34,11 @@ from hashtable.protocol import encode_request
 from hashtable.request import MAX_SERVERS, Outcome, Request, argument_problem
 from hashtable.transport import DEFAULT_TIMEOUT, Transport
 
-from .answers import census_size, merged_pairs, needs_new_version, write_result
+from .answers import census_size, lost_to_newer, merged_pairs, needs_new_version, write_result
 from .clock import HybridClock
 from .fanout import Call, Member, Patience, run
+
+MAX_REISSUES = 8  # times a write that lost to a newer version is sent again after it
 
 
 class ClusterClient:
@@ -213,6 +215,7 @@ class ClusterClient:
         """A versioned write to all the key's replicas at once (docs/cluster.md)."""
         targets = self._replicas_of(request)
         patience = Patience(self.give_up_after, self.name, request.method)
+        reissued = 0
         while True:
             version = [self._clock.next(), self._id]
             calls = []
@@ -221,8 +224,16 @@ class ClusterClient:
                 calls.append(Call(member, member.numbering.encode(numbered), numbered))
             run(calls, patience, keep_trying=True)
             outcomes = [call.outcome for call in calls]
-            if not needs_new_version(outcomes):  # type: ignore[arg-type]
-                return write_result(request.method, request.key, outcomes, self._clock)  # type: ignore[arg-type]
+            if needs_new_version(outcomes):  # type: ignore[arg-type]
+                continue
+            # A replica held a newer version: another writer's clock is ahead of ours
+            # (or its write overlapped this one). Sent again after it, so that a write
+            # that returns has taken effect and its writer reads it back, whatever the
+            # clocks say; bounded, for writers racing on one key.
+            if reissued < MAX_REISSUES and lost_to_newer(outcomes, version, self._clock):  # type: ignore[arg-type]
+                reissued += 1
+                continue
+            return write_result(request.method, request.key, outcomes, self._clock)  # type: ignore[arg-type]
 
     def _read_key(self, request: Request) -> Any:
         """One replica's answer, trying them in turn from this read's first."""
