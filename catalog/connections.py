@@ -8,8 +8,12 @@ hands updates to ``catalog.ingest``, and ``app`` for queries):
   the request timeout, a reply that makes progress every ``SEND_TIMEOUT``;
   replies are shared bytes, never copied per peer;
 - at most ``max_connections`` peers: a new one takes the place of the peer idle
-  for longest (``catalog.peers``); ``MAX_QUEUED_BYTES`` of replies queued in all,
-  beyond which replies are 503;
+  for longest (``catalog.peers``); ``MAX_QUEUED_BYTES`` of replies held for
+  peers in all, beyond which replies are 503. A body several peers are sent (the
+  ready-made ``/query.json``, a scan shared by the same request line) is one
+  object in memory and counts once, however many hold it: counted per peer, 14
+  clients that asked for an 18 MB ``/query.json`` and never read it made every
+  query 503 until the send time-out closed them;
 - replies that need a scan of the records (filtered queries, filtered or
   re-sorted pages: ``catalog.scans``) are made a slice at a time after each
   turn, at most ``SCAN_SLICE`` seconds a turn for all of them together (the
@@ -86,7 +90,9 @@ class Connections:
         self.max_connections = max_connections
         self.refused = 0  # since the server's last report, which resets it
         self._peers = Peers()
-        self._queued = 0
+        self._queued = 0  # bytes of the reply objects held in peers' queues, each once
+        # id(object) -> [the object, how many queue entries hold it]
+        self._held: dict[int, list] = {}
         self._receiving = 0  # bytes of updates being received over TCP, in all
         self._scans: list[_Running] = []
         self._events = EventSummary(log, SUMMARY_INTERVAL)
@@ -205,12 +211,11 @@ class Connections:
         return bool(scans)
 
     def _reply(self, peer: Peer, parts: list[bytes]) -> None:
-        size = sum(len(part) for part in parts)
-        if self._queued + size > MAX_QUEUED_BYTES:
+        if self._queued + self._unheld(parts) > MAX_QUEUED_BYTES:
             parts = self.app.error(503, "the catalog is busy; try again")
-            size = sum(len(part) for part in parts)
+        for part in parts:
+            self._hold(part)
         peer.out.extend(memoryview(part) for part in parts)
-        self._queued += size
         self._peers.set_state(peer, WRITING)
         peer.deadline = self.loop.time() + SEND_TIMEOUT
         assert peer.watch is not None
@@ -227,10 +232,9 @@ class Connections:
             except OSError:
                 self._close(peer)
                 return
-            self._queued -= sent
             peer.deadline = self.loop.time() + SEND_TIMEOUT
             if sent == len(out[0]):
-                out.popleft()
+                self._release(out.popleft().obj)
             else:
                 out[0] = out[0][sent:]
         # All sent. Half-close and wait for the client's close: closing with its
@@ -240,6 +244,29 @@ class Connections:
         peer.deadline = self.loop.time() + LINGER
         assert peer.watch is not None
         peer.watch.set(READ)
+
+    # ------------------------------------------------------------------ reply memory
+
+    def _unheld(self, parts: list[bytes]) -> int:
+        """The bytes ``parts`` would add to what the queues hold: none for an object
+        some queue holds already."""
+        return sum(len(part) for part in parts if id(part) not in self._held)
+
+    def _hold(self, part: bytes) -> None:
+        held = self._held.get(id(part))
+        if held is None:
+            # The object itself is kept here, so that its id cannot be reused meanwhile.
+            self._held[id(part)] = [part, 1]
+            self._queued += len(part)
+        else:
+            held[1] += 1
+
+    def _release(self, part: object) -> None:
+        held = self._held[id(part)]
+        held[1] -= 1
+        if not held[1]:
+            del self._held[id(part)]
+            self._queued -= len(held[0])
 
     # ------------------------------------------------------------------ connections
 
@@ -314,7 +341,9 @@ class Connections:
     def _close(self, peer: Peer) -> None:
         if not self._peers.remove(peer):
             return
-        self._queued -= peer.queued
+        for view in peer.out:
+            self._release(view.obj)
+        peer.out.clear()
         self._receiving -= len(peer.data)
         if peer.watch is not None:
             peer.watch.close()

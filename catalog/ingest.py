@@ -4,7 +4,10 @@ An update whose sender's host name is not known yet waits, briefly, for the
 resolver: its key contains the name, so storing it under the bare address
 first would leave a duplicate record behind once the name is known. It waits
 at most ``NAME_WAIT`` seconds (then the address stands in for the name), and
-at most ``MAX_WAITING`` updates wait at once (beyond that, likewise).
+at most ``MAX_WAITING`` updates, ``MAX_WAITING_BYTES`` of them, wait at once
+(beyond that, likewise). A waiting update is held as the bytes it came as, and
+decoded again once its name is known: parsed, a 326-byte datagram of
+``[{},{},...]`` was 6 MB of Python objects, and 200 of them waiting 1.2 GiB.
 
 When the catalog serves the network, a sender on the catalog's own machine that
 reaches it through loopback (seen as 127.0.0.1 or ::1, an address no other
@@ -27,6 +30,7 @@ log = logging.getLogger("catalog.ingest")
 
 NAME_WAIT = 2.0
 MAX_WAITING = 10_000
+MAX_WAITING_BYTES = 32 * 1024 * 1024  # of updates as they arrived (a UDP one: 64 KiB at most)
 
 
 class Names(Protocol):
@@ -44,6 +48,21 @@ class Stats:
     rejected: int = 0
     last_rejection: str = ""
 
+    def report(self, live: int, displaced: int) -> str:
+        """The minute's summary line: ``live`` records now, ``displaced`` of them made
+        room for new ones meanwhile (said only when some did: only then was the
+        catalog full)."""
+        room = (
+            f", {displaced} of them in the place of others: the catalog is full"
+            if displaced
+            else ""
+        )
+        rejected = f" (last {self.last_rejection})" if self.rejected else ""
+        return (
+            f"{live} records live; in the last minute {self.updates} updates "
+            f"({self.new} new records{room}), {self.rejected} rejected{rejected}"
+        )
+
 
 class Ingest:
     def __init__(
@@ -59,9 +78,10 @@ class Ingest:
         self.clock = clock
         self.local = local  # (address, name) for loopback senders; None: as they are
         self.stats = Stats()
-        # address -> (when the first one arrived, [(record, heard), ...]); oldest first
-        self._waiting: dict[str, tuple[float, list[tuple[dict[str, Any], float]]]] = {}
+        # address -> (when the first one arrived, [(update bytes, heard), ...]); oldest first
+        self._waiting: dict[str, tuple[float, list[tuple[bytes, float]]]] = {}
         self._waiting_count = 0
+        self.waiting_bytes = 0
         # The records stored since the server last took them, as their JSON, for the
         # journal (catalog.journal); None when nothing journals them, so none is kept.
         self.accepted: list[bytes] | None = [] if journaling else None
@@ -88,9 +108,15 @@ class Ingest:
         name = self.names.name_of(address)
         if name is not None:
             self._keep(record, address, name, heard)
-        elif self._waiting_count < MAX_WAITING:
-            self._waiting.setdefault(address, (heard, []))[1].append((record, heard))
+        elif (
+            self._waiting_count < MAX_WAITING
+            and self.waiting_bytes + len(data) <= MAX_WAITING_BYTES
+        ):
+            # Decoded now so that a bad update is refused at once; the bytes are kept,
+            # not the parsed record.
+            self._waiting.setdefault(address, (heard, []))[1].append((data, heard))
             self._waiting_count += 1
+            self.waiting_bytes += len(data)
         else:
             self._keep(record, address, address, heard)
 
@@ -124,17 +150,22 @@ class Ingest:
     def _release(self, address: str, name: str) -> None:
         _, updates = self._waiting.pop(address, (0.0, []))
         self._waiting_count -= len(updates)
-        for record, heard in updates:
-            self._keep(record, address, name, heard)
+        for data, heard in updates:
+            self.waiting_bytes -= len(data)
+            self._keep(decode_update(data), address, name, heard)  # it decoded before
 
     def _keep(self, record: dict[str, Any], address: str, name: str, heard: float) -> None:
+        version = self.store.version
         try:
             key, new = self.store.put(stamp(record, address, name, heard), heard)
         except RecordRejected as exc:
             self._reject(address, str(exc))
             return
         self.stats.updates += 1
-        if self.accepted is not None:
+        if self.accepted is not None and self.store.version != version:
+            # Journaled only when it changed the records: the same record again
+            # within its second is on disk already, and rewriting it whole on
+            # every refresh made a flood of one big record a flood of disk writes.
             self.accepted.append(self.store.live[key].data)
         if new:
             self.stats.new += 1

@@ -25,7 +25,9 @@ is damage.
 
 Damage, on replay: a last line without its newline is a write cut short by a
 crash, and is ignored (said in one line); any other line that is not a saved
-record is skipped with a warning naming the file and the line. The catalog does
+record is skipped with a warning naming the file and the line, and the file, once
+replayed, is renamed ``journal.N.damaged`` (said in one line) rather than folded:
+the catalog never deletes what it could not read. The catalog does
 not refuse to start: its records are soft state, announced again by their
 services every minute or so, so a skipped record costs a minute, while a catalog
 refusing to start would cost every service its listing.
@@ -57,6 +59,7 @@ MAX_FILES = 64
 # (``1E5`` becomes ``100000.0``): well under this, whatever its sender wrote.
 MAX_LINE = 16 * MAX_UPDATE_BYTES
 MAX_DAMAGE_WARNINGS = 10  # a file's first damaged lines are named; the rest counted
+DAMAGED_SUFFIX = ".damaged"  # a journal file with damaged lines, kept aside after replay
 
 
 def journal_path(directory: Path, number: int) -> Path:
@@ -230,9 +233,12 @@ def replay(store: RecordStore, paths: list[Path]) -> Counter[str]:
     for path in paths:
         try:
             with open(path, "rb") as file:
-                _replay_file(store, path, file, now, counts)
+                damaged = _replay_file(store, path, file, now, counts)
         except OSError as exc:
             log.error("cannot read the journal %s (%s); skipped it", path, exc.strerror or exc)
+            damaged = 1
+        if damaged:
+            _set_aside(path)
     dropped = [
         f"{counts[outcome]} {wording}"
         for outcome, wording in (
@@ -252,7 +258,8 @@ def replay(store: RecordStore, paths: list[Path]) -> Counter[str]:
 
 def _replay_file(
     store: RecordStore, path: Path, file: BinaryIO, now: float, counts: Counter[str]
-) -> None:
+) -> int:
+    """Replays one file; returns how many of its lines were damaged."""
     damaged = 0
     for number, line, complete in journal_lines(file):
         if not complete:
@@ -262,7 +269,7 @@ def _replay_file(
                 "line): a write cut short by a crash",
                 path, number, f"{len(line)} bytes" if line is not None else "too long",
             )  # fmt: skip
-            return
+            break
         problem = None
         if line is None:
             problem = f"longer than {MAX_LINE} bytes"
@@ -285,3 +292,24 @@ def _replay_file(
             "journal %s: %d more damaged lines skipped", path, damaged - MAX_DAMAGE_WARNINGS
         )
     counts["damaged"] += damaged
+    return damaged
+
+
+def _set_aside(path: Path) -> None:
+    """Moves a journal file with lines it could not read out of the journal's way
+    (no longer ``journal.N``, so no fold deletes it), kept for whoever looks: what
+    the catalog cannot read may still be someone's data."""
+    aside = path.with_name(path.name + DAMAGED_SUFFIX)
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}.{number}")
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        log.error(
+            "cannot move the damaged journal %s aside (%s); it will be deleted by the next save",
+            path, exc.strerror or exc,
+        )  # fmt: skip
+        return
+    log.warning("journal %s had lines that could not be read: kept it as %s", path, aside)

@@ -10,6 +10,10 @@ by a piece of text) and sorted by any column. Two ways to a page, both bounded:
   only the best rows so far, run a slice at a time (``catalog.scans``) so that
   the event loop serves everyone else in between. It serves the first
   ``MAX_SCANNED_ROWS`` rows of its order, which narrows with a filter.
+
+Either way a row is read from the record's shown fields, kept cut beside it
+(``catalog.shown``), never from the whole record: a page's cost and size are
+bounded whatever the records hold.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from catalog.formats import format_age, value_text
 from catalog.order import newest_first, number_or_none, sort_text
 from catalog.records import Entry, RecordStore
 from catalog.scans import Scan
+from catalog.shown import SHOWN_FIELDS
 
 Record = dict[str, Any]
 
@@ -75,8 +80,9 @@ COLUMNS = [
     _since("starttime", "Up for"),
 ]
 BY_NAME = {column.name: column for column in COLUMNS}
-# What the text filter looks in: the columns shown as text.
+# What the text filter looks in: the columns shown as text (as shown: cut).
 SEARCHED = ("type", "project", "owner", "name", "port", "address")
+assert tuple(column.name for column in COLUMNS) == SHOWN_FIELDS  # what the store keeps
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ class Listing:
     """One page of the table: its rows, and what it was taken from."""
 
     query: PageQuery
-    rows: list[tuple[str, Record]]  # (key, record)
+    rows: list[tuple[str, Record]]  # (key, the record's shown fields: catalog.shown)
     matched: int  # records that pass the filter
     total: int  # live records
     page: int
@@ -146,7 +152,8 @@ def _listing(
 ) -> Listing:
     counts = store.type_counts()
     types = sorted(counts.items()) if len(counts) <= MAX_TYPE_LINKS else None
-    rows = [(entry.key, orjson.loads(entry.data)) for entry in page_entries]
+    # The shown fields only (catalog.shown): a row costs the same whatever its record holds.
+    rows = [(entry.key, orjson.loads(entry.shown)) for entry in page_entries]
     return Listing(
         query, rows, matched, len(store), page, _pages(matched),
         (page - 1) * PAGE_ROWS + 1, types, len(counts),
@@ -225,10 +232,10 @@ class PageJob(Scan):
     def visit(self, entry: Entry) -> None:
         if self.query.type is not None and entry.type != self.query.type:
             return
-        raw, data = self._raw, entry.data
-        if raw is not None and data.isascii() and raw not in data.lower():
-            return  # the text is nowhere in the record: no need to parse it
-        record = orjson.loads(entry.data)
+        raw, shown = self._raw, entry.shown
+        if raw is not None and shown.isascii() and raw not in shown.lower():
+            return  # the text is nowhere in the record's shown fields: no need to parse them
+        record = orjson.loads(shown)
         if self._text and not self._has_text(record):
             return
         self._matched += 1

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from catalog.formats import value_text
+from catalog.shown import MAX_SHOWN, shown_value
 
 Record = dict[str, Any]
 
@@ -66,9 +67,11 @@ def default_order(record: Record) -> str:
         value = record.get(name)
         kind = type(value)
         if kind is str:
-            parts.append(_TEXT + value.lower())
+            # Cut as the table shows it: the order of what is shown, and an index
+            # that never holds a copy of a 250 KB value.
+            parts.append(_TEXT + value[:MAX_SHOWN].lower())
         elif kind is int and _INT64_MIN <= value <= _INT64_MAX:
             parts.append(f"{_NUMBER}{value - _INT64_MIN:020d}")
         else:
-            parts.append(sort_text(value))
+            parts.append(sort_text(shown_value(value)))
     return _SEPARATOR.join(parts)

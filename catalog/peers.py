@@ -46,10 +46,6 @@ class Peer:
         self.timer: Timer | None = None
 
     @property
-    def queued(self) -> int:
-        return sum(len(view) for view in self.out)
-
-    @property
     def silent(self) -> bool:
         """Nothing received yet (neither a byte of a request nor of an update)."""
         return not self.data and not self.reader.started

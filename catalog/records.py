@@ -6,7 +6,8 @@ same bytes are the persistence format: the state file is a ``/query.json`` reply
 
 The store also keeps what the web page needs to stay cheap at any size: the
 records in the table's default order (a sorted index, so the first page is a
-slice of it), and how many records there are of each type. When full, a new
+slice of it), how many records there are of each type (cut as the page shows
+it), and each record's shown fields (``catalog.shown``). When full, a new
 record takes the place of another one, chosen by ``catalog.shares``.
 """
 
@@ -25,6 +26,7 @@ from sortedcontainers import SortedList
 from catalog.formats import value_text
 from catalog.order import default_order
 from catalog.shares import Shares, source_of
+from catalog.shown import cut, summary
 
 DEFAULT_LIFETIME = 900
 # Bounds on what senders can make the catalog hold; see docs/catalog.md.
@@ -53,6 +55,7 @@ class Entry:
     order: str = ""  # its place in the default order (catalog.order.default_order)
     type: str = ""  # its type, as text (the page counts records by type)
     source: str = ""  # whose share it counts against (catalog.shares.source_of)
+    shown: bytes = b"{}"  # what the table shows of it, cut (catalog.shown.summary)
 
 
 def record_key(record: Record) -> str:
@@ -132,6 +135,11 @@ class RecordStore:
         except orjson.JSONEncodeError as exc:
             raise RecordRejected(f"record cannot be stored as JSON: {exc}") from None
         old = self._entries.get(key)
+        if old is not None and old.data == data:
+            # The same record again (a refresh within its second): only its expiry
+            # moves. The version stays, so nothing is journaled or saved again.
+            self._heard_again(old, heard + record_lifetime(record, self.lifetime))
+            return key, False
         source = old.source if old else source_of(record.get("address"))
         growth = len(data) - (len(old.data) if old else 0)
         if (old is None and len(self._entries) >= self.max_records) or (
@@ -140,7 +148,13 @@ class RecordStore:
             self._make_room(source, growth, old is None)
         expires = heard + record_lifetime(record, self.lifetime)
         entry = Entry(
-            key, data, expires, default_order(record), value_text(record.get("type", "")), source
+            key,
+            data,
+            expires,
+            default_order(record),
+            cut(value_text(record.get("type", ""))),
+            source,
+            summary(record),
         )
         self._entries[key] = entry
         self._bytes += growth
@@ -156,12 +170,20 @@ class RecordStore:
                 self._count_type(old.type, -1)
                 self._types[entry.type] += 1
             self._shares.heard_again(key, source)
+        self._push_expiry(expires, key)
+        self.version += 1
+        return key, old is None
+
+    def _heard_again(self, entry: Entry, expires: float) -> None:
+        entry.expires = expires
+        self._shares.heard_again(entry.key, entry.source)
+        self._push_expiry(expires, entry.key)
+
+    def _push_expiry(self, expires: float, key: str) -> None:
         heapq.heappush(self._expiry, (expires, key))
         if len(self._expiry) > 2 * len(self._entries) + 1024:
             self._expiry = [(e.expires, e.key) for e in self._entries.values()]
             heapq.heapify(self._expiry)
-        self.version += 1
-        return key, old is None
 
     def _make_room(self, source: str, growth: int, new: bool) -> None:
         """Makes room for ``growth`` more bytes and, if ``new``, one more record: a new

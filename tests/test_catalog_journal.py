@@ -96,9 +96,10 @@ def test_a_torn_last_line_is_ignored_and_a_damaged_one_skipped_with_its_place(sp
         return orjson.dumps({**record, "lastheardfrom": heard}) + b"\n"
 
     journal = state / "journal.3"
-    journal.write_bytes(
-        line(1) + b'{"type": "j", "port": 2, "addr\n' + b"[1, 2]\n" + line(4) + line(5)[:30]
-    )
+    written = line(1) + b'{"type": "j", "port": 2, "addr\n' + b"[1, 2]\n" + line(4) + line(5)[:30]
+    journal.write_bytes(written)
+    stray = state / "journal.9"  # not the catalog's at all
+    stray.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     catalog = OurCatalog(spawn, state)
     assert ports(records(catalog)) == {1, 4}
     output = catalog.process.output()
@@ -106,8 +107,16 @@ def test_a_torn_last_line_is_ignored_and_a_damaged_one_skipped_with_its_place(sp
     assert f"journal {journal} line 3 is damaged (not a record" in output
     assert f"journal {journal} line 5: ignored its torn last line (30 bytes" in output
     assert "replayed 2 records" in output and "Traceback" not in output
+    # What it could not read is kept aside, never deleted by the fold; one line says so.
+    assert (
+        f"journal {journal} had lines that could not be read: kept it as {journal}.damaged"
+        in output
+    )
+    assert f"kept it as {stray}.damaged" in output
     wait_until(lambda: ports(saved(state)) == {1, 4}, what="a save")
-    wait_until(lambda: not journal.exists(), what="the journal to be folded")
+    assert (state / "journal.3.damaged").read_bytes() == written
+    assert (state / "journal.9.damaged").read_bytes() == b"\x89PNG\r\n\x1a\n\x00\x00"
+    assert not journal.exists() and not stray.exists()
 
 
 def test_each_save_folds_the_journal(spawn, tmp_path):
