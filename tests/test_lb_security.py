@@ -325,6 +325,17 @@ def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
         done = run_program(python_module(*args), env=env, timeout=30)
         assert (done.returncode, message in done.stderr) == (status, True), (args, done.stderr)
         assert "Traceback" not in done.stderr
+    # A directory given as the secret file, by option or by $DHT_SECRET_FILE.
+    for args, extra in [
+        (["lb.ls", "0", "--project", "p", "--secret-file", str(tmp_path)], {}),
+        (["lb.ts", "0", table, "--project", "p", "--secret-file", str(tmp_path)], {}),
+        (["lb.ls", "0", "--project", "p"], {"DHT_SECRET_FILE": str(tmp_path)}),
+        (["lb.ts", "0", table, "--project", "p"], {"DHT_SECRET_FILE": str(tmp_path)}),
+    ]:
+        done = run_program(python_module(*args), env={**env, **extra}, timeout=30)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip().endswith(f"the secret file {tmp_path} is a directory")
+        assert "Traceback" not in done.stderr
 
 
 def test_a_half_open_handshake_is_not_held_forever(monkeypatch, caplog) -> None:
