@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -128,6 +129,52 @@ def test_module_entry_points_give_the_sample_byte_for_byte(spawn, tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out.txt").read_bytes() == (SAMPLES / "RESOLVED.txt").read_bytes()
     assert "5 names: 3 resolved, 2 timed out, 0 invalid" in done.stderr
+
+
+def test_the_client_answers_over_long_names_itself_and_ignores_a_bom(spawn, tmp_path: Path) -> None:
+    """A names file beginning with a UTF-8 byte-order mark, with a line far past
+    the LS's 4,096-byte line bound: every name gets its answer, in order, the long
+    one the LS's own error line for it (so it is never sent)."""
+    port = sample_servers(spawn).port
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"\xef\xbb\xbfrutgers.edu\n" + b"x" * 5000 + b"\ngoogle.com\namazon.com\n")
+    done = run(
+        python_module("lb.client", "127.0.0.1", str(port), "-i", str(names), "-o", "out.txt"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_bytes().splitlines() == [
+        RIGHT[b"rutgers.edu"],
+        b"x" * 64 + b"... - ERROR invalid host name: longer than 253 bytes",
+        RIGHT[b"google.com"],
+        RIGHT[b"amazon.com"],
+    ]
+    assert "4 names: 3 resolved, 0 timed out, 1 invalid" in done.stderr
+
+
+def test_the_answers_file_gets_the_umask_mode_or_keeps_its_own(spawn, tmp_path: Path) -> None:
+    port = sample_servers(spawn).port
+    names = tmp_path / "names.txt"
+    names.write_text("rutgers.edu\n")
+
+    def client(output: str, umask: int) -> None:
+        done = run(
+            python_module("lb.client", "127.0.0.1", str(port), "-i", str(names), "-o", output),
+            cwd=tmp_path,
+            umask=umask,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / output).read_bytes() == RIGHT[b"rutgers.edu"] + b"\n"
+
+    client("new-022.txt", 0o022)
+    client("new-027.txt", 0o027)
+    assert stat.S_IMODE((tmp_path / "new-022.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "new-027.txt").stat().st_mode) == 0o640
+    existing = tmp_path / "existing.txt"
+    existing.write_text("old answers\n")
+    existing.chmod(0o664)
+    client("existing.txt", 0o077)  # replaced, but with the mode it had
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o664
 
 
 # Concurrency and time-outs
