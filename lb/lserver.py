@@ -274,10 +274,11 @@ class LoadBalancer(ListeningService):
             if mask & WRITE:
                 link.conn.flush()
             if mask & READ:
-                lines = link.read_lines()
+                lines = link.read_lines(now)
                 if handshaking and link.state == UP:
                     self.balancer.open_server(link)
-                self.balancer.server_lines(link, lines, now)
+                if self.balancer.server_lines(link, lines, now):
+                    link.answered()
         except (Closed, LineTooLong) as exc:
             if handshaking:
                 self._handshake_failed(link, now, str(exc))

@@ -5,6 +5,7 @@ discovery through our catalog and the real cctools catalog."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import random
 import re
@@ -15,6 +16,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +282,70 @@ def test_a_ts_killed_mid_stream_costs_the_time_out_then_comes_back(spawn) -> Non
 
 
 # Bad input
+
+
+class FlakyTs:
+    """A TS that accepts every connection and at once sends ``greeting`` and closes."""
+
+    def __init__(self, greeting: bytes) -> None:
+        self.greeting = greeting
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                peer, _ = self.listener.accept()
+                with peer, contextlib.suppress(OSError):
+                    peer.sendall(self.greeting)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_ts_that_connects_then_fails_at_once_is_retried_with_growing_delays(
+    spawn, tmp_path: Path
+) -> None:
+    """A connection that succeeds is no proof: a TS that closes at once, one that
+    sends an over-long line, and a TS of a project given as a plain pair (it
+    refuses plain text) are each retried after 0.5 s, then 1, 2, ..., not every
+    0.5 s forever."""
+    closing, flooding = FlakyTs(b""), FlakyTs(b"x" * 5000)
+    env = {"CATALOG_HOST": f"127.0.0.1:{free_port()}"}
+    _, project_port = start_ts(
+        spawn, SAMPLES / "PROJ2-DNSTS1.txt", "--project", "flaky", "--announce-interval", "60",
+        env=env,
+    )  # fmt: skip
+    try:
+        # A long time-out, and a query no TS answers: each new connection gets it,
+        # so that the TS of a project refuses at once (it waits for a first byte).
+        ls, port = start_ls(spawn, [closing.port, flooding.port, project_port], "--timeout", "30")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"nothinghere.com\n")
+
+            def delays(ts_port: int) -> list[float]:
+                pattern = (
+                    rf"TS 127\.0\.0\.1:{ts_port} unavailable \(.*\); next attempt in ([\d.]+) s"
+                )
+                return [float(delay) for delay in re.findall(pattern, ls.output())]
+
+            ts_ports = (closing.port, flooding.port, project_port)
+            wait_until(
+                lambda: all(len(delays(ts_port)) >= 3 for ts_port in ts_ports),
+                timeout=30,
+                what="three failed attempts at each TS",
+            )
+    finally:
+        closing.close()
+        flooding.close()
+    for ts_port in ts_ports:
+        first, second, third = delays(ts_port)[:3]
+        # 0.5, 1, 2 s, each within the backoff's 10 % jitter (shown to 0.1 s).
+        assert 0.4 <= first <= 0.6 and 0.8 <= second <= 1.2 and 1.7 <= third <= 2.3, (
+            ts_port,
+            delays(ts_port),
+        )
 
 
 def test_bad_queries_get_error_lines_in_order_and_the_ls_goes_on(spawn) -> None:
