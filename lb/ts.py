@@ -194,7 +194,7 @@ class TopLevelServer(ListeningService):
             self.refusals.note("failed TLS handshakes", f"{conn.name}: {exc}", self.loop.time())
             self._drop(peer)
             return
-        except (Closed, LineTooLong) as exc:
+        except Closed as exc:
             self.arrivals.note("connections closed", f"{conn.name}: {exc}", self.loop.time())
             self._drop(peer)
             return
@@ -213,6 +213,8 @@ class TopLevelServer(ListeningService):
             lines = [eof.rest] if eof.rest else []
         except NotTls as exc:
             lines = self._plain_text(peer, exc.first)
+        except LineTooLong as exc:
+            lines = self._line_too_long(peer, exc)
         if not peer.welcomed and peer.reading and peer.conn.established:
             self._welcome(peer)
         replies = []
@@ -231,7 +233,10 @@ class TopLevelServer(ListeningService):
         conn = peer.conn
         if self.plain_too:
             peer.conn = Connection(conn.sock, conn.name, max_line=MAX_QUERY_LINE)
-            return peer.conn.framer.feed(first)
+            try:
+                return peer.conn.framer.feed(first)
+            except LineTooLong as exc:
+                return self._line_too_long(peer, exc)
         self.refusals.note(
             "connections turned away", f"{conn.name} spoke plain text, not TLS", self.loop.time()
         )
@@ -241,6 +246,14 @@ class TopLevelServer(ListeningService):
         shut_down_writing(conn.sock)
         self.loop.call_later(TURNED_AWAY_LINGER, partial(self._drop, peer))
         return []
+
+    def _line_too_long(self, peer: Peer, exc: LineTooLong) -> list[bytes]:
+        """A peer past the line bound is not speaking the protocol: it is read from
+        no more and closed once answered, but the queries framed before the long
+        line are well-formed and answered first (as the LS does for its clients)."""
+        self.arrivals.note("connections closed", f"{peer.conn.name}: {exc}", self.loop.time())
+        peer.reading = False
+        return exc.lines
 
     def _discard_input(self, peer: Peer) -> None:
         # Unread input makes the kernel reset the connection, which can destroy
