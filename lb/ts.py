@@ -67,6 +67,10 @@ TURNED_AWAY_LINGER = 2.0
 # A peer that has not completed its TLS handshake by then is closed: an LS of the
 # project does it in milliseconds, and a half-open handshake must not be held forever.
 HANDSHAKE_TIMEOUT = 10.0
+# A peer that has left a line unfinished for this long is closed: an LS sends whole
+# lines, and a partial one must not be held forever (a peer that is merely idle
+# between whole lines, as an LS with no queries is, stays).
+PARTIAL_LINE_TIMEOUT = 10.0
 _DISCARD = 64 * 1024
 
 
@@ -129,6 +133,7 @@ class TopLevelServer(ListeningService):
             log, REFUSAL_LOG_INTERVAL, level=logging.INFO, burst=ARRIVALS_SHOWN
         )
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+        self.loop.call_later(PARTIAL_LINE_TIMEOUT / 4, self._sweep_partial_lines)
 
     def starting(self) -> None:
         if self.announcer is not None:
@@ -145,6 +150,19 @@ class TopLevelServer(ListeningService):
         self.refusals.flush(now)
         self.arrivals.flush(now)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+
+    def _sweep_partial_lines(self) -> None:
+        now = self.loop.time()
+        for peer in list(self.peers):
+            conn = peer.conn
+            if conn.framer.pending and now - conn.last_active >= PARTIAL_LINE_TIMEOUT:
+                self.arrivals.note(
+                    "connections closed",
+                    f"{conn.name}: a line left unfinished for {PARTIAL_LINE_TIMEOUT:g} s",
+                    now,
+                )
+                self._drop(peer)
+        self.loop.call_later(PARTIAL_LINE_TIMEOUT / 4, self._sweep_partial_lines)
 
     def on_connection(self, sock: socket.socket, address: object) -> None:
         name = format_address(address)

@@ -404,6 +404,25 @@ def test_a_ts_answers_the_queries_before_an_over_long_line_then_closes(
     assert ts.alive()
 
 
+def test_the_ls_closes_idle_clients_but_not_those_waiting_for_answers(spawn) -> None:
+    _, ts_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt")
+    # The time-out (2 s) outlasts the idle time-out: a client waiting for it stays.
+    ls, port = start_ls(spawn, [ts_port], "--idle-timeout", "0.5", "--timeout", "2")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as idle,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as partial,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as waiting,
+    ):
+        partial.sendall(b"rutgers.edu\nwww.prince")  # a line never finished
+        waiting.sendall(b"nothinghere.com\n")
+        started = time.monotonic()
+        assert read_all(idle) == b""
+        assert read_all(partial) == RIGHT[b"rutgers.edu"] + b"\n"
+        assert 0.4 < time.monotonic() - started < 5
+        assert read_all(waiting) == b"nothinghere.com - TIMED OUT\n"  # answered, then idle
+    assert "clients idle, closed" in ls.output()
+
+
 def read_all(sock: socket.socket) -> bytes:
     data = b""
     while chunk := sock.recv(65536):
