@@ -37,6 +37,14 @@ ANNOUNCE_INTERVAL = 60.0
 COMPRESS_ABOVE = 1200
 MAX_DATAGRAM = 65507
 COMPRESSED_MARK = b"\x1a"
+# The largest query reply read: well above a full listing (our catalog holds at
+# most 100,000 records of a few hundred bytes), so that a catalog, or anyone
+# answering at its address, cannot make every client that asks it (the LS, the
+# hash table client, the herd) hold a reply of any size in memory.
+MAX_REPLY_BYTES = 64 << 20
+# Of an error reply, only the first line is shown: read no more than this.
+MAX_ERROR_BYTES = 4096
+_CHUNK = 64 << 10
 
 Catalog = tuple[str, int]
 Record = dict[str, Any]
@@ -107,10 +115,8 @@ def query(
     for host, port in catalogs if catalogs is not None else catalog_addresses():
         url = f"http://{_url_host(host)}:{port}{path}"
         try:
-            response = requests.get(url, timeout=timeout)
-            response.raise_for_status()
-            records = orjson.loads(response.content)
-        except (requests.RequestException, orjson.JSONDecodeError) as exc:
+            records = orjson.loads(_fetch(url, timeout))
+        except (requests.RequestException, orjson.JSONDecodeError, _BadReply) as exc:
             failures.append(f"{host}:{port}: {_failure(exc)}")
             continue
         if not isinstance(records, list):
@@ -120,12 +126,41 @@ def query(
     raise CatalogUnavailable("no catalog answered: " + "; ".join(failures))
 
 
+class _BadReply(Exception):
+    """A catalog's reply that is not a listing (an HTTP error, too large): why."""
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    """The body of the reply to GET ``url``, read in pieces and at most
+    ``MAX_REPLY_BYTES`` of it. Raises ``_BadReply`` for an HTTP error (with the
+    first line of a 400's body: our catalog says there what is wrong with a
+    query) and for a longer body; ``requests.RequestException`` when the
+    catalog cannot be reached or stops answering."""
+    with requests.get(url, timeout=timeout, stream=True) as response:
+        if response.status_code >= 400:
+            detail = ""
+            if response.status_code == 400:
+                text = _read_up_to(response, MAX_ERROR_BYTES).decode(errors="replace")
+                lines = text.strip().splitlines()
+                detail = f": {lines[0][:200]}" if lines else ""
+            raise _BadReply(f"HTTP {response.status_code} {response.reason}{detail}")
+        body = _read_up_to(response, MAX_REPLY_BYTES + 1)
+    if len(body) > MAX_REPLY_BYTES:
+        raise _BadReply(f"reply larger than {MAX_REPLY_BYTES >> 20} MiB")
+    return body
+
+
+def _read_up_to(response: requests.Response, limit: int) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_content(_CHUNK):
+        body += chunk
+        if len(body) >= limit:
+            break  # the rest is never read: closing the response drops the connection
+    return bytes(body[:limit])
+
+
 def _failure(exc: Exception) -> str:
     """Why one catalog gave no answer, in a line a person can read."""
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        lines = exc.response.text.strip().splitlines()
-        detail = f": {lines[0][:200]}" if lines and exc.response.status_code == 400 else ""
-        return f"HTTP {exc.response.status_code} {exc.response.reason}{detail}"
     if isinstance(exc, requests.Timeout):
         return "no answer in time"
     if isinstance(exc, requests.ConnectionError):

@@ -132,8 +132,9 @@ class Balancer:
         self._servers.pop(server, None)
         self._out.pop(server, None)
 
-    def server_lines(self, server: Peer, lines: Iterable[bytes], now: float) -> None:
-        """Takes a TS's answer lines."""
+    def server_lines(self, server: Peer, lines: Iterable[bytes], now: float) -> int:
+        """Takes a TS's answer lines; returns how many answered a waiting query."""
+        answered_before = self.stats.answered
         touched = set()
         for line in lines:
             decoded = decode_ts_answer(line)
@@ -174,6 +175,7 @@ class Balancer:
             touched.add(query.client)
         for client in touched:
             self._release(client)
+        return self.stats.answered - answered_before
 
     # Time
 

@@ -18,9 +18,9 @@ if not __package__:  # run as a file, as the assignment does: put the repository
 from catalog.client import catalog_addresses
 from lb.cli import add_logging_options, add_secret_option, start_program
 from lb.discovery import TS_TYPE, CatalogWatcher, Endpoint
-from lb.lserver import DEFAULT_REFRESH, DEFAULT_TIMEOUT, LoadBalancer
+from lb.lserver import DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH, DEFAULT_TIMEOUT, LoadBalancer
 from netkit.addresses import AddressError
-from netkit.cliargs import port_number, positive_seconds
+from netkit.cliargs import nonnegative_seconds, port_number, positive_seconds
 from netkit.listeners import open_listener
 from netkit.security import SecretError, load_secret, service_name
 
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_seconds,
         default=DEFAULT_REFRESH,
         help="seconds between catalog queries with --project (default %(default)g)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=nonnegative_seconds,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="close a client with no query waiting that has sent nothing for this long "
+        "(default %(default)g; 0: never)",
     )
     parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
     add_logging_options(parser)
@@ -109,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher,
         tls=secret.client_context() if secret is not None else None,
         server_name=service_name(TS_TYPE, args.project) if args.project else None,
+        idle_timeout=args.idle_timeout,
     )
     log.info(
         "LS listening on port %d; TSs: %s; time-out %g s",

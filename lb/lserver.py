@@ -39,6 +39,10 @@ DEFAULT_REFRESH = 5.0
 # answered: its queries wait in its socket, not in our memory.
 MAX_UNANSWERED = 10_000
 REFUSAL_LOG_INTERVAL = 10.0
+# A client with no query waiting that has sent nothing for this long is closed,
+# as the hash table server and the herd close theirs (--idle-timeout, 0: never):
+# idle connections, or a partial line never ended, must not be held forever.
+DEFAULT_IDLE_TIMEOUT = 300.0
 # Connections logged a line each per interval; a flood beyond that is counted.
 ARRIVALS_SHOWN = 20
 
@@ -76,9 +80,11 @@ class LoadBalancer(ListeningService):
         loop: EventLoop | None = None,
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         super().__init__(listener, loop)
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self.balancer = Balancer(timeout)
         self.static = set(servers or ())
         self.wanted = set(self.static)  # the static TSs and those the catalog lists
@@ -100,6 +106,8 @@ class LoadBalancer(ListeningService):
         self._alarm = self.loop.alarm(lambda: None)
         self.loop.add_turn_hook(self._after_turn)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+        if idle_timeout:
+            self.loop.call_later(self._sweep_interval, self._sweep_idle)
 
     def starting(self) -> None:
         for endpoint in sorted(self.static):
@@ -139,6 +147,20 @@ class LoadBalancer(ListeningService):
         self.refusals.flush(now)
         self.arrivals.flush(now)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+
+    @property
+    def _sweep_interval(self) -> float:
+        # Often enough that a client is closed within a few per cent past its time.
+        return min(10.0, self.idle_timeout / 4)
+
+    def _sweep_idle(self) -> None:
+        now = self.loop.time()
+        for client in list(self.clients):
+            idle = now - client.conn.last_active
+            if idle >= self.idle_timeout and not self.balancer.unanswered(client):
+                self.arrivals.note("clients idle, closed", f"{client}: {idle:.0f} s", now)
+                self._drop_client(client)
+        self.loop.call_later(self._sweep_interval, self._sweep_idle)
 
     def _next_deadline(self) -> float | None:
         deadlines = [link.due for link in self.links.values() if link.state != UP]
@@ -274,10 +296,11 @@ class LoadBalancer(ListeningService):
             if mask & WRITE:
                 link.conn.flush()
             if mask & READ:
-                lines = link.read_lines()
+                lines = link.read_lines(now)
                 if handshaking and link.state == UP:
                     self.balancer.open_server(link)
-                self.balancer.server_lines(link, lines, now)
+                if self.balancer.server_lines(link, lines, now):
+                    link.answered()
         except (Closed, LineTooLong) as exc:
             if handshaking:
                 self._handshake_failed(link, now, str(exc))

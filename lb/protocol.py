@@ -26,6 +26,8 @@ MAX_ANSWER_LINE = 4096
 # Decimal digits of a query id: 2**64 needs 20.
 MAX_ID_DIGITS = 20
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
 TIMED_OUT = b" - TIMED OUT"
 INVALID = b" - ERROR invalid host name: "
 # How much of an invalid name is echoed back in the error line.
@@ -61,6 +63,12 @@ def name_problem(name: bytes) -> str | None:
     return None
 
 
+def file_lines(data: bytes) -> list[bytes]:
+    """The lines of a table or names file, without the UTF-8 byte-order mark that
+    some editors put first (else it would be part of the first name)."""
+    return data.removeprefix(UTF8_BOM).split(b"\n")
+
+
 def query_name(line: bytes) -> bytes | None:
     """The name in a client's query line, or None for a blank line (no query)."""
     return line.strip() or None
@@ -81,6 +89,7 @@ def timed_out_answer(name: bytes) -> bytes:
 
 
 def invalid_answer(name: bytes, problem: str) -> bytes:
+    """The LS's answer to a query that cannot be a host name (``name_problem``)."""
     return shown(name) + INVALID + problem.encode()
 
 

@@ -21,9 +21,21 @@ import tempfile
 from pathlib import Path
 
 from lb.cli import add_logging_options, assignment_file
-from lb.protocol import INVALID, MAX_ANSWER_LINE, TIMED_OUT, answers_query, query_name, shown
+from lb.protocol import (
+    INVALID,
+    MAX_ANSWER_LINE,
+    MAX_NAME,
+    TIMED_OUT,
+    answers_query,
+    file_lines,
+    invalid_answer,
+    name_problem,
+    query_name,
+    shown,
+)
 from netkit.cliargs import port_number, positive_seconds
 from netkit.connection import Closed, Connection, EndOfInput
+from netkit.files import replacement_mode
 from netkit.framing import LineTooLong
 from netkit.logs import setup_logging
 
@@ -45,19 +57,34 @@ class ResolveError(Exception):
 
 
 def read_names(data: bytes) -> list[bytes]:
-    """The host names of a names file: one a line, blank lines skipped."""
-    return [name for name in map(query_name, data.split(b"\n")) if name is not None]
+    """The host names of a names file: one a line, blank lines skipped, a UTF-8
+    byte-order mark ignored."""
+    return [name for name in map(query_name, file_lines(data)) if name is not None]
+
+
+def local_answer(name: bytes) -> bytes | None:
+    """The answer to ``name`` that needs no LS, or None when the LS must be asked.
+
+    A name over ``MAX_NAME`` bytes is in no table, and a line longer than the
+    LS's line bound would make it end the connection, losing every later answer;
+    so the client answers it itself, with the very line the LS gives such a name."""
+    if len(name) > MAX_NAME:
+        return invalid_answer(name, name_problem(name) or "")
+    return None
 
 
 def resolve(host: str, port: int, names: list[bytes], wait: float = DEFAULT_WAIT) -> list[bytes]:
     """Asks the LS at ``host:port`` for every name; returns the answers in order.
 
-    Raises ``ResolveError`` if the LS cannot be reached, closes early, is silent
-    for ``wait`` seconds, or answers something else than was asked: answer ``i``
-    must be about name ``i``, and there must be one answer per name.
+    Names that ``local_answer`` answers are not sent. Raises ``ResolveError`` if
+    the LS cannot be reached, closes early, is silent for ``wait`` seconds, or
+    answers something else than was asked: answer ``i`` must be about name ``i``,
+    and there must be one answer per name sent.
     """
-    if not names:
-        return []
+    answers = [local_answer(name) for name in names]
+    asked = [number for number, answer in enumerate(answers) if answer is None]
+    if not asked:
+        return [answer for answer in answers if answer is not None]
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
@@ -66,14 +93,15 @@ def resolve(host: str, port: int, names: list[bytes], wait: float = DEFAULT_WAIT
         ) from None
     conn = Connection(sock, f"{host}:{port}", max_line=MAX_ANSWER_LINE)
     with sock:
-        answers = _exchange(sock, conn, names, wait)
-    for number, (name, answer) in enumerate(zip(names, answers, strict=True), 1):
-        if not answers_query(answer, name):
+        received = _exchange(sock, conn, [names[number] for number in asked], wait)
+    for number, answer in zip(asked, received, strict=True):
+        if not answers_query(answer, names[number]):
             raise ResolveError(
-                f"answer {number} is not about the name asked: asked for "
-                f"{shown(name).decode()}, the LS answered {shown(answer).decode()}"
+                f"answer {number + 1} is not about the name asked: asked for "
+                f"{shown(names[number]).decode()}, the LS answered {shown(answer).decode()}"
             )
-    return answers
+        answers[number] = answer
+    return [answer for answer in answers if answer is not None]
 
 
 def _exchange(
@@ -125,16 +153,19 @@ def _exchange(
 
 def write_lines(path: str, lines: list[bytes]) -> None:
     """Writes the lines to ``path`` (or standard output for ``-``); a file is
-    replaced whole, so a reader never sees half of it."""
+    replaced whole, so a reader never sees half of it, and keeps the mode it had
+    (a new one gets the umask's, as a plain ``open()`` would give it)."""
     data = b"".join(line + b"\n" for line in lines)
     if path == STDIO:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
     target = Path(path)
+    mode = replacement_mode(target)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)  # else mkstemp's 0600 would be the answers' mode
             out.write(data)
         os.replace(temp, target)
     except BaseException:

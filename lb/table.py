@@ -6,13 +6,12 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from lb.protocol import fold, name_problem, shown
+from lb.protocol import file_lines, fold, name_problem, shown
 
 log = logging.getLogger("lb.table")
 
 RECORD_TYPE = "A"
 CLASS = b"IN"
-UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class TableError(ValueError):
@@ -40,8 +39,7 @@ class DnsTable:
         """
         answers: dict[bytes, bytes] = {}
         first_line: dict[bytes, int] = {}
-        data = data.removeprefix(UTF8_BOM)
-        for number, line in enumerate(data.split(b"\n"), start=1):
+        for number, line in enumerate(file_lines(data), start=1):
             fields = line.split()
             if not fields:
                 continue

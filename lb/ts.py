@@ -67,6 +67,10 @@ TURNED_AWAY_LINGER = 2.0
 # A peer that has not completed its TLS handshake by then is closed: an LS of the
 # project does it in milliseconds, and a half-open handshake must not be held forever.
 HANDSHAKE_TIMEOUT = 10.0
+# A peer that has left a line unfinished for this long is closed: an LS sends whole
+# lines, and a partial one must not be held forever (a peer that is merely idle
+# between whole lines, as an LS with no queries is, stays).
+PARTIAL_LINE_TIMEOUT = 10.0
 _DISCARD = 64 * 1024
 
 
@@ -129,6 +133,7 @@ class TopLevelServer(ListeningService):
             log, REFUSAL_LOG_INTERVAL, level=logging.INFO, burst=ARRIVALS_SHOWN
         )
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+        self.loop.call_later(PARTIAL_LINE_TIMEOUT / 4, self._sweep_partial_lines)
 
     def starting(self) -> None:
         if self.announcer is not None:
@@ -145,6 +150,19 @@ class TopLevelServer(ListeningService):
         self.refusals.flush(now)
         self.arrivals.flush(now)
         self.loop.call_later(REFUSAL_LOG_INTERVAL, self._summarize)
+
+    def _sweep_partial_lines(self) -> None:
+        now = self.loop.time()
+        for peer in list(self.peers):
+            conn = peer.conn
+            if conn.framer.pending and now - conn.last_active >= PARTIAL_LINE_TIMEOUT:
+                self.arrivals.note(
+                    "connections closed",
+                    f"{conn.name}: a line left unfinished for {PARTIAL_LINE_TIMEOUT:g} s",
+                    now,
+                )
+                self._drop(peer)
+        self.loop.call_later(PARTIAL_LINE_TIMEOUT / 4, self._sweep_partial_lines)
 
     def on_connection(self, sock: socket.socket, address: object) -> None:
         name = format_address(address)
@@ -194,7 +212,7 @@ class TopLevelServer(ListeningService):
             self.refusals.note("failed TLS handshakes", f"{conn.name}: {exc}", self.loop.time())
             self._drop(peer)
             return
-        except (Closed, LineTooLong) as exc:
+        except Closed as exc:
             self.arrivals.note("connections closed", f"{conn.name}: {exc}", self.loop.time())
             self._drop(peer)
             return
@@ -213,6 +231,8 @@ class TopLevelServer(ListeningService):
             lines = [eof.rest] if eof.rest else []
         except NotTls as exc:
             lines = self._plain_text(peer, exc.first)
+        except LineTooLong as exc:
+            lines = self._line_too_long(peer, exc)
         if not peer.welcomed and peer.reading and peer.conn.established:
             self._welcome(peer)
         replies = []
@@ -231,7 +251,10 @@ class TopLevelServer(ListeningService):
         conn = peer.conn
         if self.plain_too:
             peer.conn = Connection(conn.sock, conn.name, max_line=MAX_QUERY_LINE)
-            return peer.conn.framer.feed(first)
+            try:
+                return peer.conn.framer.feed(first)
+            except LineTooLong as exc:
+                return self._line_too_long(peer, exc)
         self.refusals.note(
             "connections turned away", f"{conn.name} spoke plain text, not TLS", self.loop.time()
         )
@@ -241,6 +264,14 @@ class TopLevelServer(ListeningService):
         shut_down_writing(conn.sock)
         self.loop.call_later(TURNED_AWAY_LINGER, partial(self._drop, peer))
         return []
+
+    def _line_too_long(self, peer: Peer, exc: LineTooLong) -> list[bytes]:
+        """A peer past the line bound is not speaking the protocol: it is read from
+        no more and closed once answered, but the queries framed before the long
+        line are well-formed and answered first (as the LS does for its clients)."""
+        self.arrivals.note("connections closed", f"{peer.conn.name}: {exc}", self.loop.time())
+        peer.reading = False
+        return exc.lines
 
     def _discard_input(self, peer: Peer) -> None:
         # Unread input makes the kernel reset the connection, which can destroy

@@ -24,6 +24,12 @@ log = logging.getLogger("lb.tslink")
 # so that a TS listed but dead costs a connection attempt every few seconds at most.
 RETRY_INITIAL = 0.5
 RETRY_CAP = 10.0
+# A connection that succeeds does not restart the schedule by itself: a TS that
+# accepts and closes at once (or sends an over-long line, or refuses plain text)
+# would then be redialled every RETRY_INITIAL forever. The link must prove
+# itself first: an answer to a waiting query, or this long up (longer than a TS
+# of a project holds a plain-text peer that says nothing: 10 s).
+STABLE_AFTER = 30.0
 
 # Queries queued for a TS that does not read them (hung, or SIGSTOPped) beyond
 # this are dropped rather than buffered: the other TSs answer them meanwhile, and
@@ -82,6 +88,7 @@ class TsLink:
         self.conn: Connection | None = None
         self.backoff = Backoff(RETRY_INITIAL, RETRY_CAP)
         self.attempts = 0
+        self.up_since = 0.0
         # Set while queries are being dropped for a TS that does not read them.
         self.dropping = False
         self._lookup: Future[list[Any]] | None = None
@@ -151,7 +158,7 @@ class TsLink:
             self.conn = Connection(
                 self.sock, self.name, max_line=MAX_ANSWER_LINE, high_water=SEND_HIGH_WATER
             )
-            self._up()
+            self._up(now)
             return None
         session = TlsSession(self.tls, server_side=False, server_hostname=self.server_name)
         conn = TlsConnection(
@@ -166,21 +173,26 @@ class TsLink:
         self.due = now + self.connect_timeout
         return None
 
-    def read_lines(self) -> list[bytes]:
+    def read_lines(self, now: float) -> list[bytes]:
         """The TS's lines that arrived; while ``handshaking``, advances the handshake
         and turns ``up`` once it is complete. Raises ``Closed`` (and its kinds) and
         ``LineTooLong``, as ``Connection.read_lines``."""
         assert self.conn is not None
         lines = self.conn.read_lines()
         if self.state == HANDSHAKING and self.conn.established:
-            self._up()
+            self._up(now)
         return lines
 
-    def _up(self) -> None:
+    def answered(self) -> None:
+        """The TS answered a query: the link works, so a later failure is retried
+        from the start of the schedule."""
+        self.backoff.reset()
+
+    def _up(self, now: float) -> None:
         self.state = UP
+        self.up_since = now
         self.dropping = False
         self.refused = False
-        self.backoff.reset()
         if self.tls is None:
             log.info("connected to TS %s", self.name)
         else:
@@ -191,6 +203,8 @@ class TsLink:
         caller reports the failure (a failed handshake), so it is logged as debug."""
         was_up = self.state == UP
         self.close()
+        if was_up and now - self.up_since >= STABLE_AFTER:
+            self.backoff.reset()
         delay = self.backoff.next_delay()
         self.due = now + delay
         level = logging.WARNING if was_up or self.backoff.attempts == 1 else logging.INFO

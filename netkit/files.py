@@ -135,6 +135,21 @@ def replace_atomically(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def replacement_mode(path: Path) -> int:
+    """The mode for a new file that replaces ``path`` (one not private, such as the
+    lb client's answers): the mode ``path`` has if it exists, else the one a plain
+    ``open()`` would give (0666 less the umask). A temporary file is made 0600, so
+    a replacement renamed from one must be given this mode explicitly.
+
+    The umask can only be read by setting it: not for threaded programs."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o077)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def remove_temporary(path: Path) -> None:
     """Drops what a crash left of ``replace_atomically(path, ...)``: never renamed,
     so never part of the state."""

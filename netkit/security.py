@@ -105,17 +105,23 @@ def load_secret(path: Path | str | None = None, *, create: bool | None = None) -
 
 
 def _read_private(path: Path) -> bytes:
+    # Every failure but a missing file (which load_secret may create) becomes a
+    # SecretError: each service's caller turns that into one line, never a
+    # traceback (a directory opens read-only fine, then fails on read).
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as exc:
         reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise SecretError(f"cannot read the secret file {path}: {reason}") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
+    try:
+        info = os.fstat(fd)
+        # Checked before reading anything: a directory, a FIFO or a device is
+        # refused without a read that fails or blocks (hence O_NONBLOCK above).
         if not stat.S_ISREG(info.st_mode):
-            raise SecretError(f"the secret file {path} is not a regular file")
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise SecretError(f"the secret file {path} is {what}")
         if info.st_uid != os.getuid():
             raise SecretError(f"the secret file {path} belongs to another user (uid {info.st_uid})")
         if info.st_mode & 0o077:
@@ -123,10 +129,23 @@ def _read_private(path: Path) -> bytes:
                 f"the secret file {path} can be read by others (mode "
                 f"{stat.S_IMODE(info.st_mode):04o}); it must be private: chmod 600 {path}"
             )
-        data = file.read(MAX_SECRET_BYTES + 1)
+        data = _read_up_to(fd, MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise SecretError(f"cannot read the secret file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_SECRET_BYTES:
         raise SecretError(f"{path} is larger than {MAX_SECRET_BYTES} bytes: not a secret file")
     return data
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := os.read(fd, limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _create(path: Path) -> None:

@@ -8,9 +8,15 @@ picking it until the live one announced again a minute later.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
-from catalog.client import matching, query, resolve
+import pytest
+
+import catalog.client as catalog_client
+from catalog.client import CatalogUnavailable, matching, query, resolve
 from harness.processes import wait_until
 from tests.server_support import start_server
 from tests.test_catalog_helpers import OurCatalog
@@ -64,3 +70,60 @@ def test_a_catalog_that_lost_its_records_lists_a_server_at_its_next_announcement
     OurCatalog(spawn, tmp_path / "empty-state", port=first.port)
     record = wait_until(lambda: resolve("hashtable", "again", catalogs), what="the record again")
     assert record["port"] == server.port
+
+
+class FakeCatalog:
+    """Answers one HTTP request with 200 and ``body_size`` bytes of a valid JSON
+    array of records (made as it is sent, so that the test holds none of it);
+    ``sent`` counts the bytes the kernel took before the client hung up."""
+
+    RECORD = b'{"type": "filler", "pad": "' + b"x" * 1000 + b'"},'
+
+    def __init__(self, body_size: int) -> None:
+        self.body_size = body_size
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError), self.listener:
+            peer, _ = self.listener.accept()
+            with peer:
+                while b"\r\n\r\n" not in peer.recv(65536):
+                    pass
+                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                peer.sendall(b"Connection: close\r\n\r\n[")
+                chunk = self.RECORD * 64
+                for _ in range(self.body_size // len(chunk)):
+                    peer.sendall(chunk)
+                    self.sent += len(chunk)
+                peer.sendall(b'{"port": 1}]')
+        self.done.set()
+
+    @property
+    def records(self) -> int:
+        return self.body_size // len(self.RECORD * 64) * 64 + 1
+
+
+def test_a_catalog_reply_past_the_size_bound_is_not_read_whole(catalog, monkeypatch):
+    """A catalog (or anyone at its address) answering with more than
+    MAX_REPLY_BYTES (64 MiB; 1 MiB here, to keep the test light): the client
+    stops reading there, counts that catalog as not answering, and asks the next."""
+    assert catalog_client.MAX_REPLY_BYTES == 64 << 20
+    monkeypatch.setattr(catalog_client, "MAX_REPLY_BYTES", 1 << 20)
+    huge = FakeCatalog(64 << 20)
+    with pytest.raises(CatalogUnavailable, match=r"reply larger than 1 MiB$"):
+        query(catalogs=[("127.0.0.1", huge.port)], timeout=10)
+    assert huge.done.wait(10)
+    assert huge.sent < 32 << 20  # the rest was never read (the socket buffers hold a few MiB)
+    second = FakeCatalog(64 << 20)
+    records = query(catalogs=[("127.0.0.1", second.port), ("127.0.0.1", catalog.port)], timeout=10)
+    assert not any(record.get("type") == "filler" for record in records)  # the real catalog's
+
+
+def test_a_catalog_reply_within_the_bound_is_read_whole():
+    fake = FakeCatalog(2 << 20)  # many reads
+    records = query(catalogs=[("127.0.0.1", fake.port)], timeout=10)
+    assert len(records) == fake.records and records[-1] == {"port": 1}

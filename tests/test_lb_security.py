@@ -6,6 +6,7 @@ text, other projects and other secrets, and the user mistakes around secrets."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -325,6 +326,17 @@ def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
         done = run_program(python_module(*args), env=env, timeout=30)
         assert (done.returncode, message in done.stderr) == (status, True), (args, done.stderr)
         assert "Traceback" not in done.stderr
+    # A directory given as the secret file, by option or by $DHT_SECRET_FILE.
+    for args, extra in [
+        (["lb.ls", "0", "--project", "p", "--secret-file", str(tmp_path)], {}),
+        (["lb.ts", "0", table, "--project", "p", "--secret-file", str(tmp_path)], {}),
+        (["lb.ls", "0", "--project", "p"], {"DHT_SECRET_FILE": str(tmp_path)}),
+        (["lb.ts", "0", table, "--project", "p"], {"DHT_SECRET_FILE": str(tmp_path)}),
+    ]:
+        done = run_program(python_module(*args), env={**env, **extra}, timeout=30)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip().endswith(f"the secret file {tmp_path} is a directory")
+        assert "Traceback" not in done.stderr
 
 
 def test_a_half_open_handshake_is_not_held_forever(monkeypatch, caplog) -> None:
@@ -348,3 +360,34 @@ def test_a_half_open_handshake_is_not_held_forever(monkeypatch, caplog) -> None:
         thread.join(timeout=10)
         server.close()
     assert "no handshake in 0.3 s" in caplog.text
+
+
+def test_a_plain_ts_closes_a_peer_that_leaves_a_line_unfinished(monkeypatch, caplog) -> None:
+    """Here after 0.3 s instead of 10; a peer idle between whole lines (an LS with
+    no queries) stays."""
+    monkeypatch.setattr(lb.ts, "PARTIAL_LINE_TIMEOUT", 0.3)
+    caplog.set_level(logging.INFO, logger="lb.ts")  # closings are logged at INFO
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = lb.ts.TopLevelServer(listener, load_table(SAMPLES / "PROJ2-DNSTS1.txt"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as partial,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as idle,
+        ):
+            idle.sendall(b"1 rutgers.edu\n")
+            assert idle.recv(100) == b"1 rutgers.edu 172.34.4.6 A IN\n"
+            started = time.monotonic()
+            partial.sendall(b"2 amazon.com\n3 rutg")
+            assert partial.recv(100) == b"2 amazon.com 94.5.6.7 A IN\n"
+            assert partial.recv(100) == b""  # closed by the TS
+            assert 0.2 < time.monotonic() - started < 5
+            idle.sendall(b"4 amazon.com\n")  # still served
+            assert idle.recv(100) == b"4 amazon.com 94.5.6.7 A IN\n"
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        server.close()
+    assert "a line left unfinished for 0.3 s" in caplog.text

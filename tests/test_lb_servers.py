@@ -5,15 +5,18 @@ discovery through our catalog and the real cctools catalog."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import random
 import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +133,52 @@ def test_module_entry_points_give_the_sample_byte_for_byte(spawn, tmp_path: Path
     assert "5 names: 3 resolved, 2 timed out, 0 invalid" in done.stderr
 
 
+def test_the_client_answers_over_long_names_itself_and_ignores_a_bom(spawn, tmp_path: Path) -> None:
+    """A names file beginning with a UTF-8 byte-order mark, with a line far past
+    the LS's 4,096-byte line bound: every name gets its answer, in order, the long
+    one the LS's own error line for it (so it is never sent)."""
+    port = sample_servers(spawn).port
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"\xef\xbb\xbfrutgers.edu\n" + b"x" * 5000 + b"\ngoogle.com\namazon.com\n")
+    done = run(
+        python_module("lb.client", "127.0.0.1", str(port), "-i", str(names), "-o", "out.txt"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_bytes().splitlines() == [
+        RIGHT[b"rutgers.edu"],
+        b"x" * 64 + b"... - ERROR invalid host name: longer than 253 bytes",
+        RIGHT[b"google.com"],
+        RIGHT[b"amazon.com"],
+    ]
+    assert "4 names: 3 resolved, 0 timed out, 1 invalid" in done.stderr
+
+
+def test_the_answers_file_gets_the_umask_mode_or_keeps_its_own(spawn, tmp_path: Path) -> None:
+    port = sample_servers(spawn).port
+    names = tmp_path / "names.txt"
+    names.write_text("rutgers.edu\n")
+
+    def client(output: str, umask: int) -> None:
+        done = run(
+            python_module("lb.client", "127.0.0.1", str(port), "-i", str(names), "-o", output),
+            cwd=tmp_path,
+            umask=umask,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / output).read_bytes() == RIGHT[b"rutgers.edu"] + b"\n"
+
+    client("new-022.txt", 0o022)
+    client("new-027.txt", 0o027)
+    assert stat.S_IMODE((tmp_path / "new-022.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "new-027.txt").stat().st_mode) == 0o640
+    existing = tmp_path / "existing.txt"
+    existing.write_text("old answers\n")
+    existing.chmod(0o664)
+    client("existing.txt", 0o077)  # replaced, but with the mode it had
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o664
+
+
 # Concurrency and time-outs
 
 
@@ -235,6 +284,70 @@ def test_a_ts_killed_mid_stream_costs_the_time_out_then_comes_back(spawn) -> Non
 # Bad input
 
 
+class FlakyTs:
+    """A TS that accepts every connection and at once sends ``greeting`` and closes."""
+
+    def __init__(self, greeting: bytes) -> None:
+        self.greeting = greeting
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                peer, _ = self.listener.accept()
+                with peer, contextlib.suppress(OSError):
+                    peer.sendall(self.greeting)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_ts_that_connects_then_fails_at_once_is_retried_with_growing_delays(
+    spawn, tmp_path: Path
+) -> None:
+    """A connection that succeeds is no proof: a TS that closes at once, one that
+    sends an over-long line, and a TS of a project given as a plain pair (it
+    refuses plain text) are each retried after 0.5 s, then 1, 2, ..., not every
+    0.5 s forever."""
+    closing, flooding = FlakyTs(b""), FlakyTs(b"x" * 5000)
+    env = {"CATALOG_HOST": f"127.0.0.1:{free_port()}"}
+    _, project_port = start_ts(
+        spawn, SAMPLES / "PROJ2-DNSTS1.txt", "--project", "flaky", "--announce-interval", "60",
+        env=env,
+    )  # fmt: skip
+    try:
+        # A long time-out, and a query no TS answers: each new connection gets it,
+        # so that the TS of a project refuses at once (it waits for a first byte).
+        ls, port = start_ls(spawn, [closing.port, flooding.port, project_port], "--timeout", "30")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"nothinghere.com\n")
+
+            def delays(ts_port: int) -> list[float]:
+                pattern = (
+                    rf"TS 127\.0\.0\.1:{ts_port} unavailable \(.*\); next attempt in ([\d.]+) s"
+                )
+                return [float(delay) for delay in re.findall(pattern, ls.output())]
+
+            ts_ports = (closing.port, flooding.port, project_port)
+            wait_until(
+                lambda: all(len(delays(ts_port)) >= 3 for ts_port in ts_ports),
+                timeout=30,
+                what="three failed attempts at each TS",
+            )
+    finally:
+        closing.close()
+        flooding.close()
+    for ts_port in ts_ports:
+        first, second, third = delays(ts_port)[:3]
+        # 0.5, 1, 2 s, each within the backoff's 10 % jitter (shown to 0.1 s).
+        assert 0.4 <= first <= 0.6 and 0.8 <= second <= 1.2 and 1.7 <= third <= 2.3, (
+            ts_port,
+            delays(ts_port),
+        )
+
+
 def test_bad_queries_get_error_lines_in_order_and_the_ls_goes_on(spawn) -> None:
     lab = sample_servers(spawn)
     port = lab.port
@@ -276,6 +389,38 @@ def test_bad_queries_get_error_lines_in_order_and_the_ls_goes_on(spawn) -> None:
     finally:
         session.close()
     assert lab.ls.alive() and lab.ts1.alive()
+
+
+@pytest.mark.parametrize("options", [[], ["--project", "long-lines", "--also-plain"]])
+def test_a_ts_answers_the_queries_before_an_over_long_line_then_closes(
+    spawn, options: list[str]
+) -> None:
+    env = {"CATALOG_HOST": f"127.0.0.1:{free_port()}"}
+    ts, port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt", *options, env=env)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as peer:
+        # In one send, so that they arrive in one read with the over-long line.
+        peer.sendall(b"7 rutgers.edu\nnothere.com\namazon.com\n" + b"y" * 10_000)
+        assert read_all(peer) == b"7 rutgers.edu 172.34.4.6 A IN\namazon.com 94.5.6.7 A IN\n"
+    assert ts.alive()
+
+
+def test_the_ls_closes_idle_clients_but_not_those_waiting_for_answers(spawn) -> None:
+    _, ts_port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt")
+    # The time-out (2 s) outlasts the idle time-out: a client waiting for it stays.
+    ls, port = start_ls(spawn, [ts_port], "--idle-timeout", "0.5", "--timeout", "2")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as idle,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as partial,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as waiting,
+    ):
+        partial.sendall(b"rutgers.edu\nwww.prince")  # a line never finished
+        waiting.sendall(b"nothinghere.com\n")
+        started = time.monotonic()
+        assert read_all(idle) == b""
+        assert read_all(partial) == RIGHT[b"rutgers.edu"] + b"\n"
+        assert 0.4 < time.monotonic() - started < 5
+        assert read_all(waiting) == b"nothinghere.com - TIMED OUT\n"  # answered, then idle
+    assert "clients idle, closed" in ls.output()
 
 
 def read_all(sock: socket.socket) -> bytes:

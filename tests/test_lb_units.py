@@ -3,6 +3,7 @@ and the LS's balancer (matching, ordering, time-outs)."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -24,7 +25,16 @@ from lb.protocol import (
 )
 from lb.table import DnsTable, TableError, load_table
 from lb.ts import reply
-from lb.tslink import CONNECTING, DOWN, LOOKUP_POLL, RESOLVING, TsLink
+from lb.tslink import (
+    CONNECTING,
+    DOWN,
+    LOOKUP_POLL,
+    RESOLVING,
+    RETRY_INITIAL,
+    STABLE_AFTER,
+    UP,
+    TsLink,
+)
 from netkit.security import load_secret
 
 SAMPLE_TS2 = b"www.princeton.edu 128.1.1.4 A\nGOOGLE.com 46.1.3.7 A\n"
@@ -430,3 +440,32 @@ def test_a_lookup_that_never_answers_fails_the_attempt_at_the_connect_timeout(
     _link_until(link, {DOWN})
     assert "cannot resolve: no answer in 0.2 s" in caplog.text
     assert link.due > time.monotonic()  # the next attempt is backed off
+
+
+def _bring_up(link: TsLink, now: float) -> None:
+    link.connect(now)
+    select.select([], [link.sock], [], 5)
+    assert link.finish_connect(now) is None and link.state == UP
+
+
+def test_the_retry_schedule_restarts_only_once_a_link_has_proved_itself() -> None:
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listener:
+        link = TsLink("127.0.0.1", listener.getsockname()[1], connect_timeout=5.0)
+        link.backoff.jitter = 0
+        _bring_up(link, 0.0)
+        link.fail(0.1, "closed at once")  # up, but it proved nothing
+        assert link.due == 0.1 + RETRY_INITIAL
+        _bring_up(link, 1.0)
+        link.fail(1.1, "closed at once again")
+        assert link.due == 1.1 + 2 * RETRY_INITIAL  # the schedule goes on
+        _bring_up(link, 2.0)
+        link.answered()  # it answered a waiting query: the link works
+        link.fail(2.5, "went away")
+        assert link.due == 2.5 + RETRY_INITIAL
+        _bring_up(link, 3.0)
+        link.fail(3.1, "closed at once")
+        assert link.due == 3.1 + 2 * RETRY_INITIAL
+        _bring_up(link, 4.0)
+        link.fail(4.0 + STABLE_AFTER, "went away after a long time up")
+        assert link.due == 4.0 + STABLE_AFTER + RETRY_INITIAL
+        link.close()

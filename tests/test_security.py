@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from catalog.client import announce, query
-from harness.processes import python_script, run_program, wait_until
+from harness.processes import python_module, python_script, run_program, wait_until
 from hashtable.client import AuthenticationError, HashTableClient, ServiceUnavailable
 from netkit.security import load_secret
 from tests.server_support import Wire, start_server
@@ -140,6 +140,33 @@ def test_a_secret_file_others_can_read_is_refused(spawn, tmp_path):
     assert "Traceback" not in done.stderr
     with pytest.raises(AuthenticationError, match="can be read by others"):
         HashTableClient.at("127.0.0.1", 1, secret_file=leaky)
+
+
+def test_a_directory_as_the_secret_file_gets_one_line(tmp_path):
+    done = run_program(
+        python_script(
+            "HashTableServer.py",
+            "p",
+            "--secret-file",
+            str(tmp_path),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ),
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(f"the secret file {tmp_path} is a directory")
+    assert "Traceback" not in done.stderr
+    client = run_program(
+        python_module("hashtable.cli", "--at", "127.0.0.1:1", "size"),
+        env={**os.environ, "DHT_SECRET_FILE": str(tmp_path)},
+        timeout=30,
+    )
+    assert client.returncode == 2
+    assert client.stderr.strip().endswith(f"the secret file {tmp_path} is a directory")
+    assert "Traceback" not in client.stderr
+    with pytest.raises(AuthenticationError, match="is a directory"):
+        HashTableClient.at("127.0.0.1", 1, secret_file=tmp_path)
 
 
 def test_the_secret_is_created_private_when_first_needed(tmp_path):
