@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import getpass
+import json
 import logging
 import os
 import re
@@ -115,8 +116,8 @@ def query(
     for host, port in catalogs if catalogs is not None else catalog_addresses():
         url = f"http://{_url_host(host)}:{port}{path}"
         try:
-            records = orjson.loads(_fetch(url, timeout))
-        except (requests.RequestException, orjson.JSONDecodeError, _BadReply) as exc:
+            records = _listing(_fetch(url, timeout))
+        except (requests.RequestException, ValueError, _BadReply) as exc:
             failures.append(f"{host}:{port}: {_failure(exc)}")
             continue
         if not isinstance(records, list):
@@ -124,6 +125,30 @@ def query(
             continue
         return [record for record in records if isinstance(record, dict)]
     raise CatalogUnavailable("no catalog answered: " + "; ".join(failures))
+
+
+# The fields a catalog stamps on every record. The cctools catalog keeps a sender's own
+# values of them as duplicate keys after its stamp, where JSON readers that keep the
+# last (orjson, json, JavaScript) would see the sender's lie; cctools' readers take the
+# first, and so do we.
+_STAMPS = (b'"address"', b'"lastheardfrom"', b'"name"')
+
+
+def _listing(body: bytes) -> Any:
+    """A catalog's listing, each key's first value in each record."""
+    records = orjson.loads(body)
+    if isinstance(records, list) and any(body.count(stamp) > len(records) for stamp in _STAMPS):
+        # Perhaps a duplicate (or only a value that reads "address"): parsed again,
+        # slower, keeping the first of each key. orjson has checked the JSON already.
+        records = json.loads(body, object_pairs_hook=_first_of_each)
+    return records
+
+
+def _first_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        record.setdefault(key, value)
+    return record
 
 
 class _BadReply(Exception):

@@ -123,6 +123,18 @@ def test_our_client_reads_a_real_catalog_server(cctools_catalog):
     assert resolve("hashtable", "absent", catalogs) is None
 
 
+def test_a_senders_own_address_is_not_believed_from_a_real_catalog(cctools_catalog):
+    """cctools keeps a sender's address and lastheardfrom beside its own stamps, as
+    duplicate keys: our client reads the catalog's (the first), not the sender's lie."""
+    catalogs = [("127.0.0.1", cctools_catalog.port)]
+    announce({"type": "hashtable", "project": "liar", "owner": "me", "port": 7203,
+              "address": "6.6.6.6", "lastheardfrom": 4102444800}, catalogs)  # fmt: skip
+    wait_until(lambda: 7203 in ports(query(catalogs=catalogs)), what="the record")
+    record = resolve("hashtable", "liar", catalogs)
+    assert record is not None and record["address"] == "127.0.0.1"
+    assert record["lastheardfrom"] < 4102444800
+
+
 EXPRESSIONS = [
     'type=="hashtable"',
     'type=="hashtable" && port > 7302',
