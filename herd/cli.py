@@ -24,8 +24,9 @@ from herd.config import ConfigError, HerdConfig, load_config
 from herd.discovery import Discovery
 from herd.durable import DurableLocations
 from herd.links import PeerConnection, keep_dialing
+from herd.options import Options
 from herd.places import POPULATIONS, load_geonames
-from herd.server import HerdServer, Options
+from herd.server import HerdServer
 from herd.traffic import RecordHandler, TrafficLog
 from netkit.addresses import AddressError
 from netkit.cliargs import (

@@ -16,7 +16,8 @@ import pytest
 from harness.herd import free_config
 from herd.clients import ClientProtocol
 from herd.links import PeerConnection, keep_dialing
-from herd.server import HerdServer, Options
+from herd.options import Options
+from herd.server import HerdServer
 from herd.traffic import TrafficLog
 from netkit.security import load_secret
 

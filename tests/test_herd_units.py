@@ -24,6 +24,7 @@ from herd.messages import (
     parse_client_line,
     whatsat_reply,
 )
+from herd.options import Options
 from herd.peering import (
     AckWaiters,
     BadUpdate,
@@ -34,7 +35,7 @@ from herd.peering import (
     parse_hello,
 )
 from herd.places import Place, PlaceIndex, distance_km
-from herd.server import HerdServer, Options, PendingReply
+from herd.server import HerdServer, PendingReply
 from herd.traffic import TrafficLog
 
 # ---- client messages ------------------------------------------------------------------
