@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from catalog.journal import drop_journals
+from catalog.journal import JOURNAL_PREFIX, drop_journals
 from catalog.records import RecordStore
 from netkit import files
 
@@ -25,6 +25,11 @@ log = logging.getLogger("catalog.persist")
 
 STATE_FILE = "records.json"
 LOCK_FILE = "lock"
+
+
+def _is_own_file(name: str) -> bool:
+    """Whether the catalog makes files of this name (netkit.files.claim_directory)."""
+    return name in (STATE_FILE, LOCK_FILE) or name.startswith((STATE_FILE, JOURNAL_PREFIX))
 
 
 class StateDirError(RuntimeError):
@@ -47,7 +52,7 @@ class StateDir:
     def open(self) -> None:
         """Creates and locks the directory; ``StateDirError`` if impossible or in use."""
         try:
-            self._lock_fd = files.lock_directory(self.path, LOCK_FILE)
+            self._lock_fd = files.lock_directory(self.path, LOCK_FILE, _is_own_file, "a catalog")
         except files.DirectoryLocked:
             raise StateDirError(
                 f"state directory {self.path} is in use by another catalog"

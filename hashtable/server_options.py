@@ -19,6 +19,7 @@ from hashtable.names import project_problem
 from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits
 from netkit.addresses import AddressError
 from netkit.cliargs import (
+    int_between,
     nonempty_path,
     nonnegative_seconds,
     port_number,
@@ -27,6 +28,10 @@ from netkit.cliargs import (
     program_name,
 )
 from netkit.listeners import is_loopback
+
+# The most --max-request-bytes may be (256 MiB): a line is buffered whole before it
+# is parsed, so the bound is what keeps one client from taking all the memory.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 
 def default_data_dir(project: str) -> Path | None:
@@ -37,7 +42,9 @@ def default_data_dir(project: str) -> Path | None:
     if not os.path.isabs(state):  # the XDG rule: a relative XDG_STATE_HOME is ignored
         # "~" itself when there is no home to be found; an empty HOME would give "/".
         home = os.path.expanduser("~") if os.environ.get("HOME") != "" else ""
-        if not os.path.isabs(home):
+        # A HOME that does not exist (HOME=/nonexistent, as daemons get) is no home
+        # folder either: the table would go to a tree made up under it.
+        if not os.path.isabs(home) or not os.path.isdir(home):
             return None
         state = os.path.join(home, ".local", "state")
     return Path(state) / "hashtable" / project
@@ -159,10 +166,10 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=positive_int,
+        type=int_between(1, MAX_REQUEST_BYTES),
         default=Limits.max_request_bytes,
         metavar="N",
-        help="longest request line in bytes (default %(default)s)",
+        help=f"longest request line in bytes (default %(default)s, at most {MAX_REQUEST_BYTES})",
     )
     parser.add_argument(
         "--idle-timeout",

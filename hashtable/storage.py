@@ -36,6 +36,14 @@ REPAIRS = "repaired"  # where --repair moves the files it replaced
 SYNC_MODES = ("always", "everysec", "no")
 PREALLOCATE = 1 << 20  # bytes the log file grows by at a time, ahead of the writes
 
+PROBE = ".write-probe"  # check_writable's file, and the name it is renamed to
+# Every name the server makes in its directory: what tells a data directory from
+# a folder of the user's, and the only files it ever chmods (netkit.files).
+OWN_FILES = frozenset(
+    [LOG, OLD_LOG, CHECKPOINT, ORIGIN, LOCK, REPAIRS, PROBE, PROBE + ".renamed"]
+    + [files.temporary_path(Path(name)).name for name in (LOG, CHECKPOINT, ORIGIN)]
+)
+
 _ORIGIN_SHAPE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 
 
@@ -64,13 +72,16 @@ class DataDirBusy(RecoveryError):
 
 def open_directory(directory: Path, lock_timeout: float) -> int:
     """Creates ``directory`` if needed and locks it; returns the lock's descriptor.
+    An existing one must be fit for a table (``netkit.files.claim_directory``).
 
     Waits up to ``lock_timeout`` seconds: after a crash, the dead server's
     compaction child may hold the lock for a moment longer (it dies with its
     parent), and it must be gone before anyone touches the files.
     """
     try:
-        return files.lock_directory(directory, LOCK, wait=lock_timeout)
+        return files.lock_directory(
+            directory, LOCK, OWN_FILES.__contains__, "a hash table", wait=lock_timeout
+        )
     except files.DirectoryLocked as busy:
         raise DataDirBusy(
             directory, None, f"in use by another process (pid {busy.holder})"
@@ -119,7 +130,7 @@ def check_writable(directory: Path, room: int) -> None:
     the server append to its log would fail at the first compaction, after
     the server had accepted writes. A probe file tells for sure, root and
     read-only mounts included, where the mode bits do not."""
-    probe = directory / ".write-probe"
+    probe = directory / PROBE
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

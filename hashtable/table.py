@@ -17,6 +17,7 @@ from typing import Any
 
 import regex
 
+from hashtable.patterns import compile_pattern, pattern_problem
 from hashtable.placement import key_hash
 from hashtable.request import OK_NONE, Outcome, Status
 
@@ -216,13 +217,17 @@ class Table:
         """A job giving ``[key, value]`` pairs whose key the pattern matches anywhere
         (``search``), or the invalid outcome of a bad pattern.
 
-        The whole scan gets ``scan_timeout`` seconds of searching and one key at
-        most ``key_timeout``, so a pattern that backtracks forever costs the
+        The pattern's size is bounded first (``hashtable.patterns``: compiling is
+        not under any timeout). The whole scan gets ``scan_timeout`` seconds of
+        searching and one key at most ``key_timeout``, so a pattern that backtracks forever costs the
         server that long once, and holds the loop no longer than ``key_timeout``
         at a time.
         """
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            return Outcome.invalid(problem)
         try:
-            compiled = regex.compile(pattern)
+            compiled = compile_pattern(pattern)
         except regex.error as error:
             return Outcome.invalid(f"invalid regex: {error}")
         except (RecursionError, MemoryError, OverflowError, ValueError) as error:

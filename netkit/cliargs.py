@@ -49,6 +49,24 @@ def nonnegative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """argparse type: a whole number from ``minimum`` to ``maximum``, for a bound
+    that must stay one (a huge value would switch it off)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number from {minimum} to {maximum}"
+            )
+        return value
+
+    return parse
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)

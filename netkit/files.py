@@ -4,22 +4,35 @@ Shared by the hash table's storage engine and the catalog's state directory.
 Both keep a directory that exactly one process may use at a time (a lock file
 held with ``flock``, so that it is released however the process ends), and
 small files that a crash must leave either old or new, never half-written.
-Both are private to their owner (directories 0700, files 0600) whatever the
-umask: records and data are nobody else's to read.
+Both are private to their owner whatever the umask: a directory the service
+creates is 0700, the files it writes 0600. A directory that already exists is
+the user's: it is never chmod'ed, and it is used only if it is fit
+(``claim_directory``): not writable by other users, and empty or already
+holding the service's files (so that ``/`` or a home folder given by mistake is
+refused, not filled with a table and every file in it made private).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger("netkit.files")
 
 TEMPORARY_SUFFIX = ".tmp"
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+
+
+class DirectoryRefused(OSError):
+    """An existing directory that is not fit to keep the service's files; the message
+    says why and what to do (callers put the directory's name before it)."""
 
 
 class DirectoryLocked(OSError):
@@ -42,11 +55,9 @@ def fsync_dir(directory: Path) -> None:
 
 def make_directory(directory: Path, mode: int = PRIVATE_DIR) -> None:
     """Creates ``directory`` (and the parents it lacks) with exactly ``mode``, whatever
-    the umask, durably; an existing ``directory`` more open than ``mode`` is tightened
-    to it (its existing parents are left as they are: not ours to change)."""
+    the umask, durably. What exists already is left as it is: it is the user's, and
+    its mode may matter to others (``/tmp``'s 1777, a shared folder's 0755)."""
     if directory.is_dir():
-        if stat.S_IMODE(directory.stat().st_mode) & ~mode:
-            os.chmod(directory, mode)
         return
     missing = [directory, *(p for p in directory.parents if not p.is_dir())]
     for path in reversed(missing):
@@ -58,26 +69,70 @@ def make_directory(directory: Path, mode: int = PRIVATE_DIR) -> None:
         raise NotADirectoryError(f"{directory} is not a directory")
 
 
-def make_files_private(directory: Path) -> None:
-    """Tightens every regular file directly in ``directory`` to ``PRIVATE_FILE`` (files
-    an earlier version, or another umask, left readable by others)."""
+def claim_directory(directory: Path, ours: Callable[[str], bool], what: str) -> None:
+    """Makes ``directory`` (0700) if it does not exist; else checks it is fit for the
+    files of ``what`` (e.g. "a hash table"), whose names ``ours`` tells. Raises
+    ``DirectoryRefused`` when it is not, ``OSError`` when it cannot be read.
+
+    Refused: a directory others can write (they could plant or replace files the
+    service then trusts, sticky bit or not), and a non-empty one holding none of
+    the service's files (a folder of the user's given by mistake). One others can
+    only read is used with a warning: the files are still 0600, but their names
+    and sizes show."""
+    if not directory.is_dir():
+        make_directory(directory)
+        return
+    names = os.listdir(directory)
+    if names and not any(ours(name) for name in names):
+        example = sorted(names)[0]
+        raise DirectoryRefused(
+            f"it already holds other files ({len(names)}, e.g. {example!r}) and none of "
+            f"{what}'s; give an empty or new directory (it is created, private)"
+        )
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o022:
+        raise DirectoryRefused(
+            f"other users can write in it (mode {mode:04o}), so they could plant or replace "
+            f"{what}'s files; give a directory only you can write (chmod go-w, or a new one)"
+        )
+    if mode & 0o077:
+        log.warning(
+            "%s can be read by other users (mode %04o): its files are private (0600) but "
+            "their names and sizes show; chmod 700 %s to hide them",
+            directory,
+            mode,
+            directory,
+        )
+
+
+def make_files_private(directory: Path, ours: Callable[[str], bool]) -> None:
+    """Tightens to ``PRIVATE_FILE`` the service's own regular files directly in
+    ``directory`` (those an earlier version, or another umask, left readable by
+    others); a file ``ours`` does not name is someone else's, and left alone."""
     for entry in os.scandir(directory):
-        if not entry.is_file(follow_symlinks=False):
+        if not ours(entry.name) or not entry.is_file(follow_symlinks=False):
             continue
         if stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) & ~PRIVATE_FILE:
             os.chmod(entry.path, PRIVATE_FILE)
 
 
-def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
-    """Creates ``directory`` if needed and locks it; returns the lock's descriptor
-    (closing it releases the lock, as does the process's end).
+def lock_directory(
+    directory: Path,
+    lock_name: str,
+    ours: Callable[[str], bool],
+    what: str,
+    wait: float = 0.0,
+) -> int:
+    """Claims ``directory`` for the files of ``what`` (``claim_directory``: created
+    if needed) and locks it; returns the lock's descriptor (closing it releases
+    the lock, as does the process's end).
 
     Waits up to ``wait`` seconds for another holder to let go. Raises
-    ``DirectoryLocked`` when it does not, ``OSError`` when the directory cannot
-    be used. The lock file holds the holder's pid, for the message. Once locked,
-    the directory is ``PRIVATE_DIR`` and its files ``PRIVATE_FILE``, whatever they were.
+    ``DirectoryLocked`` when it does not, ``DirectoryRefused`` or ``OSError``
+    when the directory cannot be used. The lock file holds the holder's pid, for
+    the message. Once locked, the service's own files are ``PRIVATE_FILE``.
     """
-    make_directory(directory)
+    claim_directory(directory, ours, what)
     fd = os.open(directory / lock_name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     deadline = time.monotonic() + wait
     while True:
@@ -91,7 +146,7 @@ def lock_directory(directory: Path, lock_name: str, wait: float = 0.0) -> int:
                 raise DirectoryLocked(directory, holder) from None
             time.sleep(0.05)
     try:
-        make_files_private(directory)
+        make_files_private(directory, ours)
     except OSError:
         os.close(fd)
         raise

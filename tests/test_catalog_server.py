@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from catalog.client import CatalogUnavailable, query
-from harness.processes import free_port, python_module, tcp_open, wait_until
+from harness.processes import free_port, python_module, run_program, tcp_open, wait_until
 from netkit.interfaces import host_name, network_address
 from tests.test_catalog_helpers import (
     OurCatalog,
@@ -312,15 +312,17 @@ def test_sigterm_and_ctrl_c_stop_the_catalog_cleanly(spawn, tmp_path):
 
 
 def test_the_state_directory_is_private_whatever_the_umask(spawn, tmp_path):
-    """0700 and 0600 under umask 000: for a new directory (its new parents too), and for
-    one an earlier version left open, with an open state file in it."""
+    """0700 and 0600 under umask 000 for a new directory (its new parents too). An
+    existing one keeps its mode and the files that are not the catalog's: one an
+    earlier version left open to read gets its state file made 0600, with a warning."""
     fresh = tmp_path / "new" / "deeper" / "state"
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    (loose / "records.json").write_bytes(b"[]")
-    loose.chmod(0o777)
-    (loose / "records.json").chmod(0o666)
-    for state in (fresh, loose):
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    (readable / "records.json").write_bytes(b"[]")
+    (readable / "README").write_text("the catalog's state\n")
+    readable.chmod(0o755)
+    (readable / "records.json").chmod(0o666)
+    for state in (fresh, readable):
         port = free_port()
         args = ["--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state)]
         process = spawn(
@@ -330,12 +332,42 @@ def test_the_state_directory_is_private_whatever_the_umask(spawn, tmp_path):
         send_udp(port, {"type": "private", "port": 1})
         saved = state / "records.json"
         wait_until(lambda f=saved: f.exists() and b'"private"' in f.read_bytes(), what="a save")
+        said = process.output()
         assert process.stop() == 0
-        assert stat.S_IMODE(state.stat().st_mode) == 0o700
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in state.iterdir()}
+        if state == readable:
+            assert stat.S_IMODE(state.stat().st_mode) == 0o755 and modes.pop("README") == 0o644
+            assert "can be read by other users (mode 0755)" in said
+        else:
+            assert stat.S_IMODE(state.stat().st_mode) == 0o700
         assert set(modes) >= {"records.json", "lock"} and set(modes.values()) == {0o600}, modes
     for parent in (tmp_path / "new", tmp_path / "new" / "deeper"):
         assert stat.S_IMODE(parent.stat().st_mode) == 0o700
+
+
+def test_an_unfit_existing_state_directory_is_refused_and_left_as_it_was(tmp_path):
+    """Others can write in it (they could plant records), or it holds other files and
+    none of a catalog's (--state-dir ~ by mistake): the catalog used to chmod it 0700
+    and every file in it 0600. Now it refuses, and changes nothing."""
+    open_to_all = tmp_path / "open-to-all"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o1777)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tool.sh").write_text("#!/bin/sh\n")
+    (tools / "tool.sh").chmod(0o755)
+    tools.chmod(0o755)
+    for state, message in (
+        (open_to_all, "other users can write in it (mode 1777)"),
+        (tools, "it already holds other files (1, e.g. 'tool.sh') and none of a catalog's"),
+    ):
+        before = [(p.name, p.stat().st_mode) for p in (state, *state.iterdir())]
+        args = ["--host", "127.0.0.1", "--port", str(free_port()), "--state-dir", str(state)]
+        done = run_program(python_module("catalog", *args), timeout=30)
+        assert done.returncode == 1, done.stderr
+        assert f"cannot use state directory {state}: {message}" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert [(p.name, p.stat().st_mode) for p in (state, *state.iterdir())] == before
 
 
 def raw_get(port: int, request: bytes) -> bytes:

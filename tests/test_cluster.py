@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from harness.processes import ROOT, free_port, python_module, wait_until
 from harness.procfs import alive
 from hashtable.client import HashTableClient
 from hashtable.cluster import ClusterClient, key_hash, replicas
-from hashtable.errors import ServiceUnavailable
+from hashtable.errors import InvalidRequestError, ServiceUnavailable
 from hashtable.logreader import read_records
 from hashtable.storage import LOG
 from tests.cluster_support import Cluster
@@ -493,6 +494,38 @@ def test_testperf_with_the_wrong_n_writes_nothing(cluster3, catalog):
     assert smaller.returncode == 0, smaller.stdout + smaller.stderr
     assert "the catalog also lists trio-2" in smaller.stderr
     assert holders(cluster3) == {}
+
+
+def test_a_local_cluster_that_cannot_start_says_why_in_one_line(tmp_path):
+    """A bad --catalog used to print the first server's whole usage text, then
+    "x-1 stopped", and exit 1: now its own check (or the server's own reason) and 2."""
+    where = ["--dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data")]
+    for options, reason in (
+        (["--catalog", "::::"], "start: error: --catalog: bad address '::::'"),
+        (["--", "--sync", "sometimes"], "x-0 did not start: HashTableServer.py: error: "
+                                        "argument --sync: invalid choice: 'sometimes'"),
+    ):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "hashtable.cluster", "start", "x", "2", *where, *options],
+            cwd=ROOT, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert reason in done.stderr and done.stdout == ""
+        assert "usage: HashTableServer.py" not in done.stderr and "Traceback" not in done.stderr
+        *usage, last = done.stderr.strip().splitlines()
+        assert reason in last and all(line.startswith(("usage: ", " ")) for line in usage)
+        assert not list((tmp_path / "run").glob("*.pid"))  # nothing left running
+
+
+def test_a_regex_too_big_is_an_invalid_request_as_a_bad_one_is(cluster3):
+    with cluster3.client(2) as table:
+        table.insert("k", 1)
+        for pattern, message in (
+            ("(", "invalid regex: missing )"),
+            ("k" * 600, "more than the 512"),
+        ):
+            with pytest.raises(InvalidRequestError, match=re.escape(message)):
+                table.scan(pattern)
 
 
 def test_a_local_cluster_in_one_command(tmp_path, catalog):

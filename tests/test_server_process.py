@@ -32,6 +32,9 @@ def run_server(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         (["p", "--compact-after", "0"], "is not a whole number of at least 1"),
         (["p", "--catalog", "localhost:http"], "--catalog: bad address"),
         (["p", "--idle-timeout", "soon"], "is not a number of seconds"),
+        # A bound that could be switched off is not one.
+        (["p", "--max-request-bytes", "99999999999999999999"], "from 1 to 268435456"),
+        (["p", "--max-request-bytes", "268435457"], "is not a whole number from 1 to 268435456"),
         ([], "the following arguments are required: project"),
     ],
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from hashtable.errors import InvalidRequestError
 from HashTableClient import HashTableClient
 from netkit.security import load_secret
 from tests.server_support import ServerHandle, Wire, start_server
@@ -169,6 +170,58 @@ def test_pipelined_catastrophic_scans_do_not_stall_other_clients(server, witness
     assert not attacker.is_alive()
     assert slowest < 0.5, f"a lookup waited {slowest:.2f} s behind the scans"
     assert all("took longer than 0.05 s on one key" in message for message in refused)
+
+
+def test_a_regex_too_big_to_compile_is_refused_at_once(server, witness):
+    """Compiling a regex, and the tables its first search builds, come before any scan
+    timeout: a 2 MB literal held every client for seconds ("x" * 4096 alone: 20 s), and
+    the regex module unrolls counted repeats as it compiles ("(?:x{1000}){1000}": 0.4 s
+    and 270 MB; "a{4294967294}": gigabytes)."""
+    key = "x" * 512
+    with Wire(server.port) as setup:
+        setup.call({"method": "insert", "key": key, "value": 1})
+    with Wire(server.port, timeout=30) as evil:
+        for pattern, message in (
+            ("x" * 2_000_000, "invalid regex: 2000000 characters long, more than the 512"),
+            ("x" * 4096, "invalid regex: 4096 characters long"),
+            ("x" * 513, "invalid regex: 513 characters long"),
+            ("(?:x{1000}){1000}", "its counted repeats ({n}) would unroll it to more than"),
+        ):
+            started = time.monotonic()
+            reply = evil.call({"method": "scan", "regex": pattern})
+            assert invalid(reply) and message in reply["message"], reply
+            assert time.monotonic() - started < 0.5
+        # At the bounds: a pattern of 512 characters, a repeat that unrolls within them.
+        for pattern in (key, "^x{512}$", "^(?:x{100}){5}x{12}$"):
+            started = time.monotonic()
+            assert evil.call({"method": "scan", "regex": pattern})["result"] == [[key, 1]]
+            assert time.monotonic() - started < 0.5
+    refused = pytest.raises(InvalidRequestError, match="more than the 512 a scan accepts")
+    with HashTableClient.at("127.0.0.1", server.port) as table, refused:
+        table.scan("x" * 600)
+
+
+def resident_mib(pid: int) -> float:
+    return (
+        int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
+    )
+
+
+def test_compiled_regexes_are_not_kept(server, witness):
+    """The regex module caches 500 compiled patterns, a client's included: distinct
+    patterns that each unroll to 2 MB took a gigabyte and kept it."""
+    pid = server.process.popen.pid
+    with Wire(server.port, timeout=30) as client:
+        scan = {"method": "scan", "regex": "^0(?:x){13000}"}
+        assert client.call(scan)["result"] == []  # the first compile's own allocations
+        before = resident_mib(pid)
+        for n in range(40):
+            assert (
+                client.call({"method": "scan", "regex": f"^{n:02d}(?:x){{13000}}"})["status"]
+                == "ok"
+            )
+        grown = resident_mib(pid) - before
+    assert grown < 25, f"the server grew {grown:.0f} MiB for 40 scans"
 
 
 def test_half_sent_requests_then_silence_or_vanishing(server, witness):

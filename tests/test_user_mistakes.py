@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import resource
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness.herd import Herd
 from harness.processes import ROOT, free_port, python_script, run_program, tcp_open, wait_until
+from hashtable.database import Database
 from tests.server_support import start_server
 
 
@@ -66,12 +69,93 @@ def test_the_server_refuses_bad_places_to_keep_and_serve_from(tmp_path: Path, ar
 
 def test_the_server_without_a_home_folder_asks_for_a_data_dir(tmp_path: Path):
     """A relative HOME (or none that can be found) and a relative XDG_STATE_HOME (which
-    the XDG rules say to ignore) would put the table wherever the server was started."""
-    for home in ("not/absolute", ""):  # "" would have put it in /.local/state
+    the XDG rules say to ignore) would put the table wherever the server was started;
+    a HOME that does not exist (a daemon's /nonexistent) in a tree made up under it."""
+    missing = tmp_path / "nonexistent-home"
+    for home in ("not/absolute", "", str(missing)):  # "" would have put it in /.local/state
         env = {**os.environ, "HOME": home, "XDG_STATE_HOME": "also/relative"}
         done = run(["HashTableServer.py", "p", "--catalog", "127.0.0.1:9"], env=env, cwd=tmp_path)
         assert_one_message(done, "no home folder to keep the table in: give --data-dir")
-        assert list(tmp_path.iterdir()) == []  # nothing made where it was started
+        assert list(tmp_path.iterdir()) == []  # nothing made where it was started, or in HOME
+
+
+def modes(folder: Path) -> dict[str, int]:
+    """The folder's mode and each entry's, by name ("." for the folder)."""
+    found = {path.name: stat.S_IMODE(path.lstat().st_mode) for path in folder.iterdir()}
+    return {".": stat.S_IMODE(folder.stat().st_mode), **found}
+
+
+def unfit_folders(tmp_path: Path) -> dict[Path, str]:
+    """Existing folders no service may take (a copy of /tmp, a folder of scripts, as /
+    or a home folder would be), and what the refusal says."""
+    open_to_all = tmp_path / "open-to-all"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o1777)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tool.sh").write_text("#!/bin/sh\necho hi\n")
+    (tools / "tool.sh").chmod(0o755)
+    tools.chmod(0o755)
+    return {
+        open_to_all: "other users can write in it (mode 1777)",
+        tools: "it already holds other files (1, e.g. 'tool.sh') and none of",
+    }
+
+
+def test_an_existing_folder_unfit_for_a_table_is_refused_and_left_as_it_was(tmp_path: Path):
+    """The server made any --data-dir 0700 and every file in it 0600: /tmp's 1777 gone,
+    a script's exec bit gone (as root, / itself made 0700). Now it refuses, touching nothing."""
+    for folder, message in unfit_folders(tmp_path).items():
+        before = modes(folder)
+        done = run(["HashTableServer.py", "p", "--no-auth", "--data-dir", str(folder)])
+        assert_one_message(done, message)
+        assert modes(folder) == before  # no mode changed, no lock file made
+
+
+def test_the_herd_refuses_an_unfit_data_dir_too(tmp_path: Path):
+    herd = Herd(tmp_path)
+    for folder, message in unfit_folders(tmp_path).items():
+        before = modes(folder)
+        herd.start("Goloman", extra=["--data-dir", str(folder)], wait=False)
+        process = herd.processes.pop("Goloman")
+        wait_until(lambda p=process: not p.alive(), what="the herd server to refuse")
+        assert process.popen.returncode == 2, process.output()
+        assert message in process.output() and "Traceback" not in process.output()
+        assert modes(folder) == before
+
+
+def test_an_existing_folder_keeps_its_mode_and_the_files_that_are_not_the_tables(
+    spawn, tmp_path: Path
+):
+    """A folder the user made (0755 under the usual umask) is used as it is, with a
+    warning; an earlier version's table beside the user's notes: the table's files
+    are made private, the notes are not touched. What the server creates is 0700."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    earlier = tmp_path / "earlier"
+    Database(earlier).close()
+    for table_file in earlier.iterdir():
+        table_file.chmod(0o644)
+    (earlier / "notes.txt").write_text("what this table is for\n")
+    (earlier / "notes.txt").chmod(0o664)
+    earlier.chmod(0o750)
+    new = tmp_path / "new" / "deeper" / "data"
+    for folder in (shared, earlier, new):
+        server = start_server(spawn, folder, "--no-auth")
+        said = server.log()  # the warning comes before the listening line
+        assert server.process.stop() == 0
+        found = modes(folder)
+        table = {name: mode for name, mode in found.items() if name.startswith("table.")}
+        assert set(table) >= {"table.ckpt", "table.txn", "table.lock", "table.origin"}
+        assert set(table.values()) == {0o600}, found
+        if folder == shared:
+            assert found["."] == 0o755
+            assert "can be read by other users (mode 0755)" in said
+        elif folder == earlier:
+            assert found["."] == 0o750 and found["notes.txt"] == 0o664
+    for made in (new, new.parent, new.parent.parent):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700
 
 
 def test_the_server_keeps_serving_when_its_output_cannot_be_written(tmp_path: Path):

@@ -28,9 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+from catalog.client import catalog_addresses
 from harness.procfs import alive
 from harness.services import listening_port
 from hashtable.names import project_problem
+from netkit.addresses import AddressError
 from netkit.cliargs import positive_int, positive_seconds, program_name
 
 DEFAULT_DIR = Path("cluster-run")
@@ -62,6 +64,7 @@ def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra
     if "--host" not in extra:
         extra = ["--host", "127.0.0.1", *extra]
     started: dict[str, int] = {}  # project -> where this run's output starts in its log
+    processes: dict[str, subprocess.Popen] = {}
     for index in range(servers):
         project = f"{name}-{index}"
         if project in running:
@@ -76,19 +79,37 @@ def start(name: str, servers: int, directory: Path, data_dir: Path | None, extra
             process = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+        processes[project] = process
         (directory / f"{project}.pid").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     for project, offset in started.items():
         log = directory / f"{project}.log"
         while (port := listening_port(_output(log, offset))) is None:
-            if _pid(directory, project) is None or time.monotonic() > deadline:
-                tail = _output(log, offset)[-1500:]
-                print(f"{project} did not start (see {log}):\n{tail}", file=sys.stderr)
-                _stop(directory, {p: _pid(directory, p) for p in started}, STOP_TIMEOUT)
-                return 1
+            status = processes[project].poll()
+            if status is not None or time.monotonic() > deadline:
+                why = _failure(_output(log, offset))
+                print(f"{project} did not start: {why} (log {log})", file=sys.stderr)
+                # The others were started the same way: stopped, and said no more about.
+                _stop(directory, {p: _pid(directory, p) for p in started}, STOP_TIMEOUT, quiet=True)
+                return 2 if status == 2 else 1  # 2: bad arguments or data directory, as it said
             time.sleep(0.05)
         print(f"{project} listening on port {port} (log {log})")
     return 0
+
+
+# How a server says why it stopped: argparse's "PROG: error: ..." and its log's
+# CRITICAL and ERROR lines (docs/protocol.md, exit status).
+_FAILURE_LINE = re.compile(r".*(: error: | CRITICAL | ERROR ).*")
+
+
+def _failure(output: str) -> str:
+    """The lines of a server's output that say why it did not start (its usage
+    text is not one), or its last line, or that it said nothing."""
+    reasons = [m.group(0).strip() for m in _FAILURE_LINE.finditer(output)]
+    if reasons:
+        return "; ".join(reasons)
+    lines = output.strip().splitlines()
+    return lines[-1] if lines else "it said nothing, and did not listen in time"
 
 
 def stop(directory: Path, name: str, timeout: float = STOP_TIMEOUT) -> int:
@@ -102,7 +123,9 @@ def stop(directory: Path, name: str, timeout: float = STOP_TIMEOUT) -> int:
     return _stop(directory, pids, timeout)
 
 
-def _stop(directory: Path, pids: dict[str, int | None], timeout: float) -> int:
+def _stop(
+    directory: Path, pids: dict[str, int | None], timeout: float, *, quiet: bool = False
+) -> int:
     for pid in pids.values():
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):  # it may have just exited
@@ -118,7 +141,7 @@ def _stop(directory: Path, pids: dict[str, int | None], timeout: float) -> int:
                 failed = True
                 continue  # its pid file stays: it still runs
             print(f"{project} did not stop within {timeout:g} s of SIGTERM: killed")
-        elif pid is not None:
+        elif pid is not None and not quiet:
             print(f"{project} stopped")
         (directory / f"{project}.pid").unlink(missing_ok=True)
     return 1 if failed else 0
@@ -218,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     directory = args.dir or DEFAULT_DIR / args.name
     if args.command == "start":
-        if args.catalog:
+        if args.catalog is not None:
+            try:  # the servers' own check, before any is started
+                catalog_addresses(args.catalog)
+            except AddressError as error:
+                begin.error(f"--catalog: {error}")
             extra = ["--catalog", args.catalog, *extra]
         return start(args.name, args.servers, directory, args.data_dir, extra)
     if args.command == "stop":
