@@ -227,15 +227,23 @@ class LogReader:
             self._damage(number, f"{where}, and data after it", offset)
             return
         file.seek(resume)
-        rest = sum(len(chunk.rstrip(b"\0")) for chunk in iter(lambda: file.read(_CHUNK), b""))
+        rest = whole = 0
+        carry = b""  # a line begun in the chunk before
+        while chunk := file.read(_CHUNK):
+            rest += len(chunk.rstrip(b"\0"))
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()[-_MAX_CARRY:]  # the zeros after the last line: no record
+            whole += sum(unseal(line.strip(b"\0") + b"\n") is not None for line in lines)
+        sealed = f", {whole} of them whole, sealed records" if whole else ""
         self.end = LogEnd(
             CRASHED,
             number - 1,
             offset,
             len(partial) + rest,
-            f"dropping {len(partial) + rest} bytes after the records end at line {number}: "
-            f"they follow {resume - at} zero bytes, on a sector boundary, which is what a "
-            "crash leaves of a write that was never synced (so never acknowledged)",
+            f"dropping {len(partial) + rest} bytes after the records end at line {number}"
+            f"{sealed}: they follow {resume - at} zero bytes, on a sector boundary, which is "
+            "what a crash leaves of a write that was never synced (so never acknowledged); "
+            "but damage to a synced sector looks the same",
         )
 
     # ---- format 1 -------------------------------------------------------------------
@@ -281,6 +289,9 @@ class LogReader:
         if not self.repair:
             raise RecoveryError(self.path, number, reason, repairable=True)
         self.end = LogEnd(DAMAGED, number - 1, offset, 0, f"line {number}: {reason}")
+
+
+_MAX_CARRY = 1 << 24  # bytes of an unfinished line kept while counting records
 
 
 def _next_nonzero(file: IO[bytes], at: int) -> int | None:

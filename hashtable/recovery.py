@@ -241,8 +241,37 @@ class Recovery:
             dropped.append(f"{reader.path}, {end.message}; the records from there on")
             return True
         if end.message:
-            log.warning("%s: %s", reader.path, end.message)
+            kept = _keep_dropped(reader.path, end.records_end) if end.dropped else None
+            where = f"; they are kept in {kept}" if kept else ""
+            log.warning("%s: %s%s", reader.path, end.message, where)
         return False
+
+
+def _keep_dropped(path: Path, start: int) -> Path | None:
+    """Copies what follows the records of ``path`` (up to its last non-zero byte) to
+    ``repaired/STAMP/NAME.dropped`` before the log is reopened, which zeroes it: a
+    crash's torn write and a damaged sector look alike, and the second would hold
+    acknowledged records. None (with a warning) when it cannot."""
+    aside = path.parent / REPAIRS / time.strftime("%Y%m%dT%H%M%S")
+    target = aside / f"{path.name}.dropped"
+    try:
+        files.make_directory(aside)
+        fd = files.open_private(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+            source.seek(start)
+            written = last = 0
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+                written += len(chunk)
+                if stripped := chunk.rstrip(b"\0"):
+                    last = written - len(chunk) + len(stripped)
+            out.truncate(last)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as error:
+        log.warning("cannot keep the dropped bytes of %s in %s: %s", path, target, error)
+        return None
+    return target
 
 
 def _record_problem(request: Request, invalid: Any, refused: Any) -> str | None:
