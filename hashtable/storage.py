@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
 
+import orjson
+
+from hashtable.sealing import unseal
 from netkit import files
+
+log = logging.getLogger(__name__)
 
 LOG = "table.txn"
 OLD_LOG = "table.txn.old"
@@ -101,13 +107,42 @@ def read_origin(directory: Path) -> str:
     try:
         origin = path.read_bytes().decode().strip()
     except FileNotFoundError:
-        origin = secrets.token_hex(8)
+        origin = _origin_of_checkpoint(directory)
+        if origin is None and any((directory / name).exists() for name in (CHECKPOINT, LOG)):
+            # A new id would make every record of the log someone else's: refuse, and
+            # write nothing (a backup that copied only table.ckpt and table.txn).
+            raise RecoveryError(
+                path, None, "missing, though the table's files are here and its checkpoint "
+                "names no server id: restore it from where they came from (the "
+                "\"origin\" of the log's records); nothing was changed"
+            ) from None  # fmt: skip
+        if origin is None:
+            origin = secrets.token_hex(8)  # a new table
+        else:
+            log.warning("%s was missing: restored the server id %s from %s", path, origin,
+                        CHECKPOINT)  # fmt: skip
         files.replace_atomically(path, f"{origin}\n".encode())
     except (OSError, UnicodeDecodeError) as error:
         raise RecoveryError(path, None, f"cannot read the server id: {error}") from None
     if not _ORIGIN_SHAPE.fullmatch(origin):
         raise RecoveryError(path, 1, "not a server id (1 to 64 letters, digits, '_.-')")
     return origin
+
+
+def _origin_of_checkpoint(directory: Path) -> str | None:
+    """The server id a checkpoint's sealed header names, or None."""
+    try:
+        with open(directory / CHECKPOINT, "rb") as file:
+            first = file.readline(1 << 16)
+    except OSError:
+        return None
+    text = unseal(first)
+    try:
+        header = orjson.loads(text) if text is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    origin = header.get("origin") if type(header) is dict else None
+    return origin if type(origin) is str and _ORIGIN_SHAPE.fullmatch(origin) else None
 
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:

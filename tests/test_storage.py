@@ -554,3 +554,29 @@ def test_a_table_grown_at_run_time_is_frozen_out_of_full_collections(data, monke
         db.execute(Request("insert", key="k49", value={"n": 49}))
         db.maintain()
         assert gc.get_freeze_count() > before
+
+
+def test_a_lost_server_id_file_is_restored_from_the_checkpoint(data, caplog):
+    """A backup that copied table.ckpt and table.txn but not table.origin: a new id
+    would make the log's records another server's (and --repair would drop them)."""
+    with Database(data) as db:
+        insert_many(db, 5)
+        origin = db.origin
+    with Database(data) as db:  # a second run: its records in the log after the checkpoint
+        db.execute(Request("insert", key="later", value=1))
+        db.commit()
+    expected = recovered(data)
+    (data / "table.origin").unlink()
+    assert recovered(data) == expected and "later" in expected
+    assert (data / "table.origin").read_text().strip() == origin
+    assert f"restored the server id {origin}" in caplog.text
+
+
+def test_a_lost_server_id_with_no_checkpoint_to_name_it_is_refused_changing_nothing(data):
+    with Database(data) as db:
+        insert_many(db, 3)
+    (data / "table.origin").unlink()
+    (data / "table.ckpt").unlink(missing_ok=True)
+    with pytest.raises(RecoveryError, match="names no server id"):
+        Database(data)
+    assert not (data / "table.origin").exists()
