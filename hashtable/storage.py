@@ -107,14 +107,21 @@ def read_origin(directory: Path) -> str:
     try:
         origin = path.read_bytes().decode().strip()
     except FileNotFoundError:
-        origin = _origin_of_checkpoint(directory)
-        if origin is None and any((directory / name).exists() for name in (CHECKPOINT, LOG)):
-            # A new id would make every record of the log someone else's: refuse, and
-            # write nothing (a backup that copied only table.ckpt and table.txn).
+        # A new id would make every record of the log someone else's: a lost one is
+        # taken from the checkpoint, or refused with nothing written (a backup that
+        # copied only table.ckpt and table.txn).
+        checkpoint = directory / CHECKPOINT
+        origin = _origin_of_checkpoint(checkpoint)
+        if origin is None and checkpoint.exists():
             raise RecoveryError(
-                path, None, "missing, though the table's files are here and its checkpoint "
-                "names no server id: restore it from where they came from (the "
-                "\"origin\" of the log's records); nothing was changed"
+                checkpoint, 1, f"not a checkpoint header naming the server id, which {ORIGIN} "
+                "held, and that file is missing; nothing was changed"
+            ) from None  # fmt: skip
+        if origin is None and (directory / LOG).exists():
+            raise RecoveryError(
+                path, None, "missing, though the table's log is here and no checkpoint names "
+                "its server id: restore it from where they came from (the \"origin\" of the "
+                "log's records); nothing was changed"
             ) from None  # fmt: skip
         if origin is None:
             origin = secrets.token_hex(8)  # a new table
@@ -129,10 +136,10 @@ def read_origin(directory: Path) -> str:
     return origin
 
 
-def _origin_of_checkpoint(directory: Path) -> str | None:
+def _origin_of_checkpoint(checkpoint: Path) -> str | None:
     """The server id a checkpoint's sealed header names, or None."""
     try:
-        with open(directory / CHECKPOINT, "rb") as file:
+        with open(checkpoint, "rb") as file:
             first = file.readline(1 << 16)
     except OSError:
         return None

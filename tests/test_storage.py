@@ -577,6 +577,6 @@ def test_a_lost_server_id_with_no_checkpoint_to_name_it_is_refused_changing_noth
         insert_many(db, 3)
     (data / "table.origin").unlink()
     (data / "table.ckpt").unlink(missing_ok=True)
-    with pytest.raises(RecoveryError, match="names no server id"):
+    with pytest.raises(RecoveryError, match="no checkpoint names its server id"):
         Database(data)
     assert not (data / "table.origin").exists()
