@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -156,28 +157,33 @@ class _BadReply(Exception):
 
 
 def _fetch(url: str, timeout: float) -> bytes:
-    """The body of the reply to GET ``url``, read in pieces and at most
-    ``MAX_REPLY_BYTES`` of it. Raises ``_BadReply`` for an HTTP error (with the
+    """The body of the reply to GET ``url``, read in pieces, at most
+    ``MAX_REPLY_BYTES`` of it and within ``timeout`` seconds in all (requests'
+    own timeout is per read: a catalog trickling its reply would hold the caller
+    for as long as it liked). Raises ``_BadReply`` for an HTTP error (with the
     first line of a 400's body: our catalog says there what is wrong with a
     query) and for a longer body; ``requests.RequestException`` when the
     catalog cannot be reached or stops answering."""
+    deadline = time.monotonic() + timeout
     with requests.get(url, timeout=timeout, stream=True) as response:
         if response.status_code >= 400:
             detail = ""
             if response.status_code == 400:
-                text = _read_up_to(response, MAX_ERROR_BYTES).decode(errors="replace")
+                text = _read_up_to(response, MAX_ERROR_BYTES, deadline).decode(errors="replace")
                 lines = text.strip().splitlines()
                 detail = f": {lines[0][:200]}" if lines else ""
             raise _BadReply(f"HTTP {response.status_code} {response.reason}{detail}")
-        body = _read_up_to(response, MAX_REPLY_BYTES + 1)
+        body = _read_up_to(response, MAX_REPLY_BYTES + 1, deadline)
     if len(body) > MAX_REPLY_BYTES:
         raise _BadReply(f"reply larger than {MAX_REPLY_BYTES >> 20} MiB")
     return body
 
 
-def _read_up_to(response: requests.Response, limit: int) -> bytes:
+def _read_up_to(response: requests.Response, limit: int, deadline: float) -> bytes:
     body = bytearray()
     for chunk in response.iter_content(_CHUNK):
+        if time.monotonic() > deadline:
+            raise requests.Timeout("the reply took longer than the time-out")
         body += chunk
         if len(body) >= limit:
             break  # the rest is never read: closing the response drops the connection

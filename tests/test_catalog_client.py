@@ -79,8 +79,9 @@ class FakeCatalog:
 
     RECORD = b'{"type": "filler", "pad": "' + b"x" * 1000 + b'"},'
 
-    def __init__(self, body_size: int) -> None:
+    def __init__(self, body_size: int, pause: float = 0.0) -> None:
         self.body_size = body_size
+        self.pause = pause  # seconds between pieces: a catalog trickling its reply
         self.sent = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -99,6 +100,7 @@ class FakeCatalog:
                 for _ in range(self.body_size // len(chunk)):
                     peer.sendall(chunk)
                     self.sent += len(chunk)
+                    time.sleep(self.pause)
                 peer.sendall(b'{"port": 1}]')
         self.done.set()
 
@@ -121,6 +123,15 @@ def test_a_catalog_reply_past_the_size_bound_is_not_read_whole(catalog, monkeypa
     second = FakeCatalog(64 << 20)
     records = query(catalogs=[("127.0.0.1", second.port), ("127.0.0.1", catalog.port)], timeout=10)
     assert not any(record.get("type") == "filler" for record in records)  # the real catalog's
+
+
+def test_a_catalog_trickling_its_reply_is_given_up_on_after_the_time_out():
+    """requests' time-out is per read: each piece on time, the whole took for ever."""
+    slow = FakeCatalog(4 << 20, pause=0.1)  # 64 pieces, 6.4 s
+    started = time.monotonic()
+    with pytest.raises(CatalogUnavailable, match="no answer in time"):
+        query(catalogs=[("127.0.0.1", slow.port)], timeout=1.0)
+    assert time.monotonic() - started < 3
 
 
 def test_a_catalog_reply_within_the_bound_is_read_whole():
