@@ -323,6 +323,30 @@ def test_a_write_after_one_from_a_clock_minutes_ahead_still_takes_effect(cluster
     assert assert_replicas_identical(cluster3, 2) == {"skew": "from-table-later"}
 
 
+def test_a_write_overlapping_a_remove_does_not_bring_the_key_back(cluster3):
+    """A concurrent remove, newer than the insert, has reached one replica when the
+    insert arrives: the other replica applies the insert, this one refuses it. Sent
+    again as new, the insert would outvote the remove everywhere once that reached
+    the other replica too; not sent again, the remove wins on both."""
+    with cluster3.client(2) as table:
+        table.insert("raced", "before")
+        first, second = table.where("raced")
+        remove = {
+            "method": "remove",
+            "key": "raced",
+            "version": [time.time_ns() // 1000 + 60_000_000, "remover"],
+            "client": "remover",
+        }
+        with Wire(cluster3.servers[second].port) as wire:
+            assert wire.call({**remove, "seq": 1})["result"]["applied"] is True
+        table.insert("raced", "overlapping")  # applied on the first, lost on the second
+        with Wire(cluster3.servers[first].port) as wire:  # the remove reaches the first
+            assert wire.call({**remove, "seq": 1})["result"]["applied"] is True
+        with pytest.raises(KeyError):
+            table.lookup("raced")
+        assert "raced" not in holders(cluster3)
+
+
 @pytest.fixture
 def asked(monkeypatch) -> list[str]:
     """The methods a ClusterClient asks every server for, in order."""
