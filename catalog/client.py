@@ -14,17 +14,15 @@ import getpass
 import json
 import logging
 import os
-import re
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-import requests
 
+from netkit import httpget
 from netkit.addresses import parse_address_list
 from netkit.loop import EventLoop, Timer
 
@@ -46,7 +44,6 @@ COMPRESSED_MARK = b"\x1a"
 MAX_REPLY_BYTES = 64 << 20
 # Of an error reply, only the first line is shown: read no more than this.
 MAX_ERROR_BYTES = 4096
-_CHUNK = 64 << 10
 
 Catalog = tuple[str, int]
 Record = dict[str, Any]
@@ -115,10 +112,9 @@ def query(
         path = "/query/" + base64.b64encode(expression.encode()).decode()
     failures = []
     for host, port in catalogs if catalogs is not None else catalog_addresses():
-        url = f"http://{_url_host(host)}:{port}{path}"
         try:
-            records = _listing(_fetch(url, timeout))
-        except (requests.RequestException, ValueError, _BadReply) as exc:
+            records = _listing(_fetch(host, port, path, timeout))
+        except (OSError, ValueError, _BadReply) as exc:
             failures.append(f"{host}:{port}: {_failure(exc)}")
             continue
         if not isinstance(records, list):
@@ -156,55 +152,36 @@ class _BadReply(Exception):
     """A catalog's reply that is not a listing (an HTTP error, too large): why."""
 
 
-def _fetch(url: str, timeout: float) -> bytes:
-    """The body of the reply to GET ``url``, read in pieces, at most
-    ``MAX_REPLY_BYTES`` of it and within ``timeout`` seconds in all (requests'
-    own timeout is per read: a catalog trickling its reply would hold the caller
-    for as long as it liked). Raises ``_BadReply`` for an HTTP error (with the
-    first line of a 400's body: our catalog says there what is wrong with a
-    query) and for a longer body; ``requests.RequestException`` when the
+def _fetch(host: str, port: int, path: str, timeout: float) -> bytes:
+    """The body of the reply to GET ``path``, at most ``MAX_REPLY_BYTES`` of it,
+    all within ``timeout`` seconds (``netkit.httpget``: a catalog trickling its
+    reply cannot hold the caller longer). Raises ``_BadReply`` for an HTTP error
+    (with the first line of a 400's body: our catalog says there what is wrong
+    with a query) and for a longer body; what ``httpget.get`` raises when the
     catalog cannot be reached or stops answering."""
-    deadline = time.monotonic() + timeout
-    with requests.get(url, timeout=timeout, stream=True) as response:
-        if response.status_code >= 400:
-            detail = ""
-            if response.status_code == 400:
-                text = _read_up_to(response, MAX_ERROR_BYTES, deadline).decode(errors="replace")
-                lines = text.strip().splitlines()
-                detail = f": {lines[0][:200]}" if lines else ""
-            raise _BadReply(f"HTTP {response.status_code} {response.reason}{detail}")
-        body = _read_up_to(response, MAX_REPLY_BYTES + 1, deadline)
-    if len(body) > MAX_REPLY_BYTES:
+    reply = httpget.get(host, port, path, timeout, MAX_REPLY_BYTES, MAX_ERROR_BYTES)
+    if reply.status >= 400:
+        detail = ""
+        if reply.status == 400:
+            lines = reply.body.decode(errors="replace").strip().splitlines()
+            detail = f": {lines[0][:200]}" if lines else ""
+        raise _BadReply(f"HTTP {reply.status} {reply.reason}{detail}")
+    if not reply.complete:
         raise _BadReply(f"reply larger than {MAX_REPLY_BYTES >> 20} MiB")
-    return body
-
-
-def _read_up_to(response: requests.Response, limit: int, deadline: float) -> bytes:
-    body = bytearray()
-    for chunk in response.iter_content(_CHUNK):
-        if time.monotonic() > deadline:
-            raise requests.Timeout("the reply took longer than the time-out")
-        body += chunk
-        if len(body) >= limit:
-            break  # the rest is never read: closing the response drops the connection
-    return bytes(body[:limit])
+    return reply.body
 
 
 def _failure(exc: Exception) -> str:
     """Why one catalog gave no answer, in a line a person can read."""
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, TimeoutError):
         return "no answer in time"
-    if isinstance(exc, requests.ConnectionError):
-        # requests nests the OS error deep inside its message; the OS error is the news.
-        errors = re.findall(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
-        return f"cannot connect: {errors[-1].strip()}" if errors else f"cannot connect: {exc}"
+    if isinstance(exc, httpget.Unreachable):
+        return f"cannot connect: {exc}"
+    if isinstance(exc, OSError):
+        return f"connection lost: {exc.strerror or exc}"
     if isinstance(exc, orjson.JSONDecodeError):
         return f"reply is not JSON: {exc}"
     return str(exc)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def owner_name() -> str:

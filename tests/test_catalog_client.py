@@ -126,12 +126,68 @@ def test_a_catalog_reply_past_the_size_bound_is_not_read_whole(catalog, monkeypa
 
 
 def test_a_catalog_trickling_its_reply_is_given_up_on_after_the_time_out():
-    """requests' time-out is per read: each piece on time, the whole took for ever."""
+    """A time-out per read (requests'): each piece on time, the whole took for ever."""
     slow = FakeCatalog(4 << 20, pause=0.1)  # 64 pieces, 6.4 s
     started = time.monotonic()
     with pytest.raises(CatalogUnavailable, match="no answer in time"):
         query(catalogs=[("127.0.0.1", slow.port)], timeout=1.0)
     assert time.monotonic() - started < 3
+
+
+class Trickler:
+    """Answers one HTTP request with ``reply``, one byte every ``pause`` seconds."""
+
+    def __init__(self, reply: bytes, pause: float = 0.05) -> None:
+        self.reply, self.pause = reply, pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError), self.listener:
+            peer, _ = self.listener.accept()
+            with peer:
+                while b"\r\n\r\n" not in peer.recv(65536):
+                    pass
+                for byte in self.reply:
+                    peer.sendall(bytes([byte]))
+                    time.sleep(self.pause)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"x" * 200 + b"\r\n\r\n[]",  # the head
+        b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n[" + b" " * 198 + b"]",  # the body
+    ],
+    ids=["head", "body"],
+)
+def test_a_catalog_trickling_a_byte_at_a_time_is_given_up_on_after_the_time_out(reply):
+    """Each byte well within any per-read time-out; the whole given up at 1 s."""
+    slow = Trickler(reply)  # about 10 s at 20 bytes a second
+    started = time.monotonic()
+    with pytest.raises(CatalogUnavailable, match="no answer in time"):
+        query(catalogs=[("127.0.0.1", slow.port)], timeout=1.0)
+    took = time.monotonic() - started
+    assert 0.9 < took < 2, f"gave up after {took:.2f} s"
+
+
+def test_a_catalog_answering_with_no_http_is_said_so_and_the_next_one_asked(catalog):
+    junk = Trickler(b"SSH-2.0-OpenSSH\r\n\r\n", pause=0)
+    with pytest.raises(CatalogUnavailable, match=r"127\.0\.0\.1:\d+: not an HTTP reply"):
+        query(catalogs=[("127.0.0.1", junk.port)], timeout=5)
+    again = Trickler(b"SSH-2.0-OpenSSH\r\n\r\n", pause=0)
+    records = query(catalogs=[("127.0.0.1", again.port), ("127.0.0.1", catalog.port)], timeout=5)
+    assert isinstance(records, list)
+
+
+def test_a_catalog_not_listening_is_said_so():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    with pytest.raises(
+        CatalogUnavailable, match=rf"127\.0\.0\.1:{port}: cannot connect: Connection refused"
+    ):
+        query(catalogs=[("127.0.0.1", port)], timeout=5)
 
 
 def test_a_catalog_reply_within_the_bound_is_read_whole():
