@@ -197,8 +197,7 @@ class HerdServer:
             self._commit_waiters.append(pending)
         deadline = self._loop.time() + self.options.ack_timeout
         self.waiters.add(location.lsn, pending, self.live_links(), deadline)
-        if pending.done():  # no neighbour to wait for, nothing to commit
-            self._log_reply(peer, reply)
+        if pending.done():  # no neighbour to wait for, nothing to commit (logged as it left)
             return reply
         if self._ack_timer is None:
             self._arm_ack_timer()

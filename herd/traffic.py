@@ -70,8 +70,8 @@ class TrafficLog:
         self._pending: list[bytes] = []  # earlier turns', stamped, not written yet
         self._pending_size = 0
         self._timer_armed = False
-        self._second = -1
-        self._second_text = ""
+        # One tuple, replaced whole: write_now stamps from other threads too.
+        self._second_stamp: tuple[int, str] = (-1, "")
         self.bind(on_first_line, flush_interval, call_later)
 
     def bind(
@@ -122,11 +122,12 @@ class TrafficLog:
     def _stamped(self, lines: list[str]) -> bytes:
         """The lines, each after the time, escaped, as bytes for the file."""
         now = time.time()
-        second = int(now)
-        if second != self._second:  # strftime once a second, not once a turn
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        stamp = f"{self._second_text}.{int(now % 1 * 1000):03d} "
+        second, second_text = self._second_stamp
+        if int(now) != second:  # strftime once a second, not once a turn
+            second = int(now)
+            second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second_stamp = (second, second_text)
+        stamp = f"{second_text}.{int(now % 1 * 1000):03d} "
         text = stamp + ("\n" + stamp).join(lines) + "\n"
         data = text.encode(errors="backslashreplace")
         # Checked on the bytes at C speed (a regular expression over the text cost 6 us

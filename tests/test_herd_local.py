@@ -95,5 +95,7 @@ def test_a_hangup_stops_a_server_as_sigterm_does_writing_its_log(tmp_path):
         assert process.popen.wait(timeout=30) == 0, process.output()
         text = log.read_text()
         assert "IAMAT hup +1+1 1" in text and text.rstrip().endswith("Goloman stopped")
+        # Its neighbours are down: nothing to wait for, and the reply is logged once.
+        assert text.count("out client") == 1, text
     finally:
         process.stop()
