@@ -137,18 +137,22 @@ def read_origin(directory: Path) -> str:
 
 
 def _origin_of_checkpoint(checkpoint: Path) -> str | None:
-    """The server id a checkpoint's sealed header names, or None."""
+    """The server id a checkpoint's header names (sealed, or plain as format 1
+    wrote it), or None."""
     try:
         with open(checkpoint, "rb") as file:
             first = file.readline(1 << 16)
     except OSError:
         return None
-    text = unseal(first)
+    sealed = unseal(first)
     try:
-        header = orjson.loads(text) if text is not None else None
+        header = orjson.loads(sealed if sealed is not None else first)
     except orjson.JSONDecodeError:
         return None
-    origin = header.get("origin") if type(header) is dict else None
+    plain = sealed is None
+    if type(header) is not dict or (plain and header.get("format") != "hashtable-checkpoint"):
+        return None
+    origin = header.get("origin")
     return origin if type(origin) is str and _ORIGIN_SHAPE.fullmatch(origin) else None
 
 

@@ -220,6 +220,17 @@ def test_a_format_1_directory_is_read_and_upgraded_without_loss(data):
     assert recovered(data) == expected["table"]
 
 
+def test_a_format_1_directory_missing_its_server_id_file_gets_it_from_the_checkpoint(data):
+    """Format 1's checkpoint header is plain JSON, not sealed: it names the id too."""
+    shutil.copytree(FIXTURES / "format1", data)
+    origin = (data / "table.origin").read_text().strip()
+    (data / "table.origin").unlink()
+    expected = orjson.loads((FIXTURES / "format1-expected.json").read_bytes())
+    with Database(data) as db:
+        assert db.origin == origin and db.table.data == expected["table"]
+    assert (data / "table.origin").read_text().strip() == origin
+
+
 def test_an_upgrade_interrupted_after_its_checkpoint_recovers(data, tmp_path):
     shutil.copytree(FIXTURES / "format1", data)
     old_log = (data / LOG).read_bytes()
