@@ -91,9 +91,10 @@ class Peer:
     """A connection to the TS; ``reading`` turns false at its EOF, and the
     connection closes once the replies already due are sent. ``welcomed``: logged
     as connected (at once in plain text, after the handshake over TLS);
-    ``turned_away``: told it must authenticate, and read from only until it goes."""
+    ``turned_away``: told it must authenticate, or sent an over-long line and
+    answered, and read from (the rest dropped) only until it goes."""
 
-    __slots__ = ("conn", "reading", "turned_away", "watch", "welcomed")
+    __slots__ = ("conn", "overflowed", "reading", "turned_away", "watch", "welcomed")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -101,6 +102,7 @@ class Peer:
         self.watch: Watch | None = None
         self.welcomed = False
         self.turned_away = False
+        self.overflowed = False
 
 
 class TopLevelServer(ListeningService):
@@ -258,12 +260,17 @@ class TopLevelServer(ListeningService):
         self.refusals.note(
             "connections turned away", f"{conn.name} spoke plain text, not TLS", self.loop.time()
         )
-        peer.turned_away = True
         with contextlib.suppress(OSError):  # short: a socket just opened takes it whole
             conn.sock.send(AUTHENTICATION_REQUIRED)
-        shut_down_writing(conn.sock)
-        self.loop.call_later(TURNED_AWAY_LINGER, partial(self._drop, peer))
+        self._linger(peer)
         return []
+
+    def _linger(self, peer: Peer) -> None:
+        """Everything due is sent: the peer is told EOF and its input dropped until
+        it goes (or TURNED_AWAY_LINGER), not reset with what it sent unread."""
+        peer.turned_away, peer.reading = True, True
+        shut_down_writing(peer.conn.sock)
+        self.loop.call_later(TURNED_AWAY_LINGER, partial(self._drop, peer))
 
     def _line_too_long(self, peer: Peer, exc: LineTooLong) -> list[bytes]:
         """A peer past the line bound is not speaking the protocol: it is read from
@@ -271,6 +278,7 @@ class TopLevelServer(ListeningService):
         line are well-formed and answered first (as the LS does for its clients)."""
         self.arrivals.note("connections closed", f"{peer.conn.name}: {exc}", self.loop.time())
         peer.reading = False
+        peer.overflowed = True
         return exc.lines
 
     def _discard_input(self, peer: Peer) -> None:
@@ -288,8 +296,11 @@ class TopLevelServer(ListeningService):
     def _sync(self, peer: Peer) -> None:
         conn = peer.conn
         if not peer.reading and not conn.wants_write:
-            self._drop(peer)
-            return
+            if not peer.overflowed:
+                self._drop(peer)
+                return
+            peer.overflowed = False
+            self._linger(peer)
         events = WRITE if conn.wants_write else 0
         if peer.reading and not conn.backlogged:
             events |= READ
