@@ -25,7 +25,7 @@ from harness.processes import ROOT, free_port, python_module, wait_until
 from harness.procfs import alive
 from hashtable.client import HashTableClient
 from hashtable.cluster import ClusterClient, key_hash, replicas
-from hashtable.errors import InvalidRequestError, ServiceUnavailable
+from hashtable.errors import InvalidRequestError, ServerError, ServiceUnavailable
 from hashtable.logreader import read_records
 from hashtable.storage import LOG
 from tests.cluster_support import Cluster
@@ -323,28 +323,48 @@ def test_a_write_after_one_from_a_clock_minutes_ahead_still_takes_effect(cluster
     assert assert_replicas_identical(cluster3, 2) == {"skew": "from-table-later"}
 
 
-def test_a_write_overlapping_a_remove_does_not_bring_the_key_back(cluster3):
-    """A concurrent remove, newer than the insert, has reached one replica when the
-    insert arrives: the other replica applies the insert, this one refuses it. Sent
-    again as new, the insert would outvote the remove everywhere once that reached
-    the other replica too; not sent again, the remove wins on both."""
+def test_a_write_after_one_that_reached_a_single_replica_takes_effect_on_both(cluster3):
+    """A write from a writer whose clock is a minute fast reached only one replica (its
+    writer gave up, or died, half way). Later writers' writes, with versions from true
+    clocks, are refused there as older and applied on the other: each is sent again
+    after the version it lost to, so that it takes effect on both and they agree."""
     with cluster3.client(2) as table:
-        table.insert("raced", "before")
-        first, second = table.where("raced")
-        remove = {
-            "method": "remove",
-            "key": "raced",
-            "version": [time.time_ns() // 1000 + 60_000_000, "remover"],
-            "client": "remover",
+        table.insert("k", "before")
+        second = table.where("k")[1]
+        halfway = {
+            "method": "insert",
+            "key": "k",
+            "value": "fast-halfway",
+            "version": [time.time_ns() // 1000 + 60_000_000, "fast"],
+            "client": "fast",
         }
         with Wire(cluster3.servers[second].port) as wire:
-            assert wire.call({**remove, "seq": 1})["result"]["applied"] is True
-        table.insert("raced", "overlapping")  # applied on the first, lost on the second
-        with Wire(cluster3.servers[first].port) as wire:  # the remove reaches the first
-            assert wire.call({**remove, "seq": 1})["result"]["applied"] is True
+            assert wire.call({**halfway, "seq": 1})["result"]["applied"] is True
+    for n in range(3):
+        with cluster3.client(2) as other:  # each with a clock that has not seen it
+            other.insert("k", f"later-{n}")
+            assert {other.lookup("k") for _ in range(4)} == {f"later-{n}"}
+    assert assert_replicas_identical(cluster3, 2) == {"k": "later-2"}
+
+
+def test_a_writer_whose_clock_is_far_behind_the_servers_gets_their_refusal(cluster3):
+    """Versions older than the servers' horizon (their clocks minus 600 s) are refused:
+    sent again with new versions a few times, then the servers' reason is raised, not
+    retried without end."""
+    with cluster3.client(2) as table:
+        slow = table._clock
+        sent: list[int] = []
+
+        def eleven_minutes_slow() -> int:
+            sent.append(time.time_ns() // 1000 - 660_000_000 + len(sent))
+            return sent[-1]
+
+        slow.next = eleven_minutes_slow  # type: ignore[method-assign]
+        with pytest.raises(ServerError, match=r"StaleVersion: .* older than this server's horizon"):
+            table.insert("late", 1)
+        assert len(sent) == 4  # the first try and three new versions
         with pytest.raises(KeyError):
-            table.lookup("raced")
-        assert "raced" not in holders(cluster3)
+            table.lookup("late")
 
 
 @pytest.fixture

@@ -28,24 +28,18 @@ def needs_new_version(outcomes: Iterable[Outcome]) -> bool:
 
 
 def lost_to_newer(outcomes: Iterable[Outcome], version: list[Any], clock: HybridClock) -> bool:
-    """Whether every replica held a newer version of the key than this write's
-    ``version`` (another client's, whose clock is ahead), moving ``clock`` past the
-    versions seen. Only then may the write be sent again: where one replica applied
-    it, sending it again as new could undo a concurrent write it lost to elsewhere
-    (a remove, say), and that write reaches the applying replica too. Its own
-    version held (a write applied before, its reply forgotten) is not newer."""
-    lost = True
-    seen = False
+    """Whether a replica held a newer version of the key than this write's ``version``
+    (another client's, whose clock is ahead), moving ``clock`` past it. Its own version
+    held (a write applied before, its reply forgotten) is not newer."""
+    lost = False
     for outcome in outcomes:
-        seen = True
         result = outcome.result if outcome.status is Status.OK else None
-        refused = type(result) is dict and result.get("applied") is False
-        newer = result.get("newer") if refused else None
-        if type(newer) is list and len(newer) == 2 and newer != version:
-            clock.observe(_number(newer))
-        else:
-            lost = False
-    return seen and lost
+        if type(result) is dict and result.get("applied") is False:
+            newer = result.get("newer")
+            if newer != version and type(newer) is list and len(newer) == 2:
+                clock.observe(_number(newer))
+                lost = True
+    return lost
 
 
 def write_result(method: str, key: str, outcomes: list[Outcome], clock: HybridClock) -> Any:

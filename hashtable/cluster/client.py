@@ -23,6 +23,7 @@ from hashtable.errors import (
     ANSWERS,
     AuthenticationError,
     InvalidRequestError,
+    ServerError,
     ServiceUnavailable,
     result_of,
 )
@@ -39,6 +40,10 @@ from .clock import HybridClock
 from .fanout import Call, Member, Patience, run
 
 MAX_REISSUES = 8  # times a write that lost to a newer version is sent again after it
+# Times a write refused as older than a server's horizon is sent again with a new
+# version: once is the usual case (it was in flight for longer than the servers'
+# version window); more means this client's clock is that far behind the server's.
+MAX_RESTAMPS = 3
 
 
 class ClusterClient:
@@ -215,7 +220,7 @@ class ClusterClient:
         """A versioned write to all the key's replicas at once (docs/cluster.md)."""
         targets = self._replicas_of(request)
         patience = Patience(self.give_up_after, self.name, request.method)
-        reissued = 0
+        reissued = restamped = 0
         while True:
             version = [self._clock.next(), self._id]
             calls = []
@@ -225,14 +230,23 @@ class ClusterClient:
             run(calls, patience, keep_trying=True)
             outcomes = [call.outcome for call in calls]
             if needs_new_version(outcomes):  # type: ignore[arg-type]
-                continue
+                if restamped < MAX_RESTAMPS:
+                    restamped += 1
+                    continue
+                # The servers' refusal, which says why, is raised by write_result.
             # A replica held a newer version: another writer's clock is ahead of ours
             # (or its write overlapped this one). Sent again after it, so that a write
             # that returns has taken effect and its writer reads it back, whatever the
             # clocks say; bounded, for writers racing on one key.
-            if reissued < MAX_REISSUES and lost_to_newer(outcomes, version, self._clock):  # type: ignore[arg-type]
-                reissued += 1
-                continue
+            elif lost_to_newer(outcomes, version, self._clock):  # type: ignore[arg-type]
+                if reissued < MAX_REISSUES:
+                    reissued += 1
+                    continue
+                raise ServerError(
+                    f"{request.method} of {request.key!r}: newer writes of the key took its "
+                    f"place {MAX_REISSUES + 1} times in a row (writers racing on it); it may "
+                    "have taken effect on some replicas, and a later write settles them"
+                )
             return write_result(request.method, request.key, outcomes, self._clock)  # type: ignore[arg-type]
 
     def _read_key(self, request: Request) -> Any:
