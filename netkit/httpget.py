@@ -51,15 +51,10 @@ def get(
     seconds, ``Unreachable`` when no connection is made, ``NotHTTP`` for a reply
     that is not HTTP, and ``OSError`` when the connection fails midway."""
     deadline = time.monotonic() + timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError:
-        raise
-    except OSError as exc:
-        raise Unreachable(exc.strerror or str(exc)) from exc
-    with sock:
+    with _connect(host, port, deadline) as sock:
         connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        name = host if host.isascii() else host.encode("idna").decode("ascii")
+        authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
         request = h11.Request(
             method="GET",
             target=target,
@@ -71,6 +66,32 @@ def get(
             return _read_reply(connection, sock, deadline, max_body, max_error_body)
         except h11.RemoteProtocolError as exc:
             raise NotHTTP(f"not an HTTP reply: {exc}") from None
+
+
+def _connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A connection to the first of the host's addresses that takes one, all of
+    them within the deadline (``socket.create_connection`` gives each address the
+    whole time-out). The name's lookup itself is the resolver's to bound: for the
+    loopback names a catalog has here, /etc/hosts answers at once."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Unreachable(exc.strerror or str(exc)) from exc
+    failure: OSError | None = None
+    for family, kind, protocol, _, address in addresses:
+        sock = socket.socket(family, kind, protocol)
+        try:
+            _settimeout(sock, deadline)
+            sock.connect(address)
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            failure = exc
+    assert failure is not None  # getaddrinfo gives at least one address or raises
+    raise Unreachable(failure.strerror or str(failure)) from failure
 
 
 def _read_reply(
