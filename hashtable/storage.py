@@ -149,11 +149,25 @@ def _origin_of_checkpoint(checkpoint: Path) -> str | None:
         header = orjson.loads(sealed if sealed is not None else first)
     except orjson.JSONDecodeError:
         return None
-    plain = sealed is None
-    if type(header) is not dict or (plain and header.get("format") != "hashtable-checkpoint"):
+    if type(header) is not dict:
         return None
     origin = header.get("origin")
+    if sealed is None and not _plain_header_names(header, origin):
+        return None
     return origin if type(origin) is str and _ORIGIN_SHAPE.fullmatch(origin) else None
+
+
+def _plain_header_names(header: dict, origin: object) -> bool:
+    """Whether a plain (format 1, unsealed: no checksum) header names ``origin``
+    twice over, as its own id and among the logs it applied: a damaged id does not
+    match the other, and is not taken for the server's."""
+    applied = header.get("applied")
+    return (
+        header.get("format") == "hashtable-checkpoint"
+        and header.get("version") == 1
+        and type(applied) is dict
+        and origin in applied
+    )
 
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -231,6 +231,22 @@ def test_a_format_1_directory_missing_its_server_id_file_gets_it_from_the_checkp
     assert (data / "table.origin").read_text().strip() == origin
 
 
+def test_a_damaged_format_1_header_is_not_taken_for_the_server_id(data):
+    """Unsealed, a format-1 header has no checksum: an id that one damaged character
+    changed no longer matches the one among the logs it applied, and is refused."""
+    shutil.copytree(FIXTURES / "format1", data)
+    origin = (data / "table.origin").read_text().strip()
+    (data / "table.origin").unlink()
+    checkpoint = (data / CHECKPOINT).read_bytes()
+    damaged = origin[:-1] + ("0" if origin[-1] != "0" else "1")
+    (data / CHECKPOINT).write_bytes(
+        checkpoint.replace(f'"origin":"{origin}"'.encode(), f'"origin":"{damaged}"'.encode(), 1)
+    )
+    with pytest.raises(RecoveryError, match="not a checkpoint header naming the server id"):
+        Database(data)
+    assert not (data / "table.origin").exists()
+
+
 def test_an_upgrade_interrupted_after_its_checkpoint_recovers(data, tmp_path):
     shutil.copytree(FIXTURES / "format1", data)
     old_log = (data / LOG).read_bytes()
