@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from netkit.listeners import RESERVED_FDS, connection_capacity, raise_open_file_limit
 from netkit.logs import setup_logging
 from netkit.signals import StopSignals
 
@@ -45,3 +46,11 @@ def assignment_file(name: str) -> Path:
         return here
     log.info("no %s in the current directory; using the sample %s", name, SAMPLES / name)
     return SAMPLES / name
+
+
+def connection_limit(requested: int | None, default: int) -> int:
+    """The connections a server holds at once: ``requested`` (a warning if the open
+    file limit cuts it), else ``default``, at most what the limit allows."""
+    wanted = default if requested is None else requested
+    limit = raise_open_file_limit(wanted + RESERVED_FDS)
+    return connection_capacity(wanted, limit, explicit=requested is not None)

@@ -16,11 +16,17 @@ if not __package__:  # run as a file, as the assignment does: put the repository
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from catalog.client import catalog_addresses
-from lb.cli import add_logging_options, add_secret_option, start_program
+from lb.cli import add_logging_options, add_secret_option, connection_limit, start_program
 from lb.discovery import TS_TYPE, CatalogWatcher, Endpoint
-from lb.lserver import DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH, DEFAULT_TIMEOUT, LoadBalancer
+from lb.lserver import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_REFRESH,
+    DEFAULT_TIMEOUT,
+    LoadBalancer,
+)
 from netkit.addresses import AddressError
-from netkit.cliargs import nonnegative_seconds, port_number, positive_seconds
+from netkit.cliargs import nonnegative_seconds, port_number, positive_int, positive_seconds
 from netkit.listeners import open_listener
 from netkit.security import SecretError, load_secret, service_name
 
@@ -63,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_IDLE_TIMEOUT,
         help="close a client with no query waiting that has sent nothing for this long "
         "(default %(default)g; 0: never)",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=positive_int,
+        default=None,
+        help=f"clients connected at once (default {DEFAULT_MAX_CLIENTS}, less if the open file "
+        "limit is lower); past it a new one takes the place of the one idle longest, if that "
+        "has sent nothing for a second, and is refused if none has",
     )
     parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
     add_logging_options(parser)
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         tls=secret.client_context() if secret is not None else None,
         server_name=service_name(TS_TYPE, args.project) if args.project else None,
         idle_timeout=args.idle_timeout,
+        max_clients=connection_limit(args.max_clients, DEFAULT_MAX_CLIENTS),
     )
     log.info(
         "LS listening on port %d; TSs: %s; time-out %g s",

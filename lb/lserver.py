@@ -23,12 +23,13 @@ from functools import partial
 from lb.balancer import Balancer
 from lb.discovery import CatalogWatcher, Endpoint
 from lb.protocol import MAX_QUERY_LINE, line_too_long_answer
-from lb.tslink import CONNECTING, DOWN, HANDSHAKING, RESOLVING, UP, TsLink
+from lb.tslinks import TsLinks
 from netkit.connection import Closed, Connection, EndOfInput
 from netkit.framing import LineTooLong
 from netkit.listeners import format_address
 from netkit.logs import EventSummary
 from netkit.loop import READ, WRITE, EventLoop, Watch
+from netkit.room import IdleOrder
 from netkit.service import ListeningService
 
 log = logging.getLogger("lb.ls")
@@ -45,6 +46,9 @@ REFUSAL_LOG_INTERVAL = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 # Connections logged a line each per interval; a flood beyond that is counted.
 ARRIVALS_SHOWN = 20
+# Clients at once; past it a new one takes the place of the one idle longest
+# (netkit.room), or is refused when none has been idle for a second.
+DEFAULT_MAX_CLIENTS = 1024
 
 
 class Client:
@@ -81,16 +85,14 @@ class LoadBalancer(ListeningService):
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         super().__init__(listener, loop)
         self.timeout = timeout
         self.idle_timeout = idle_timeout
+        self.max_clients = max_clients
         self.balancer = Balancer(timeout)
-        self.static = set(servers or ())
-        self.wanted = set(self.static)  # the static TSs and those the catalog lists
         self.watcher = watcher
-        self.tls = tls
-        self.server_name = server_name
         # TSs that fail the handshake: an impostor may list any number of them.
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         # Clients' comings and goings: a line each, until a flood makes them counts.
@@ -98,9 +100,11 @@ class LoadBalancer(ListeningService):
             log, REFUSAL_LOG_INTERVAL, level=logging.INFO, burst=ARRIVALS_SHOWN
         )
         self.max_unanswered = max_unanswered
-        self.links: dict[Endpoint, TsLink] = {}
-        self._link_watches: dict[TsLink, Watch] = {}
+        self.links = TsLinks(
+            self.loop, self.balancer, self.refusals, timeout, set(servers or ()), tls, server_name
+        )
         self.clients: set[Client] = set()
+        self.room: IdleOrder[Client] = IdleOrder()
         self._dirty: set[Client] = set()
         # Wakes the loop at the next query deadline or TS (re)connection attempt.
         self._alarm = self.loop.alarm(lambda: None)
@@ -110,11 +114,11 @@ class LoadBalancer(ListeningService):
             self.loop.call_later(self._sweep_interval, self._sweep_idle)
 
     def starting(self) -> None:
-        for endpoint in sorted(self.static):
-            self._add_link(endpoint, secure=False)  # the assignment's plain text
+        self.links.start()
+        self._alarm.set(self._next_deadline())
         if self.watcher is not None:
             self._watcher_watch = self.loop.watch(
-                self.watcher.wakeup, lambda _: self._refresh(self.loop.time()), READ
+                self.watcher.wakeup, lambda _: self._refresh(), READ
             )
             self.watcher.start()
 
@@ -123,8 +127,7 @@ class LoadBalancer(ListeningService):
             self.watcher.stop()
         for client in list(self.clients):
             self._drop_client(client)
-        for endpoint in list(self.links):
-            self._remove_link(endpoint)
+        self.links.close()
         stats = self.balancer.stats
         log.info(
             "LS stopped: %d answered, %d timed out, %d invalid; %d late or extra answers ignored",
@@ -138,7 +141,7 @@ class LoadBalancer(ListeningService):
         """After each turn's input: time-outs, due connection attempts, output."""
         now = self.loop.time()
         self.balancer.expire(now)
-        self._tend_links(now)
+        self.links.tend(now)
         self._deliver(now)
         self._alarm.set(self._next_deadline())
 
@@ -162,8 +165,15 @@ class LoadBalancer(ListeningService):
                 self._drop_client(client)
         self.loop.call_later(self._sweep_interval, self._sweep_idle)
 
+    def _refresh(self) -> None:
+        assert self.watcher is not None
+        listed = self.watcher.take()
+        if listed is not None:
+            self.links.listed(listed)
+            self._alarm.set(self._next_deadline())
+
     def _next_deadline(self) -> float | None:
-        deadlines = [link.due for link in self.links.values() if link.state != UP]
+        deadlines = self.links.deadlines()
         query_deadline = self.balancer.next_deadline()
         if query_deadline is not None:
             deadlines.append(query_deadline)
@@ -173,6 +183,18 @@ class LoadBalancer(ListeningService):
 
     def on_connection(self, sock: socket.socket, address: object) -> None:
         name = format_address(address)
+        now = self.loop.time()
+        if len(self.clients) >= self.max_clients:
+            # One waiting for answers is not idle, however long it has been silent.
+            idlest = self.room.idlest(now, lambda c: not self.balancer.unanswered(c))
+            if idlest is None:
+                sock.close()
+                self.refusals.note(
+                    "clients refused at the limit", f"{name} ({self.max_clients} busy)", now
+                )
+                return
+            self.arrivals.note("idle clients closed to make room", str(idlest), now)
+            self._drop_client(idlest)
         try:
             conn = Connection(sock, name, max_line=MAX_QUERY_LINE)
         except OSError:  # reset before we got to it
@@ -181,8 +203,9 @@ class LoadBalancer(ListeningService):
         client = Client(conn, self.loop.watch(sock, lambda _: None, 0))
         client.watch.handler = partial(self._client_ready, client)
         self.clients.add(client)
+        self.room.add(client, now)
         self.balancer.open_client(client)
-        self.arrivals.note("clients connected", name, self.loop.time())
+        self.arrivals.note("clients connected", name, now)
         self._dirty.add(client)
 
     def _client_ready(self, client: Client, mask: int) -> None:
@@ -198,6 +221,7 @@ class LoadBalancer(ListeningService):
             self._read_client(client, self.loop.time())
 
     def _read_client(self, client: Client, now: float) -> None:
+        self.room.heard(client, now)
         try:
             lines = client.conn.read_lines()
         except LineTooLong as exc:
@@ -236,135 +260,8 @@ class LoadBalancer(ListeningService):
         client.watch.close()
         client.conn.close()
         self.clients.discard(client)
+        self.room.remove(client)
         self.balancer.close_client(client)
-
-    # TSs
-
-    def _add_link(self, endpoint: Endpoint, secure: bool) -> None:
-        tls = self.tls if secure else None
-        self.links[endpoint] = TsLink(
-            *endpoint, connect_timeout=self.timeout, tls=tls, server_name=self.server_name
-        )
-        self._tend_links(self.loop.time())
-        self._alarm.set(self._next_deadline())
-
-    def _remove_link(self, endpoint: Endpoint) -> None:
-        link = self.links.pop(endpoint)
-        self._forget_socket(link)
-        self.balancer.close_server(link)
-        link.close()
-
-    def _forget_socket(self, link: TsLink) -> None:
-        watch = self._link_watches.pop(link, None)
-        if watch is not None:
-            watch.close()
-
-    def _refresh(self, now: float) -> None:
-        assert self.watcher is not None
-        listed = self.watcher.take()
-        if listed is None:
-            return
-        self.wanted = self.static | listed
-        for endpoint in sorted(self.wanted - self.links.keys()):
-            log.info("TS %s:%d is listed in the catalog; adding it", *endpoint)
-            self._add_link(endpoint, secure=True)
-        for endpoint in sorted(self.links.keys() - self.wanted):
-            if self.links[endpoint].state == UP:
-                # A catalog restarted without its records lists no TS until each
-                # announces again (a minute, by default); a TS still connected goes
-                # on answering until then, and is dropped when its connection breaks.
-                continue
-            log.info("TS %s:%d is no longer listed in the catalog; dropping it", *endpoint)
-            self._remove_link(endpoint)
-
-    def _link_ready(self, link: TsLink, mask: int) -> None:
-        now = self.loop.time()
-        if link.state == DOWN:
-            return  # dropped earlier in this turn (the catalog no longer lists it)
-        if link.state == CONNECTING:
-            reason = link.finish_connect(now)
-            if reason:
-                self._link_down(link, now, reason)
-                return
-            if link.state == UP:
-                self.balancer.open_server(link)
-            self._sync_link(link)
-            return
-        assert link.conn is not None
-        handshaking = link.state == HANDSHAKING
-        try:
-            if mask & WRITE:
-                link.conn.flush()
-            if mask & READ:
-                lines = link.read_lines(now)
-                if handshaking and link.state == UP:
-                    self.balancer.open_server(link)
-                if self.balancer.server_lines(link, lines, now):
-                    link.answered()
-        except (Closed, LineTooLong) as exc:
-            if handshaking:
-                self._handshake_failed(link, now, str(exc))
-            else:
-                self._link_down(link, now, str(exc))
-            return
-        self._sync_link(link)
-
-    def _handshake_failed(self, link: TsLink, now: float, reason: str) -> None:
-        """A TS that does not prove our secret: an impostor (its record copied), a
-        TS with another secret file, or one not speaking TLS. Reported once (and
-        all of them rate-limited), then retried with backoff like a TS that is down."""
-        reason = f"TLS handshake failed: {reason}"
-        if not link.refused:
-            self.refusals.note(
-                "TSs skipped: they did not prove our secret", f"{link}: {reason}", now
-            )
-            link.refused = True
-        self._link_down(link, now, reason, quietly=True)
-
-    def _link_down(self, link: TsLink, now: float, reason: str, quietly: bool = False) -> None:
-        endpoint = (link.host, link.port)
-        if endpoint not in self.wanted:
-            log.info(
-                "TS %s is no longer listed in the catalog and its connection is gone (%s); "
-                "dropping it",
-                link,
-                reason,
-            )
-            self._remove_link(endpoint)
-            return
-        self._forget_socket(link)
-        self.balancer.close_server(link)
-        link.fail(now, reason, quietly)
-
-    def _tend_links(self, now: float) -> None:
-        """Starts due connection attempts and gives up on those taking too long."""
-        for link in self.links.values():
-            if link.state == UP or link.due > now:
-                continue
-            if link.state == CONNECTING:
-                self._link_down(link, now, "connect timed out")
-            elif link.state == HANDSHAKING:
-                self._handshake_failed(link, now, "no answer in time")
-            elif link.state in (DOWN, RESOLVING):
-                link.connect(now)
-                if link.state == CONNECTING:
-                    self._sync_link(link)
-
-    def _sync_link(self, link: TsLink) -> None:
-        assert link.sock is not None
-        if link.state == CONNECTING:
-            events = WRITE
-        else:  # handshaking or up
-            assert link.conn is not None
-            events = READ | (WRITE if link.conn.wants_write else 0)
-        watch = self._link_watches.get(link)
-        if watch is None or watch.fileobj is not link.sock:
-            if watch is not None:
-                watch.close()
-            watch = self._link_watches[link] = self.loop.watch(
-                link.sock, partial(self._link_ready, link), 0
-            )
-        watch.set(events)
 
     # Output
 
@@ -379,25 +276,8 @@ class LoadBalancer(ListeningService):
                     self.arrivals.note("clients gone", f"{peer}: {exc}", self.loop.time())
                     self._drop_client(peer)
             else:
-                self._send_to_link(peer, data, now)
+                self.links.send(peer, data, now)
         dirty, self._dirty = self._dirty, set()
         for client in dirty:
             if client in self.clients:
                 self._sync_client(client)
-
-    def _send_to_link(self, link: TsLink, data: bytes, now: float) -> None:
-        conn = link.conn
-        if link.state != UP or conn is None:
-            return
-        if conn.backlogged:
-            if not link.dropping:
-                log.warning("TS %s is not reading its queries; skipping it until it does", link)
-                link.dropping = True
-            return
-        link.dropping = False
-        try:
-            conn.send(data)
-        except Closed as exc:
-            self._link_down(link, now, str(exc))
-            return
-        self._sync_link(link)

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-import lb.ts
+import lb.tserver
 from catalog.client import query
 from harness.processes import free_port, python_module, run_program, wait_until
 from lb.cli import SAMPLES
@@ -342,10 +342,12 @@ def test_secret_mistakes_get_a_clear_message(tmp_path: Path) -> None:
 def test_a_half_open_handshake_is_not_held_forever(monkeypatch, caplog) -> None:
     """A TS of a project closes a peer that never completes its handshake (here
     after 0.3 s instead of 10), and goes on serving the others."""
-    monkeypatch.setattr(lb.ts, "HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr(lb.tserver, "HANDSHAKE_TIMEOUT", 0.3)
     context = load_secret().server_context()
     listener = socket.create_server(("127.0.0.1", 0))
-    server = lb.ts.TopLevelServer(listener, load_table(SAMPLES / "PROJ2-DNSTS1.txt"), tls=context)
+    server = lb.tserver.TopLevelServer(
+        listener, load_table(SAMPLES / "PROJ2-DNSTS1.txt"), tls=context
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = listener.getsockname()[1]
@@ -365,10 +367,10 @@ def test_a_half_open_handshake_is_not_held_forever(monkeypatch, caplog) -> None:
 def test_a_plain_ts_closes_a_peer_that_leaves_a_line_unfinished(monkeypatch, caplog) -> None:
     """Here after 0.3 s instead of 10; a peer idle between whole lines (an LS with
     no queries) stays."""
-    monkeypatch.setattr(lb.ts, "PARTIAL_LINE_TIMEOUT", 0.3)
+    monkeypatch.setattr(lb.tserver, "PARTIAL_LINE_TIMEOUT", 0.3)
     caplog.set_level(logging.INFO, logger="lb.ts")  # closings are logged at INFO
     listener = socket.create_server(("127.0.0.1", 0))
-    server = lb.ts.TopLevelServer(listener, load_table(SAMPLES / "PROJ2-DNSTS1.txt"))
+    server = lb.tserver.TopLevelServer(listener, load_table(SAMPLES / "PROJ2-DNSTS1.txt"))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = listener.getsockname()[1]

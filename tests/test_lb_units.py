@@ -24,7 +24,7 @@ from lb.protocol import (
     shown,
 )
 from lb.table import DnsTable, TableError, load_table
-from lb.ts import reply
+from lb.tserver import reply
 from lb.tslink import (
     CONNECTING,
     DOWN,
