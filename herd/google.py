@@ -3,7 +3,8 @@
 The key comes from ``$GOOGLE_PLACES_API_KEY`` or a file (``--places-key-file``)
 and is never logged: a failure is reported by its kind and HTTP status, never
 by a URL (which would carry the key). The answer is Google's own JSON with
-``results`` cut to the WHATSAT's bound; a failure becomes a Nearby Search
+``results`` cut to those within the radius (Google's may lie outside it) and to
+the WHATSAT's bound; a failure becomes a Nearby Search
 answer with status ``UNKNOWN_ERROR`` so that the client still gets the format.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from herd.places import distance_km
 
 log = logging.getLogger("herd.google")
 
@@ -81,7 +84,12 @@ class GooglePlaces:
             return _failure("answer is not a JSON object")
         results = answer.get("results")
         if isinstance(results, list):
-            answer["results"] = results[:limit]
+            # Google may include places outside the radius ("results outside of the
+            # defined area may still be displayed"); a WHATSAT's are all within it.
+            inside = [r for r in results if _within(r, latitude, longitude, radius_km)]
+            answer["results"] = inside[:limit]
+            if not inside and answer.get("status") == "OK":
+                answer["status"] = "ZERO_RESULTS"
         return answer
 
     async def close(self) -> None:
@@ -99,6 +107,19 @@ async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
             break
         body += chunk
     return bytes(body)
+
+
+def _within(result: Any, latitude: float, longitude: float, radius_km: float) -> bool:
+    """Whether a result's ``geometry.location`` is within the radius (one without a
+    location it can be placed by is left out)."""
+    try:
+        where = result["geometry"]["location"]
+        lat, lng = float(where["lat"]), float(where["lng"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+        return False
+    return distance_km(latitude, longitude, lat, lng) <= radius_km
 
 
 def _failure(why: str) -> dict[str, Any]:

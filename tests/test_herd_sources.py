@@ -23,7 +23,8 @@ KEY = "test-key-4f1d9c"
 
 class StandIn(http.server.BaseHTTPRequestHandler):
     """Answers like Nearby Search: 30 results, or an error for radius 1000 (1 km);
-    for radius 2000 the body comes in two pieces, 0.2 s apart."""
+    for radius 2000 the body comes in two pieces, 0.2 s apart. The odd ones lie a
+    degree (111 km) north, outside any radius, as Google may include some."""
 
     requests: ClassVar[list[dict]] = []
 
@@ -34,7 +35,9 @@ class StandIn(http.server.BaseHTTPRequestHandler):
             self.send_response(500)
             self.end_headers()
             return
-        results = [{"name": f"place {i}", "geometry": {"location": {"lat": 1, "lng": 2}}}
+        lat, lng = (float(x) for x in query["location"].split(","))
+        results = [{"name": f"place {i}", "geometry": {"location": {
+                        "lat": lat + (0.001 * i if i % 2 == 0 else 1.0), "lng": lng}}}
                    for i in range(30)]  # fmt: skip
         body = json.dumps({"html_attributions": [], "results": results, "status": "OK"},
                           indent=3).encode()  # fmt: skip
@@ -84,10 +87,11 @@ def test_google_places_through_aiohttp_with_the_key_never_logged(tmp_path, stand
             assert json.loads(empty.split("\n", 1)[1]) == {
                 "html_attributions": [], "results": [], "status": "ZERO_RESULTS"}  # fmt: skip
         assert len(StandIn.requests) == 3
-        assert [r["name"] for r in json.loads(ok)["results"]] == [f"place {i}" for i in range(5)]
+        within = [f"place {i}" for i in range(0, 10, 2)]  # never the odd ones, 111 km away
+        assert [r["name"] for r in json.loads(ok)["results"]] == within
         assert json.loads(failed.split("\n", 1)[1])["status"] == "UNKNOWN_ERROR"
         answer = json.loads(in_pieces.split("\n", 1)[1])  # read to its end, not its first piece
-        assert [r["name"] for r in answer["results"]] == [f"place {i}" for i in range(3)]
+        assert [r["name"] for r in answer["results"]] == within[:3]
         assert StandIn.requests[0] == {
             "location": "34.06893,-118.445127",
             "radius": "10000",
