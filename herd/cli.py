@@ -23,7 +23,7 @@ from herd.clients import ClientProtocol
 from herd.config import ConfigError, HerdConfig, load_config
 from herd.discovery import Discovery
 from herd.durable import DurableLocations
-from herd.links import PeerConnection, keep_dialing
+from herd.links import PeerConnection, keep_dialing, knock
 from herd.options import Options
 from herd.places import POPULATIONS, load_geonames
 from herd.server import HerdServer
@@ -260,10 +260,12 @@ async def run(args, config: HerdConfig, places, durable, catalogs, security, tra
     peer_port = peers.sockets[0].getsockname()[1]
     log.info("%s listening on %s:%d for clients, %s:%d for peers; neighbours %s", args.name,
              host, port, host, peer_port, ", ".join(sorted(server.neighbours)) or "none")  # fmt: skip
+    server.expect_links()
     tasks = [
-        asyncio.create_task(keep_dialing(server, neighbour))
+        asyncio.create_task(
+            keep_dialing(server, neighbour) if args.name < neighbour else knock(server, neighbour)
+        )
         for neighbour in sorted(server.neighbours)
-        if args.name < neighbour
     ]
     if discovery is not None:
         discovery.port, discovery.peer_port = port, peer_port

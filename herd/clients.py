@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from netkit.framing import LineFramer, LineTooLong
 
 if TYPE_CHECKING:
-    from herd.server import HerdServer, PendingReply
+    from herd.replies import PendingReply
+    from herd.server import HerdServer
 
 HIGH_WATER = 256 * 1024
 LINGER = 5.0

@@ -1,7 +1,10 @@
 """Peer links over asyncio: the peer port's protocol and the dialer that keeps a link up.
 
 Of two neighbours, the one whose name sorts first dials; the other accepts on
-its peer port. Both open with a HERD line (herd.peering); an accepted
+its peer port. The other, when it starts, knocks (``knock``): a connection that
+opens like a dialer's and that the dialer closes once it has cut its backoff
+short and redialled, so that a restarted server is linked in milliseconds, not
+after its neighbour's next retry (up to ``--backoff-cap``). Both open with a HERD line (herd.peering); an accepted
 connection that does not name a neighbour of ours in the right role, within
 ``handshake_timeout``, is closed. Once up, a link streams our changes and
 acknowledges theirs; a PING goes out after ``ping_interval`` without traffic,
@@ -26,11 +29,12 @@ handshake must be done, and the HERD line in, within ``handshake_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
 from herd.clients import prepare
-from herd.peering import PING_LINE, BadUpdate, Link, ProtocolError, parse_hello
+from herd.peering import PING_LINE, BadUpdate, Hello, Link, ProtocolError, parse_hello
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer, LineTooLong
 from netkit.tls import TlsError, TlsSession
@@ -62,6 +66,7 @@ class PeerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._why = "closed"
+        self.knocking = False  # a knock (``knock``), not a link
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -116,6 +121,8 @@ class PeerConnection(asyncio.Protocol):
                 timer.cancel()
         if exc is not None and self._why == "closed":
             self._why = str(exc) or type(exc).__name__
+        elif self.knocking and self._why == "closed":
+            self._why = "knocked: it dials us now"
         self.server.peer_closed(self, self._why)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -132,7 +139,9 @@ class PeerConnection(asyncio.Protocol):
     def _handshake(self, line: bytes) -> None:
         self.server.io_log.info("in  peer %s: %s", self.neighbour or self.address, _text(line))
         hello = parse_hello(line)
-        self.server.check_hello(hello, self)
+        if self.server.check_hello(hello, self):
+            self._knocked(hello)
+            return
         if not self.dialed:
             self.neighbour = hello.sender
         self.link = self.server.link_up(self, hello)
@@ -141,6 +150,17 @@ class PeerConnection(asyncio.Protocol):
         self._timer.cancel()
         self._tick()
         self.flush()
+
+    def _knocked(self, hello: Hello) -> None:
+        """A neighbour we dial has started: a link to its previous run is dropped,
+        and our dialer redials at once."""
+        old = self.server.links.get(hello.sender)
+        if old is not None and old.link.their_epoch != hello.epoch:
+            old.drop(f"{hello.sender} restarted (it knocked)")
+        wake = self.server.wakes.get(hello.sender)
+        if wake is not None:
+            wake.set()
+        self.drop(f"a knock from {hello.sender}: redialling it", graceful=True)
 
     def _receive(self, lines: list[bytes]) -> None:
         if not lines:
@@ -265,6 +285,7 @@ async def keep_dialing(server: HerdServer, neighbour: str) -> None:
     """Keeps the link to ``neighbour`` up for as long as the server runs."""
     options = server.options
     backoff = Backoff(initial=options.backoff_initial, cap=options.backoff_cap)
+    wake = server.wakes.setdefault(neighbour, asyncio.Event())
     loop = asyncio.get_running_loop()
     failures = 0
     while True:
@@ -285,4 +306,32 @@ async def keep_dialing(server: HerdServer, neighbour: str) -> None:
             await connection.closed
             if connection.link is not None:
                 backoff.reset()
-        await asyncio.sleep(backoff.next_delay())
+        server.link_failed(neighbour)  # no link now: replies wait for it no more
+        delay = backoff.next_delay()
+        if not wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+        if wake.is_set():  # it knocked: it is up now
+            wake.clear()
+            backoff.reset()
+
+
+async def knock(server: HerdServer, neighbour: str) -> None:
+    """Once, at start: tells a neighbour that dials us that we are up, over a
+    connection that proves the secret like a link's (so that nobody else can make
+    it drop a link), and that it closes once its dialer is woken."""
+    address = await server.peer_address(neighbour)
+    if address is None:
+        server.link_failed(neighbour)
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(lambda: PeerConnection(server, neighbour), *address),
+            timeout=server.options.handshake_timeout,
+        )
+    except (TimeoutError, OSError):
+        server.link_failed(neighbour)
+        return  # down too: it dials us when it starts
+    connection.knocking = True
+    await connection.closed

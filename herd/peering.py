@@ -42,11 +42,8 @@ update taken at Goloman then costs four prompt UPDATE messages instead of eight.
 from __future__ import annotations
 
 import functools
-import math
 import re
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from herd.locations import Location, LocationTable, TableFull
 from herd.messages import SERVER_NAME, Invalid, parse_at_fields
@@ -135,13 +132,6 @@ def fanout(location: Location, neighbours: list[str], known: frozenset[str]) -> 
     told = location.covered & known
     via = location.via.neighbour if isinstance(location.via, Link) else None
     return told.union(n for n in neighbours if n != via)
-
-
-class Waiter(Protocol):
-    """What AckWaiters resolves: an asyncio.Future has this shape."""
-
-    def done(self) -> bool: ...
-    def set_result(self, result: Any) -> None: ...
 
 
 class BadUpdate(ProtocolError):
@@ -307,51 +297,3 @@ def _same(current: Location, received_ns: int, fields: list[str]) -> bool:
         and at.server == fields[3]
         and at.diff == fields[4]
     )
-
-
-class AckWaiters:
-    """IAMAT replies waiting until every live, up-to-date neighbour has the update.
-
-    Waiters are queued in lsn order (each IAMAT's change has a higher lsn than the
-    last), and acknowledgements only grow, so only the front needs checking. Each
-    has a deadline; they are added in deadline order too, so one timer for the
-    front's deadline serves them all (``next_deadline``, ``expire_due``).
-    """
-
-    def __init__(self) -> None:
-        self._waiting: deque[tuple[int, Waiter, float]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def add(self, lsn: int, waiter: Waiter, links: list[Link], deadline: float = math.inf) -> None:
-        self._waiting.append((lsn, waiter, deadline))
-        self.release(links)
-
-    def release(self, links: list[Link]) -> None:
-        """Resolves every waiter that all live, non-lagging links have acknowledged."""
-        waiting = self._waiting
-        while waiting:
-            lsn, waiter, _ = waiting[0]
-            if any(link.acked < lsn and link.lagging_until is None for link in links):
-                return
-            waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def expire(self, lsn: int, links: list[Link], table_lsn: int) -> None:
-        """The wait for ``lsn`` timed out: links that have not acknowledged it are
-        lagging (not waited for) until they catch up; then the waiters move on."""
-        for link in links:
-            if link.acked < lsn:
-                link.mark_lagging(table_lsn)
-        self.release(links)
-
-    def next_deadline(self) -> float | None:
-        return self._waiting[0][2] if self._waiting else None
-
-    def expire_due(self, now: float, links: list[Link], table_lsn: int) -> None:
-        """Expires every waiter whose deadline is ``now`` or earlier."""
-        waiting = self._waiting
-        while waiting and waiting[0][2] <= now:
-            self.expire(waiting[0][0], links, table_lsn)

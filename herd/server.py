@@ -37,36 +37,11 @@ from herd.messages import (
     whatsat_reply,
 )
 from herd.options import Options
-from herd.peering import AckWaiters, Hello, Link, ProtocolError, fanout
+from herd.peering import Hello, Link, ProtocolError, fanout
+from herd.replies import AckWaiters, ExpectedLink, PendingReply
 from herd.traffic import TrafficLog
 
 PlaceSearch = Callable[[float, float, float, int], "dict[str, Any] | Awaitable[dict[str, Any]]"]
-
-
-class PendingReply:
-    """A reply that leaves once ``remaining`` conditions (commit, acks) have each been met:
-    then ``on_sent`` (the traffic log) and ``on_ready`` (the client's connection) get it.
-    Not an asyncio Future, whose callbacks would wait for the next loop turn: the reply
-    is written in the turn its last acknowledgement arrives."""
-
-    __slots__ = ("on_ready", "on_sent", "remaining", "reply")
-
-    def __init__(
-        self, reply: bytes, remaining: int, on_sent: Callable[[bytes], None] | None = None
-    ) -> None:
-        self.reply, self.remaining, self.on_sent = reply, remaining, on_sent
-        self.on_ready: Callable[[bytes], None] | None = None
-
-    def done(self) -> bool:
-        return self.remaining <= 0
-
-    def set_result(self, _: object) -> None:
-        self.remaining -= 1
-        if self.remaining == 0:
-            if self.on_sent is not None:
-                self.on_sent(self.reply)
-            if self.on_ready is not None:
-                self.on_ready(self.reply)
 
 
 class HerdServer:
@@ -91,6 +66,8 @@ class HerdServer:
         self.table = LocationTable(options.max_locations)
         self.cursors: dict[str, tuple[str, int]] = {}  # neighbour -> (their epoch, their lsn)
         self.links: dict[str, Any] = {}  # neighbour -> PeerConnection, once up
+        self.wakes: dict[str, asyncio.Event] = {}  # neighbour we dial -> set at its knock
+        self.expected: dict[str, ExpectedLink] = {}  # links on their way at start
         self.waiters = AckWaiters()
         self.clients: set[Any] = set()
         self.pending_peers = 0
@@ -304,8 +281,20 @@ class HerdServer:
         if len(self.waiters):
             self.waiters.release(self.live_links())
 
-    def live_links(self) -> list[Link]:
-        return [connection.link for connection in self.links.values()]
+    def live_links(self) -> list[Link | ExpectedLink]:
+        links: list[Link | ExpectedLink] = [c.link for c in self.links.values()]
+        return links + list(self.expected.values()) if self.expected else links
+
+    def expect_links(self) -> None:
+        """At start: every neighbour's link is on its way (herd.replies.ExpectedLink),
+        until it is up or its first attempt failed, for two handshake times at most."""
+        self.expected = {name: ExpectedLink(name) for name in self.neighbours}
+        self._loop.call_later(2 * self.options.handshake_timeout, self.expected.clear)
+
+    def link_failed(self, neighbour: str) -> None:
+        """A first attempt at the link failed (it is down): not waited for."""
+        if self.expected.pop(neighbour, None) is not None:
+            self.waiters.release(self.live_links())
 
     # ---- peers ----------------------------------------------------------------------
 
@@ -322,16 +311,20 @@ class HerdServer:
         epoch, lsn = self.cursors.get(neighbour, ("-", 0))
         return Hello(self.config.herd, self.name, neighbour, self.epoch, epoch, lsn)
 
-    def check_hello(self, hello: Hello, connection: Any) -> None:
+    def check_hello(self, hello: Hello, connection: Any) -> bool:
+        """Raises ProtocolError for a HERD line that is not a neighbour's; True for a
+        knock (herd.links.knock): a neighbour we dial, saying it is up."""
         if hello.herd != self.config.herd or hello.receiver != self.name:
             raise ProtocolError(f"HERD line for {hello.herd}/{hello.receiver}, not for us")
         if connection.dialed:
             if hello.sender != connection.neighbour:
                 raise ProtocolError(f"dialed {connection.neighbour}, answered by {hello.sender}")
-        elif hello.sender not in self.neighbours or not hello.sender < self.name:
-            raise ProtocolError(f"{hello.sender} is not a neighbour that dials {self.name}")
+        elif hello.sender not in self.neighbours:
+            raise ProtocolError(f"{hello.sender} is not a neighbour of {self.name}")
+        return not connection.dialed and hello.sender > self.name
 
     def link_up(self, connection: Any, hello: Hello) -> Link:
+        self.expected.pop(hello.sender, None)
         if getattr(connection, "counted", False):
             connection.counted = False
             self.pending_peers -= 1

@@ -94,6 +94,27 @@ def test_a_restarted_server_catches_up_and_a_cut_off_one_too(herd):
     )
 
 
+def test_a_restarted_server_is_linked_at_once_however_long_its_dialer_backs_off(tmp_path):
+    """Holiday dials Welsh (its name sorts first) and, with these options, waits 30 s
+    between tries: Welsh knocks when it starts, and the link is up at once, at the
+    first start (Holiday's first try failed) and after a SIGKILL; an IAMAT sent as
+    soon as Welsh listens is answered once the link is up and Holiday has it."""
+    herd = Herd(tmp_path, "--backoff-initial", "30", "--backoff-cap", "30")
+    try:
+        herd.start("Holiday")
+        herd.start("Welsh")
+        herd.wait_links(timeout=5)
+        herd.kill("Welsh")
+        herd.wait_links(timeout=5)  # Holiday's link dropped
+        herd.start("Welsh")  # and at once, as it listens, before its link is up:
+        at = ask(herd.port("Welsh"), "IAMAT knocked +1+1 1600000000\n").strip()
+        assert knows(herd, "Holiday", "knocked") == at  # the reply waited for the link
+        herd.wait_links(timeout=5)
+    finally:
+        herd.stop()
+    assert "a knock from Welsh: redialling it" in herd.log_file("Holiday").read_text()
+
+
 def test_a_frozen_neighbour_slows_nobody_and_its_link_resumes_where_it_left_off(tmp_path):
     herd = Herd(tmp_path, *FAST, "--ping-interval", "0.2", "--peer-timeout", "1",
                 "--handshake-timeout", "1")  # fmt: skip

@@ -26,7 +26,6 @@ from herd.messages import (
 )
 from herd.options import Options
 from herd.peering import (
-    AckWaiters,
     BadUpdate,
     Hello,
     Link,
@@ -35,7 +34,8 @@ from herd.peering import (
     parse_hello,
 )
 from herd.places import Place, PlaceIndex, distance_km
-from herd.server import HerdServer, PendingReply
+from herd.replies import AckWaiters, PendingReply
+from herd.server import HerdServer
 from herd.traffic import TrafficLog
 
 # ---- client messages ------------------------------------------------------------------
