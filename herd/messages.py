@@ -27,9 +27,11 @@ MAX_ITEMS = 20
 _LOCATION = re.compile(r"([+-])(0*\d{1,2}(?:\.\d+)?)([+-])(0*\d{1,3}(?:\.\d+)?)", re.ASCII)
 # POSIX seconds, optionally signed, with an optional fraction: no exponent, no inf/nan.
 # At most 20 digits before the point, so that a difference fits the peers' AT (_DIFF).
-_TIME = re.compile(r"[+-]?\d{1,20}(?:\.\d+)?", re.ASCII)
-_RADIUS = re.compile(r"0*\d{1,3}(?:\.\d+)?", re.ASCII)
-_COUNT = re.compile(r"0*\d{1,3}", re.ASCII)
+# Decimals as a Python client's float() reads them (and writes them: str(10.0) is
+# "10.0"): "10", "+10", "10." and ".5"; never "1e1", "inf" or "nan".
+_TIME = re.compile(r"[+-]?(?:\d{1,20}(?:\.\d*)?|\.\d+)", re.ASCII)
+_RADIUS = re.compile(r"\+?(?:0*\d{1,3}(?:\.\d*)?|\.\d+)", re.ASCII)
+_COUNT = re.compile(r"\+?0*\d{1,3}", re.ASCII)
 # Exact for any time a MAX_FIELD token can hold, on both sides of a subtraction (a
 # Decimal's cost is in its digits, not in the context's precision).
 _EXACT = Context(prec=2 * MAX_FIELD + 32)
@@ -131,7 +133,7 @@ def format_diff(received_ns: int, client_time: Decimal) -> str:
     """Receive time minus the client's time, always signed, fixed point to the nanosecond."""
     received = _EXACT.divide(Decimal(received_ns), _BILLION)
     diff = _EXACT.subtract(received, client_time).quantize(_NANO, context=_EXACT)
-    return f"{diff:+.9f}"
+    return f"{abs(diff) if diff.is_zero() else diff:+.9f}"  # never "-0.000000000"
 
 
 def at_line(server: str, diff: str, client: str, location: str, time_text: str) -> str:

@@ -119,6 +119,25 @@ def test_numbers_may_have_leading_zeros():
             parse_client_line(line)
 
 
+def test_decimals_are_taken_as_a_python_clients_float_writes_and_reads_them():
+    """A radius or time may be signed, end at its point or begin with it, as float()
+    accepts; a count is a whole number, signed or not. Never an exponent."""
+    assert parse_client_line(b"WHATSAT kiwi +10 +5") == WhatsAt("kiwi", 10.0, 5)
+    assert parse_client_line(b"WHATSAT kiwi 10. 5") == WhatsAt("kiwi", 10.0, 5)
+    assert parse_client_line(b"WHATSAT kiwi .5 5") == WhatsAt("kiwi", 0.5, 5)
+    for time_text in ("1520023934.", ".5", "+.5", "-1."):
+        at = parse_client_line(f"IAMAT kiwi +1+1 {time_text}".encode())
+        assert at.time_text == time_text and at.time == Decimal(time_text)
+    for line in (b"WHATSAT kiwi 1e1 5", b"WHATSAT kiwi . 5", b"WHATSAT kiwi + 5",
+                 b"WHATSAT kiwi 10 5.0", b"IAMAT kiwi +1+1 .", b"IAMAT kiwi +1+1 +"):  # fmt: skip
+        with pytest.raises(Invalid):
+            parse_client_line(line)
+
+
+def test_a_difference_of_nothing_is_never_negative_zero():
+    assert format_diff(1000, Decimal("0.0000010004")) == "+0.000000000"  # -0.4 ns, rounded
+
+
 def test_fractions_of_any_length_within_a_field_are_exact():
     """The spec bounds no digits; a field's 256 bytes do. Times stay exact."""
     iamat = parse_client_line(b"IAMAT e4 +34.068930000000000000000001-118.445127 1." + b"0" * 200)
