@@ -290,6 +290,7 @@ class TopLevelServer(ListeningService):
         self.arrivals.note("connections closed", f"{peer.conn.name}: {exc}", self.loop.time())
         peer.reading = False
         peer.overflowed = True
+        peer.conn.framer.take_rest()  # the over-long part, not held while it lingers
         return exc.lines
 
     def _discard_input(self, peer: Peer) -> None:
