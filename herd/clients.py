@@ -13,7 +13,7 @@ connection's lines are answered for ``TURN_SLICE`` seconds at most before the
 loop serves the others (a client pipelining thousands of WHATSATs delays
 nobody else by more than that); an idle connection is closed after
 ``idle_timeout`` seconds; past ``max_clients`` connections, a new one takes the
-place of the one idle longest if that has been idle ``EVICT_IDLE`` seconds (as
+place of the one idle longest if that has been idle a second (netkit.room; as
 nginx reuses its idle keep-alive connections: otherwise whoever holds every
 place, sending nothing, locks everyone else out until ``idle_timeout``), and is
 closed if none has.
@@ -37,7 +37,6 @@ HIGH_WATER = 256 * 1024
 LINGER = 5.0
 TURN_SLICE = 0.005  # seconds of one connection's lines per loop turn
 MAX_QUEUED = 1000  # lines read ahead of their answers (behind a reply that waits, say)
-EVICT_IDLE = 1.0  # seconds: at max_clients, a connection idle this long may make room
 _clock = time.monotonic  # the slices' clock (a test's own)
 
 
@@ -82,6 +81,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        self.server.client_heard(self, self.last_active)
         if self._discarding:
             return
         now = time.time_ns()
@@ -224,10 +224,3 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self._arm_idle_timer()
-
-
-def idlest(clients: set[ClientProtocol], now: float) -> ClientProtocol | None:
-    """The connection idle longest, if it has been idle ``EVICT_IDLE`` seconds or more."""
-    idle = [client for client in clients if client.idle()]
-    oldest = min(idle, key=lambda client: client.last_active, default=None)
-    return oldest if oldest is not None and now - oldest.last_active >= EVICT_IDLE else None

@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 
-from herd.clients import idlest
 from herd.config import HerdConfig
 from herd.durable import DurableLocations
 from herd.locations import Location, LocationTable, TableFull
@@ -40,6 +39,7 @@ from herd.options import Options
 from herd.peering import Hello, Link, ProtocolError, fanout
 from herd.replies import AckWaiters, ExpectedLink, PendingReply
 from herd.traffic import TrafficLog
+from netkit.room import IdleOrder
 
 PlaceSearch = Callable[[float, float, float, int], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 
@@ -69,7 +69,7 @@ class HerdServer:
         self.wakes: dict[str, asyncio.Event] = {}  # neighbour we dial -> set at its knock
         self.expected: dict[str, ExpectedLink] = {}  # links on their way at start
         self.waiters = AckWaiters()
-        self.clients: set[Any] = set()
+        self.clients: IdleOrder[Any] = IdleOrder()  # netkit.room: who makes room at the limit
         self.pending_peers = 0
         self.log = logging.getLogger(f"herd.{name}")
         self.io_log = io_log if io_log is not None else TrafficLog(None)  # None: no log
@@ -96,23 +96,26 @@ class HerdServer:
     # ---- clients ------------------------------------------------------------------
 
     def client_opened(self, client: Any) -> bool:
+        now = time.monotonic()
         if len(self.clients) >= self.options.max_clients:
-            now = time.monotonic()
-            room = idlest(self.clients, now)  # herd.clients: who may make room
+            room = self.clients.idlest(now, lambda other: other.idle())
             if room is None:
                 self.io_log.info(
                     "client %s refused: %d connections", client.peer, len(self.clients)
                 )
                 return False
-            self.clients.discard(room)
+            self.clients.remove(room)
             room.close_to_make_room(now)
-        self.clients.add(client)
+        self.clients.add(client, now)
         self.io_log.info("client %s connected", client.peer)
         return True
 
+    def client_heard(self, client: Any, now: float) -> None:
+        self.clients.heard(client, now)
+
     def client_closed(self, client: Any) -> None:
         if client in self.clients:
-            self.clients.discard(client)
+            self.clients.remove(client)
             self.io_log.info("client %s closed", client.peer)
 
     def handle_client_line(

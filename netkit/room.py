@@ -30,6 +30,9 @@ class IdleOrder(Generic[C]):
     def __len__(self) -> int:
         return len(self._heard)
 
+    def __contains__(self, connection: object) -> bool:
+        return connection in self._heard
+
     def add(self, connection: C, now: float) -> None:
         self._heard[connection] = now
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 import herd.clients
-from herd.clients import ClientProtocol, idlest
+from herd.clients import ClientProtocol
 from herd.config import ConfigError, load_config, parse_config
 from herd.locations import Location, LocationTable, TableFull
 from herd.messages import (
@@ -37,6 +37,7 @@ from herd.places import Place, PlaceIndex, distance_km
 from herd.replies import AckWaiters, PendingReply
 from herd.server import HerdServer
 from herd.traffic import TrafficLog
+from netkit.room import IdleOrder
 
 # ---- client messages ------------------------------------------------------------------
 
@@ -615,6 +616,9 @@ class SlowServer:
     def client_opened(self, client) -> bool:
         return True
 
+    def client_heard(self, client, now: float) -> None:
+        pass
+
     def handle_client_line(self, line: bytes, peer: str, received_ns: int) -> bytes:
         self.now[0] += 0.002
         return b"? " + line + b"\n"
@@ -688,14 +692,18 @@ def test_a_line_behind_a_waiting_reply_keeps_the_time_it_arrived():
 
 def test_at_max_clients_the_connection_idle_longest_makes_room():
     class Client:
-        def __init__(self, last_active: float, idle: bool = True) -> None:
-            self.last_active, self._idle = last_active, idle
+        def __init__(self, idle: bool = True) -> None:
+            self._idle = idle
 
         def idle(self) -> bool:
             return self._idle
 
-    newest, busy, oldest_idle = Client(10.0), Client(5.0, idle=False), Client(8.0)
-    clients = {newest, busy, oldest_idle}
-    assert idlest(clients, now=9.5) is oldest_idle  # a reply waits on the older one
-    assert idlest(clients, now=8.5) is None  # idle half a second: nobody makes room
-    assert idlest({busy}, now=100.0) is None
+    newest, busy, oldest_idle = Client(), Client(idle=False), Client()
+    clients: IdleOrder[Client] = IdleOrder()
+    for client, heard in ((busy, 5.0), (oldest_idle, 8.0), (newest, 10.0)):
+        clients.add(client, heard)
+    may_close = Client.idle  # as HerdServer.client_opened asks
+    assert clients.idlest(9.5, may_close) is oldest_idle  # a reply waits on the older one
+    assert clients.idlest(8.5, may_close) is None  # idle half a second: nobody makes room
+    clients.heard(oldest_idle, 11.0)  # it sent something: now the newest is idle longest
+    assert clients.idlest(12.0, may_close) is newest
