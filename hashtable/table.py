@@ -44,8 +44,14 @@ def _missing(key: str) -> Outcome:
     return Outcome.failed("KeyError", f"no such key: {describe_key(key)}")
 
 
-def _superseded(held: Version) -> Outcome:
-    return Outcome.ok({"applied": False, "newer": _wire(held)})
+def _superseded(held: Version, holds_value: bool, value: Any) -> Outcome:
+    """Refused as older: the newer version held, and with it the value (absent for a
+    tombstone), so that a writer whose write other replicas applied can bring them
+    to this one (docs/cluster.md)."""
+    result = {"applied": False, "newer": _wire(held)}
+    if holds_value:
+        result["value"] = value
+    return Outcome.ok(result)
 
 
 def _wire(version: Version | None) -> list[Any] | None:
@@ -111,7 +117,7 @@ class Table:
         changes, and the result names that newer version."""
         held = self.held(key)
         if held is not None and held >= version:
-            return _superseded(held)
+            return self._refusal(key, held)
         self.tombstones.pop(key, None)
         self.data[key] = value
         self.versions[key] = version
@@ -123,19 +129,27 @@ class Table:
         is absent (the insert it removes may come later, and must then change
         nothing); nothing changes if the table holds a version at least as new.
         The result says what was removed, with that value's version (None for a
-        plain one)."""
+        plain one), or the tombstone's version when the key was already removed."""
         held = self.held(key)
         if held is not None and held >= version:
-            return _superseded(held)
+            return self._refusal(key, held)
         tombstones = self.tombstones
-        tombstones.pop(key, None)  # moved to the end: the newest
+        earlier = tombstones.pop(key, None)  # moved to the end: the newest
         tombstones[key] = version
         if key not in self.data:
-            return APPLIED
+            # A tombstone's version says the key was removed by then: the remove that
+            # removed it, not this one, returned its value.
+            return (
+                APPLIED if earlier is None else Outcome.ok({"applied": True, "was": _wire(earlier)})
+            )
         value = self.data.pop(key)
         was = self.versions.pop(key, None)
         self._changes += 1
         return Outcome.ok({"applied": True, "removed": value, "was": _wire(was)})
+
+    def _refusal(self, key: str, held: Version) -> Outcome:
+        holds_value = key in self.versions
+        return _superseded(held, holds_value, self.data[key] if holds_value else None)
 
     def purge_tombstones(self, horizon: int) -> int:
         """Forgets the tombstones older than ``horizon`` (a version number) from the

@@ -323,11 +323,12 @@ def test_a_write_after_one_from_a_clock_minutes_ahead_still_takes_effect(cluster
     assert assert_replicas_identical(cluster3, 2) == {"skew": "from-table-later"}
 
 
-def test_a_write_after_one_that_reached_a_single_replica_takes_effect_on_both(cluster3):
+def test_a_write_half_way_leaves_no_replicas_apart_after_the_next_write(cluster3):
     """A write from a writer whose clock is a minute fast reached only one replica (its
-    writer gave up, or died, half way). Later writers' writes, with versions from true
-    clocks, are refused there as older and applied on the other: each is sent again
-    after the version it lost to, so that it takes effect on both and they agree."""
+    writer gave up, or died, half way). The next write, applied by the other replica
+    and refused by that one, brings the other to it (both end alike, the half-way
+    write ordered last, as a write still under way may be); the writes after it,
+    refused by both, are sent again after it and take effect."""
     with cluster3.client(2) as table:
         table.insert("k", "before")
         second = table.where("k")[1]
@@ -340,11 +341,83 @@ def test_a_write_after_one_that_reached_a_single_replica_takes_effect_on_both(cl
         }
         with Wire(cluster3.servers[second].port) as wire:
             assert wire.call({**halfway, "seq": 1})["result"]["applied"] is True
-    for n in range(3):
+    for n, expected in enumerate(["fast-halfway", "later-1", "later-2"]):
         with cluster3.client(2) as other:  # each with a clock that has not seen it
             other.insert("k", f"later-{n}")
-            assert {other.lookup("k") for _ in range(4)} == {f"later-{n}"}
-    assert assert_replicas_identical(cluster3, 2) == {"k": "later-2"}
+            assert {other.lookup("k") for _ in range(4)} == {expected}
+        assert assert_replicas_identical(cluster3, 2) == {"k": expected}
+
+
+@pytest.fixture
+def held_back(monkeypatch) -> list:
+    """Hooks that run a 2-replica write's calls in a chosen order, as if messages to
+    some replicas were slow: each hook gets the write's calls and ``run``, and the
+    write's remaining calls go once it returns."""
+    import hashtable.cluster.client as cluster_client
+
+    hooks: list = []
+    real_run = cluster_client.run
+
+    def run(calls, patience, *, keep_trying):
+        if hooks and len(calls) == 2:
+            hooks.pop(0)(calls, lambda some: real_run(some, patience, keep_trying=keep_trying))
+        real_run(calls, patience, keep_trying=keep_trying)
+
+    monkeypatch.setattr(cluster_client, "run", run)
+    return hooks
+
+
+def test_a_remove_that_returned_an_insert_is_not_undone_by_that_insert_arriving_late(
+    cluster3, held_back
+):
+    """The insert reaches the first replica; a remove, newer, takes its value from there
+    (and the old value from the second); then the insert reaches the second, too late.
+    The remove came after the insert: the key ends removed, on both."""
+    with cluster3.client(2) as writer, cluster3.client(2) as remover:
+        writer.insert("raced", "orig")
+        removed = []
+
+        def first_only(calls, run):
+            run(calls[:1])
+            removed.append(remover.remove("raced"))
+
+        held_back.append(first_only)
+        writer.insert("raced", "late")
+        assert removed == ["late"]
+        with pytest.raises(KeyError):
+            writer.lookup("raced")
+    assert "raced" not in holders(cluster3)
+
+
+def test_of_two_removes_racing_exactly_one_returns_the_value(cluster3, held_back):
+    """Each reaches one replica first, then the other's: one remove took the value,
+    and the other finds it gone (with one server, the second would raise KeyError)."""
+    with cluster3.client(2) as first, cluster3.client(2) as second:
+        first.insert("twice", "v")
+        results: dict[str, object] = {}
+
+        def interleaved(first_calls, run):
+            run(first_calls[:1])  # the first remove reaches replica A
+
+            def other_first(second_calls, run_second):
+                run_second(second_calls[1:])  # the second reaches B
+                run(first_calls[1:])  # the first's message to B arrives: refused
+
+            held_back.append(other_first)
+            try:
+                results["second"] = second.remove("twice")
+            except KeyError:
+                results["second"] = KeyError
+
+        held_back.append(interleaved)
+        try:
+            results["first"] = first.remove("twice")
+        except KeyError:
+            results["first"] = KeyError
+        assert sorted(map(str, results.values())) == sorted([str(KeyError), "v"]), results
+        with pytest.raises(KeyError):
+            first.lookup("twice")
+    assert "twice" not in holders(cluster3)
 
 
 def test_a_writer_whose_clock_is_far_behind_the_servers_gets_their_refusal(cluster3):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hashtable.cluster.answers import census_size, lost_to_newer, merged_pairs
-from hashtable.cluster.clock import HybridClock
+from hashtable.cluster.answers import census_size, merged_pairs
 from hashtable.placement import key_hash
-from hashtable.request import Outcome, Status
 
 
 def census(keys: list[str], servers: int) -> list[list]:
@@ -82,18 +80,3 @@ def test_a_server_missing_means_the_keys_are_listed():
     held = placed(KEYS, 3, 2)
     censuses = {index: census(keys, 3) for index, keys in held.items() if index != 1}
     assert census_size(censuses, 3, 2) is None
-
-
-def test_a_write_lost_only_to_a_newer_version_not_to_its_own():
-    """Its own version held (applied before, the reply forgotten and sent again) is
-    no reason to write again: a remove would then answer KeyError for what it removed."""
-    ours = [1_000, "me"]
-    own = Outcome.ok({"applied": False, "newer": ours})
-    applied = Outcome.ok({"applied": True})
-    clock = HybridClock()
-    assert not lost_to_newer([own, applied], ours, clock) and clock.last == 0
-    newer = Outcome.ok({"applied": False, "newer": [5_000, "fast"]})
-    assert lost_to_newer([applied, newer], ours, clock)
-    assert clock.last == 5_000  # its next version comes after the one it lost to
-    failed = Outcome(Status.FAILED, error="StaleVersion")
-    assert not lost_to_newer([failed], ours, HybridClock())

@@ -106,8 +106,25 @@ def test_equal_numbers_are_ordered_by_client(data):
     with Database(data) as db:
         Writer(db, "b").send("insert", "k", base, "from b")
         lost = Writer(db, "a").send("insert", "k", base, "from a")
-        assert lost.result == {"applied": False, "newer": [base, "b"]}
+        assert lost.result == {"applied": False, "newer": [base, "b"], "value": "from b"}
         assert db.table.data["k"] == "from b"
+
+
+def test_a_refusal_says_what_the_server_holds_and_a_second_remove_that_it_was_gone(data):
+    """What a cluster writer needs to bring the other replicas to the newer write, and
+    to know that another remove had taken the value first."""
+    base = now_us()
+    with Database(data) as db:
+        Writer(db, "a").send("insert", "k", base + 1, None)  # JSON null is a value too
+        older = Writer(db, "b").send("insert", "k", base, "late")
+        assert older.result == {"applied": False, "newer": [base + 1, "a"], "value": None}
+        Writer(db, "c").send("remove", "k", base + 2)
+        older = Writer(db, "d").send("insert", "k", base + 1, "late")
+        assert older.result == {"applied": False, "newer": [base + 2, "c"]}  # a tombstone
+        again = Writer(db, "e").send("remove", "k", base + 3)
+        assert again.result == {"applied": True, "was": [base + 2, "c"]}
+        first = Writer(db, "f").send("remove", "never", base + 4)
+        assert first.result == {"applied": True}
 
 
 def test_plain_writes_behave_as_before_and_clear_the_version(data):

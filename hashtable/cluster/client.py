@@ -32,12 +32,21 @@ from hashtable.numbering import Numbering
 from hashtable.pipeline import RequestQueue
 from hashtable.placement import covered, key_hash, replicas
 from hashtable.protocol import encode_request
-from hashtable.request import MAX_SERVERS, Outcome, Request, argument_problem
+from hashtable.request import MAX_SERVERS, Outcome, Request, Status, argument_problem
 from hashtable.transport import DEFAULT_TIMEOUT, Transport
 
-from .answers import census_size, lost_to_newer, merged_pairs, needs_new_version, write_result
+from .answers import census_size, merged_pairs
 from .clock import HybridClock
 from .fanout import Call, Member, Patience, run
+from .writes import (
+    behind,
+    needs_new_version,
+    needs_repair,
+    newest,
+    refusals,
+    repair,
+    write_result,
+)
 
 MAX_REISSUES = 8  # times a write that lost to a newer version is sent again after it
 # Times a write refused as older than a server's horizon is sent again with a new
@@ -217,37 +226,60 @@ class ClusterClient:
         return self._replica_sets[key_hash(request.key) % self.servers]
 
     def _write(self, request: Request) -> Any:
-        """A versioned write to all the key's replicas at once (docs/cluster.md)."""
+        """A versioned write to all the key's replicas at once (docs/cluster.md;
+        what the replies lead to: ``hashtable.cluster.writes``)."""
         targets = self._replicas_of(request)
         patience = Patience(self.give_up_after, self.name, request.method)
+        own: list[list[Any]] = []  # the versions it was sent with
+        earlier: list[Outcome] = []  # what it did in rounds sent again
         reissued = restamped = 0
         while True:
             version = [self._clock.next(), self._id]
-            calls = []
-            for member in targets:
-                numbered = Request(request.method, request.key, request.value, version=version)
-                calls.append(Call(member, member.numbering.encode(numbered), numbered))
+            own.append(version)
+            calls = [self._call(member, request, version) for member in targets]
             run(calls, patience, keep_trying=True)
-            outcomes = [call.outcome for call in calls]
-            if needs_new_version(outcomes):  # type: ignore[arg-type]
-                if restamped < MAX_RESTAMPS:
-                    restamped += 1
-                    continue
-                # The servers' refusal, which says why, is raised by write_result.
-            # A replica held a newer version: another writer's clock is ahead of ours
-            # (or its write overlapped this one). Sent again after it, so that a write
-            # that returns has taken effect and its writer reads it back, whatever the
-            # clocks say; bounded, for writers racing on one key.
-            elif lost_to_newer(outcomes, version, self._clock):  # type: ignore[arg-type]
-                if reissued < MAX_REISSUES:
-                    reissued += 1
-                    continue
-                raise ServerError(
-                    f"{request.method} of {request.key!r}: newer writes of the key took its "
-                    f"place {MAX_REISSUES + 1} times in a row (writers racing on it); it may "
-                    "have taken effect on some replicas, and a later write settles them"
-                )
-            return write_result(request.method, request.key, outcomes, self._clock)  # type: ignore[arg-type]
+            outcomes: list[Outcome] = [call.outcome for call in calls]  # type: ignore[misc]
+            if needs_new_version(outcomes) and restamped < MAX_RESTAMPS:
+                restamped += 1
+                earlier += [o for o in outcomes if o.status is Status.OK]
+                continue  # (past MAX_RESTAMPS, write_result raises the servers' refusal)
+            refused = refusals(outcomes, version, self._clock)
+            if refused and len(refused) == len(outcomes):
+                # Newer everywhere: another writer's clock is ahead of ours. Sent again
+                # after it, so that a write that returns has taken effect; bounded, for
+                # writers racing on one key.
+                if reissued == MAX_REISSUES:
+                    raise ServerError(
+                        f"{request.method} of {request.key!r}: newer writes of the key took "
+                        f"its place {MAX_REISSUES + 1} times in a row (writers racing on it)"
+                    )
+                reissued += 1
+                continue
+            if refused and needs_repair(request.method, newest(refused)):
+                # Applied on some: those are brought to the newer write.
+                self._repair(request.key, targets, outcomes, newest(refused), patience)
+            return write_result(request.method, request.key, earlier + outcomes, own, self._clock)
+
+    def _call(self, member: Member, request: Request, version: list[Any]) -> Call:
+        numbered = Request(request.method, request.key, request.value, version=version)
+        return Call(member, member.numbering.encode(numbered), numbered)
+
+    def _repair(
+        self,
+        key: str,
+        targets: list[Member],
+        outcomes: list[Outcome],
+        newer: dict,
+        patience: Patience,
+    ) -> None:
+        """The newer write ``newer`` names, to the replicas that may hold less."""
+        fix = repair(key, newer)
+        calls = [
+            self._call(member, fix, fix.version)  # type: ignore[arg-type]
+            for member, outcome in zip(targets, outcomes, strict=True)
+            if behind(outcome, newer)
+        ]
+        run(calls, patience, keep_trying=True)
 
     def _read_key(self, request: Request) -> Any:
         """One replica's answer, trying them in turn from this read's first."""
