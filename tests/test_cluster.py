@@ -258,6 +258,25 @@ def test_an_operation_gives_up_on_time_and_does_not_spin_meanwhile(cluster3):
             assert spent < 0.3, f"{what} spent {spent:.2f} s of CPU waiting"
 
 
+def test_a_write_given_up_is_on_the_replicas_that_were_up(cluster3):
+    """Server 1 is remembered as down (an earlier write gave up on it) though it is
+    back; server 0 is down. A write to both, given up on server 0, still gets its try
+    on server 1 before the call gives up."""
+    key = next(f"g{n}" for n in range(1000) if replicas(f"g{n}", 3, 2) == [0, 1])
+    with cluster3.client(2, give_up_after=1, timeout=1) as table:
+        cluster3.kill(1)
+        with pytest.raises(ServiceUnavailable):
+            table.insert(key, "first")
+        cluster3.restart(1)
+        # Still remembered as down for a while, as after a longer outage (restarting
+        # it took longer than the backoff after one failure).
+        table._members[1].retry_at = time.monotonic() + 30
+        cluster3.kill(0)
+        with pytest.raises(ServiceUnavailable):
+            table.insert(key, "second")
+    assert cluster3.contents(1).get(key) == "second"
+
+
 def test_a_write_given_up_leaves_no_reply_to_be_taken_for_the_next_request(
     spawn, tmp_path, catalog
 ):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
 
 from hashtable.errors import ServiceUnavailable
 from hashtable.numbering import Numbering
@@ -123,6 +124,17 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
     this is every cluster operation's hot path."""
     poller = select.poll()
     flying: dict[int, Call] = {}  # fd -> a call sent and awaiting its reply
+    # Once failures have lasted too long, the calls not tried yet (their server
+    # remembered as down) still get their one try, and those in flight their
+    # reply, before the operation gives up: a write is then on every replica up.
+    given_up: list[ServiceUnavailable] = []
+
+    def failed(call: Call, exc: Exception, now: float) -> None:
+        try:
+            _failed(call, exc, patience, now)
+        except ServiceUnavailable as unavailable:
+            given_up.append(unavailable)
+
     try:
         now = _monotonic()
         while True:
@@ -130,11 +142,11 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
             for call in calls:
                 if call.deadline is not None or call.outcome is not None:
                     continue
-                if call.failure is not None and not keep_trying:
+                if call.failure is not None and (not keep_trying or given_up):
                     continue
                 next_try = patience.next_try(call.member, now)
                 if next_try <= now:
-                    _send(call, patience)
+                    _send(call, failed)
                     if call.deadline is not None:
                         fd = call.member.transport.sock.fileno()  # type: ignore[union-attr]
                         flying[fd] = call
@@ -147,6 +159,8 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
                     retry_at = next_try
             if not flying:
                 if retry_at is None:
+                    if given_up and any(call.outcome is None for call in calls):
+                        raise given_up[0]
                     return
                 patience.sleep_until(retry_at)
                 now = _monotonic()
@@ -160,7 +174,7 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
                 try:
                     _receive(call)
                 except RETRYABLE as exc:
-                    _failed(call, exc, patience, _monotonic())
+                    failed(call, exc, _monotonic())
                 if call.deadline is None:  # answered, failed, or to be sent again
                     del flying[fd]
                     poller.unregister(fd)
@@ -174,7 +188,7 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
                         poller.unregister(fd)
                         timeout = call.member.transport.timeout
                         failure = TimeoutError(f"no reply within {timeout:g} s")
-                        _failed(call, failure, patience, now)
+                        failed(call, failure, now)
             if not flying and all(call.outcome is not None for call in calls):
                 return
     except BaseException:
@@ -186,7 +200,7 @@ def run(calls: list[Call], patience: Patience, *, keep_trying: bool) -> None:
         raise
 
 
-def _send(call: Call, patience: Patience) -> None:
+def _send(call: Call, failed: Callable[[Call, Exception, float], None]) -> None:
     transport = call.member.transport
     call.failure = None
     try:
@@ -194,7 +208,7 @@ def _send(call: Call, patience: Patience) -> None:
         call.out = out = bytearray(call.line)
         transport.push(out)
     except RETRYABLE as exc:
-        _failed(call, exc, patience, _monotonic())
+        failed(call, exc, _monotonic())
         return
     # Read after the connect, which may have blocked: the reply gets its whole time-out.
     call.deadline = _monotonic() + transport.timeout
