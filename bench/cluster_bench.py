@@ -43,8 +43,8 @@ from harness.processes import Process  # noqa: E402
 from harness.services import start_catalog, start_hashtable_server  # noqa: E402
 from hashtable.client import HashTableClient  # noqa: E402
 from hashtable.cluster import ClusterClient  # noqa: E402
-from hashtable.cluster.answers import write_result  # noqa: E402
 from hashtable.cluster.fanout import Call, Patience, run  # noqa: E402
+from hashtable.cluster.writes import write_result  # noqa: E402
 from hashtable.request import Request  # noqa: E402
 from netkit.cliargs import choice_list, positive_int, positive_seconds  # noqa: E402
 
@@ -68,7 +68,8 @@ class SequentialWrites(ClusterClient):
             call = Call(member, member.numbering.encode(numbered), numbered)
             run([call], patience, keep_trying=True)
             calls.append(call)
-        return write_result(request.method, request.key, [c.outcome for c in calls], self._clock)
+        outcomes = [c.outcome for c in calls]
+        return write_result(request.method, request.key, outcomes, [version], self._clock)
 
 
 class ThreadedWrites(ClusterClient):
@@ -90,7 +91,7 @@ class ThreadedWrites(ClusterClient):
             outcome = member.numbering.answered(numbered, future.result())
             assert outcome is not None, "a forgotten session: not handled in this comparison"
             outcomes.append(outcome)
-        return write_result(request.method, request.key, outcomes, self._clock)
+        return write_result(request.method, request.key, outcomes, [version], self._clock)
 
     def close(self) -> None:
         super().close()
