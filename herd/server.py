@@ -292,7 +292,12 @@ class HerdServer:
         """At start: every neighbour's link is on its way (herd.replies.ExpectedLink),
         until it is up or its first attempt failed, for two handshake times at most."""
         self.expected = {name: ExpectedLink(name) for name in self.neighbours}
-        self._loop.call_later(2 * self.options.handshake_timeout, self.expected.clear)
+        self._loop.call_later(2 * self.options.handshake_timeout, self._expect_no_more)
+
+    def _expect_no_more(self) -> None:
+        if self.expected:
+            self.expected.clear()
+            self.waiters.release(self.live_links())
 
     def link_failed(self, neighbour: str) -> None:
         """A first attempt at the link failed (it is down): not waited for."""
@@ -327,7 +332,7 @@ class HerdServer:
         return not connection.dialed and hello.sender > self.name
 
     def link_up(self, connection: Any, hello: Hello) -> Link:
-        self.expected.pop(hello.sender, None)
+        expected = self.expected.pop(hello.sender, None) is not None
         if getattr(connection, "counted", False):
             connection.counted = False
             self.pending_peers -= 1
@@ -340,6 +345,8 @@ class HerdServer:
             self.cursors[hello.sender] = (hello.epoch, 0)
         resume = hello.cursor_lsn if hello.cursor_epoch == self.epoch else 0
         link = Link(hello.sender, hello.epoch, resume, self.table.lsn)
+        if expected:  # replies wait for it (within --ack-timeout), as they did meanwhile
+            link.lagging_until = None
         if epoch == hello.epoch:
             link.received_upto = lsn
         self.links[hello.sender] = connection

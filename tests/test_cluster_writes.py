@@ -8,7 +8,6 @@ import pytest
 from hashtable.cluster.clock import HybridClock
 from hashtable.cluster.writes import (
     behind,
-    needs_repair,
     newest,
     refusals,
     repair,
@@ -38,25 +37,27 @@ def test_its_own_version_held_is_no_refusal_and_the_clock_passes_the_others():
 
 def test_a_replica_that_took_the_write_or_held_older_is_brought_to_the_newer_one():
     newer = {"applied": False, "newer": [7_000, "other"], "value": "theirs"}
-    assert behind(Outcome.ok({"applied": True}), newer)
-    assert behind(Outcome.ok(None), newer)  # an insert applied, its reply forgotten
-    assert behind(refused(5_000, "older"), newer)
-    assert not behind(refused(7_000, "theirs"), newer)
+    assert behind("insert", Outcome.ok({"applied": True}), newer)
+    assert behind("insert", Outcome.ok(None), newer)  # applied, its reply forgotten
+    assert behind("remove", Outcome.ok({"applied": True}), newer)  # a tombstone, then a value
+    assert behind("remove", refused(5_000, "older"), newer)
+    assert not behind("remove", refused(7_000, "theirs"), newer)
     fix = repair("k", newer)
-    assert (fix.method, fix.key, fix.value, fix.version) == (
-        "insert",
-        "k",
-        "theirs",
+    assert (fix.method, fix.key, fix.value) == ("insert", "k", "theirs")
+    assert fix.version == [7_000, "other"]
+    tombstone = {"applied": False, "newer": [7_000, "other"]}
+    assert (repair("k", tombstone).method, repair("k", tombstone).version) == (
+        "remove",
         [7_000, "other"],
     )
-    gone = repair("k", {"applied": False, "newer": [7_000, "other"]})
-    assert (gone.method, gone.version) == ("remove", [7_000, "other"])
     assert repair("k", {"applied": False, "newer": [7_000, "o"], "value": None}).method == "insert"
-    # Two removes leave tombstones everywhere: no repair, which would hide from the
-    # newer remove, still under way, that the older one took the value.
-    tombstone = {"applied": False, "newer": [7_000, "other"]}
-    assert not needs_repair("remove", tombstone)
-    assert needs_repair("insert", tombstone) and needs_repair("remove", newer)
+    # Tombstones on both sides are left alone (the key is absent on both): a repair
+    # would hide from the newer remove, still under way, that an older one took the
+    # value. A value older than the tombstone is not: K=3, three states.
+    assert not behind("remove", Outcome.ok({"applied": True}), tombstone)
+    assert not behind("remove", refused(5_000), tombstone)
+    assert behind("remove", refused(6_000, "z"), tombstone)
+    assert behind("insert", Outcome.ok({"applied": True}), tombstone)
 
 
 def test_of_two_removes_racing_one_returns_the_value_and_the_other_key_error():

@@ -226,6 +226,20 @@ def test_tombstones_are_forgotten_past_the_window_and_older_writes_refused(data)
         assert late.error == "StaleVersion" and "k" not in db.table.data
 
 
+def test_a_write_older_than_the_horizon_and_than_what_the_key_holds_is_superseded(data):
+    """Not StaleVersion, which a writer answers by sending it again as new (and so
+    applying it a second time where other replicas took it): the key's newer version
+    is reason enough, and says what the replica holds."""
+    with Database(data, version_window=60) as db:
+        writer = Writer(db, "w")
+        writer.send("remove", "k", now_us())
+        late = writer.send("insert", "k", now_us() - 120_000_000, "late")
+        assert late.result["applied"] is False and "value" not in late.result  # a tombstone
+        db.commit()
+    with Database(data, version_window=60) as db:  # replayed: decided alike
+        assert db.execute(writer.request("insert", "k", 0, seq=2)) == late
+
+
 def test_purge_stops_at_the_first_tombstone_inside_the_window():
     table = Table()
     for key, number in (("a", 1), ("b", 5), ("c", 2)):

@@ -466,6 +466,33 @@ def test_a_neighbour_that_redials_before_its_old_connection_is_gone_resumes_from
     assert server.links["Holiday"] is new and server.cursors["Holiday"] == ("e1", 3)
 
 
+def test_at_start_a_reply_waits_for_a_link_on_its_way_until_that_link_acknowledges():
+    """Welsh has just started: its IAMAT's reply waits for Holiday's link, which comes
+    up resuming from nothing (Holiday's cursor is for Welsh's previous run), and is
+    still waited for until it acknowledges the update, not taken as lagging."""
+
+    class Connection:
+        dialed, address, link = False, "127.0.0.1:1", None
+
+    async def scenario() -> None:
+        server = HerdServer("Welsh", load_config(), Options(), places=lambda *args: {})
+        server.bind_loop(asyncio.get_running_loop())
+        server.expect_links()  # Holiday, its one neighbour
+        reply = server.handle_client_line(b"IAMAT c +1+1 1", "127.0.0.1:2")
+        assert isinstance(reply, PendingReply) and not reply.done()
+        connection = Connection()
+        connection.link = server.link_up(
+            connection, Hello("herd", "Holiday", "Welsh", "e1", "-", 0)
+        )
+        server.acks_changed()  # say, Holiday's own UPDATE lines arrive before its ACK
+        assert not reply.done()
+        connection.link.receive(b"ACK 1", server.table)
+        server.acks_changed()
+        assert reply.done()
+
+    asyncio.run(scenario())
+
+
 def test_the_traffic_log_stamps_each_turn_and_writes_within_the_interval(tmp_path):
     timers = []
     path = tmp_path / "t.log"

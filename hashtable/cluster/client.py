@@ -41,7 +41,6 @@ from .fanout import Call, Member, Patience, run
 from .writes import (
     behind,
     needs_new_version,
-    needs_repair,
     newest,
     refusals,
     repair,
@@ -255,9 +254,8 @@ class ClusterClient:
                     )
                 reissued += 1
                 continue
-            if refused and needs_repair(request.method, newest(refused)):
-                # Applied on some: those are brought to the newer write.
-                self._repair(request.key, targets, outcomes, newest(refused), patience)
+            if refused:  # applied on some: those are brought to the newer write
+                self._repair(request, targets, outcomes, newest(refused), patience)
             return write_result(request.method, request.key, earlier + outcomes, own, self._clock)
 
     def _call(self, member: Member, request: Request, version: list[Any]) -> Call:
@@ -266,20 +264,21 @@ class ClusterClient:
 
     def _repair(
         self,
-        key: str,
+        request: Request,
         targets: list[Member],
         outcomes: list[Outcome],
         newer: dict,
         patience: Patience,
     ) -> None:
         """The newer write ``newer`` names, to the replicas that may hold less."""
-        fix = repair(key, newer)
+        fix = repair(request.key, newer)  # type: ignore[arg-type]
         calls = [
             self._call(member, fix, fix.version)  # type: ignore[arg-type]
             for member, outcome in zip(targets, outcomes, strict=True)
-            if behind(outcome, newer)
+            if behind(request.method, outcome, newer)
         ]
-        run(calls, patience, keep_trying=True)
+        if calls:
+            run(calls, patience, keep_trying=True)
 
     def _read_key(self, request: Request) -> Any:
         """One replica's answer, trying them in turn from this read's first."""

@@ -12,8 +12,8 @@ version it holds (``newer``, with the value it holds, none for a tombstone). The
   again: that would apply it twice, bringing back a value a concurrent remove had
   returned. The replicas that took it are brought to the newest write instead
   (``repair``: that write's value or tombstone, under its own version), so that
-  all end alike, the newer write last; except when both are removes, which leave
-  the key absent everywhere already (``needs_repair``).
+  all end alike, the newer write last; except where both states are tombstones,
+  the key absent already (``behind``).
 - A remove returns the value the newest of its replicas' earlier states held, or
   ``KeyError`` when that state was a tombstone (another remove took the value
   first) or nothing.
@@ -56,14 +56,6 @@ def newest(refused: list[dict]) -> dict:
     return max(refused, key=lambda result: _version(result["newer"]))
 
 
-def needs_repair(method: str, newer: dict) -> bool:
-    """Whether the replicas that took the write must be brought to ``newer``. Not
-    when both are removes: every replica holds a tombstone, the key is absent on
-    all, and the newer remove, if still under way, must find what those replicas
-    held (the older remove's tombstone) to know it took nothing."""
-    return method != "remove" or "value" in newer
-
-
 def repair(key: str, newer: dict) -> Request:
     """The write that brings a replica to the newer write a refusal named: its
     value under its version, or its tombstone."""
@@ -72,13 +64,19 @@ def repair(key: str, newer: dict) -> Request:
     return Request("remove", key, version=newer["newer"])
 
 
-def behind(outcome: Outcome, newer: dict) -> bool:
-    """Whether the replica that gave ``outcome`` may hold less than ``newer``: it
-    applied the write (or its reply is unknown), or held an older version still."""
+def behind(method: str, outcome: Outcome, newer: dict) -> bool:
+    """Whether the replica that gave ``outcome`` must be brought to ``newer``: it holds
+    an older state (this write, which it took or whose reply is unknown, or an older
+    refusal's), and one of the two is a value. Two tombstones are left alone: the key
+    is absent on both already, and the newer remove, if still under way, must find
+    the older one's tombstone to know it took nothing."""
     result = outcome.result if outcome.status is Status.OK else None
     if type(result) is dict and result.get("applied") is False:
-        return _version(result.get("newer")) < _version(newer["newer"])
-    return True
+        older = _version(result.get("newer")) < _version(newer["newer"])
+        holds_value = "value" in result
+    else:
+        older, holds_value = True, method == "insert"
+    return older and (holds_value or "value" in newer)
 
 
 def write_result(
