@@ -47,7 +47,7 @@ from .writes import (
     write_result,
 )
 
-MAX_REISSUES = 8  # times a write that lost to a newer version is sent again after it
+MAX_REISSUES = 8  # times a write that lost to newer versions on every replica is sent again
 # Times a write refused as older than a server's horizon is sent again with a new
 # version: once is the usual case (it was in flight for longer than the servers'
 # version window); more means this client's clock is that far behind the server's.
