@@ -171,14 +171,8 @@ class Database:
         record["method"] = request.method
         refused = None
         if problem is None and request.version is not None:
-            refused = self._window.refusal(request.version[0])
-            if refused is not None and refused[0] == "StaleVersion":
-                held = self.table.held(request.key)  # type: ignore[arg-type]
-                if held is not None and held >= tuple(request.version):
-                    # Older than what the key holds: the table's refusal says so, and
-                    # what it holds, whatever the horizon (the writer must not send
-                    # it again as new: docs/cluster.md). Replay decides it alike.
-                    refused = None
+            held = self.table.held(request.key)  # type: ignore[arg-type]
+            refused = self._window.refusal(request.version, held)
         if problem is None and refused is None:
             record["key"] = request.key
             if request.method == "insert":

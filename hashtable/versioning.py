@@ -11,6 +11,7 @@ even when the clock does (within one run of the server).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from hashtable.table import Table
 
@@ -34,21 +35,25 @@ class VersionWindow:
         self.horizon = max(self.horizon, now - self._micros)
         return now
 
-    def refusal(self, version: int) -> list[str] | None:
-        """``[error, message]`` when ``version`` is outside the window, else None.
-        Older than the horizon, its key's tombstone may be gone: taking it could
-        bring back a removed key. The writer sends it again with a new version."""
+    def refusal(self, version: list[Any], held: tuple[int, str] | None) -> list[str] | None:
+        """``[error, message]`` when ``version`` (``[number, writer]``) is outside the
+        window, else None. Older than the horizon, its key's tombstone may be gone:
+        taking it could bring back a removed key, and the writer sends it again with
+        a new version. Unless the key holds a newer version (``held``): the table's
+        own refusal says so, and what it holds, whatever the horizon, and the writer
+        must not send it again as new (docs/cluster.md)."""
         now = self._advance()
-        if version < self.horizon:
+        number = version[0]
+        if number < self.horizon and (held is None or held < (number, version[1])):
             return [
                 "StaleVersion",
-                f"version {version} is older than this server's horizon {self.horizon} "
+                f"version {number} is older than this server's horizon {self.horizon} "
                 f"(its clock minus {self.window:g} s): write it again with a new version",
             ]
-        if version > now + self._micros:
+        if number > now + self._micros:
             return [
                 "VersionAhead",
-                f"version {version} is more than {self.window:g} s ahead of this server's "
+                f"version {number} is more than {self.window:g} s ahead of this server's "
                 f"clock ({now} us since the epoch): the writer's clock is wrong",
             ]
         return None
