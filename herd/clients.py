@@ -81,7 +81,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        self.server.client_heard(self, self.last_active)
         if self._discarding:
             return
         now = time.time_ns()
@@ -94,6 +93,8 @@ class ClientProtocol(asyncio.Protocol):
             self._closing = True
         else:
             self._lines.extend([(line, now) for line in lines])
+        if self._lines:  # a complete line: not silent (netkit.room)
+            self.server.client_heard(self, self.last_active)
         self._process()
         if len(self._lines) >= MAX_QUEUED and not self.transport.is_closing():
             self.transport.pause_reading()  # _read_more once they are answered
@@ -199,6 +200,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.write(reply)
+        self.server.client_heard(self, time.monotonic())  # answered now: not idle since
         self._process()
         self._read_more()
 
@@ -210,7 +212,7 @@ class ClientProtocol(asyncio.Protocol):
         self.server.io_log.info(
             "client %s idle for %.1f s: closed to make room", self.peer, now - self.last_active
         )
-        self.transport.close()
+        self.transport.abort()  # at once: a reply it never read must not keep it open
 
     def _arm_idle_timer(self) -> None:
         timeout = self.server.options.idle_timeout

@@ -190,7 +190,9 @@ class LoadBalancer(ListeningService):
             if idlest is None:
                 sock.close()
                 self.refusals.note(
-                    "clients refused at the limit", f"{name} ({self.max_clients} busy)", now
+                    "clients refused at the limit",
+                    f"{name} ({self.max_clients} connected, none silent or idle for a second)",
+                    now,
                 )
                 return
             self.arrivals.note("idle clients closed to make room", str(idlest), now)
@@ -221,7 +223,6 @@ class LoadBalancer(ListeningService):
             self._read_client(client, self.loop.time())
 
     def _read_client(self, client: Client, now: float) -> None:
-        self.room.heard(client, now)
         try:
             lines = client.conn.read_lines()
         except LineTooLong as exc:
@@ -242,6 +243,8 @@ class LoadBalancer(ListeningService):
             self.arrivals.note("clients gone", f"{client}: {exc}", now)
             self._drop_client(client)
         else:
+            if lines:  # a complete line: not silent (netkit.room)
+                self.room.heard(client, now)
             self.balancer.client_lines(client, lines, now)
 
     def _sync_client(self, client: Client) -> None:
@@ -270,6 +273,7 @@ class LoadBalancer(ListeningService):
         for peer, data in self.balancer.take_output().items():
             if isinstance(peer, Client):
                 self._dirty.add(peer)
+                self.room.heard(peer, now)  # answered now: not idle since
                 try:
                     peer.conn.send(data)
                 except Closed as exc:

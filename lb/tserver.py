@@ -167,7 +167,9 @@ class TopLevelServer(ListeningService):
             if idlest is None:
                 sock.close()
                 self.refusals.note(
-                    "connections refused at the limit", f"{name} ({self.max_connections})", now
+                    "connections refused at the limit",
+                    f"{name} ({self.max_connections} connected, none silent or idle for a second)",
+                    now,
                 )
                 return
             self.arrivals.note("idle connections closed to make room", idlest.conn.name, now)
@@ -216,7 +218,6 @@ class TopLevelServer(ListeningService):
             if events & WRITE:
                 conn.flush()
             if events & READ:
-                self.room.heard(peer, self.loop.time())
                 if peer.turned_away:
                     self._discard_input(peer)
                     return
@@ -248,6 +249,8 @@ class TopLevelServer(ListeningService):
             lines = self._line_too_long(peer, exc)
         if not peer.welcomed and peer.reading and peer.conn.established:
             self._welcome(peer)
+        if lines:  # a complete line: not silent (netkit.room)
+            self.room.heard(peer, self.loop.time())
         replies = []
         for line in lines:
             answer = reply(self.table, line)

@@ -112,13 +112,16 @@ def connection_capacity(requested: int, open_file_limit: int, *, explicit: bool 
 
     ``explicit``: the user asked for that number, so a cut is worth a warning.
     """
-    allowed = max(1, open_file_limit - RESERVED_FDS)
+    # Files, listeners and links need some; under a small limit, a quarter of it.
+    allowed = max(1, open_file_limit - min(RESERVED_FDS, open_file_limit // 4))
     if requested <= allowed:
         return requested
     if explicit:
         log.warning(
             "%d connections is more than the open file limit allows; using %d", requested, allowed
         )
+    else:
+        log.info("at most %d connections: the open file limit is %d", allowed, open_file_limit)
     return allowed
 
 

@@ -729,8 +729,13 @@ def test_at_max_clients_the_connection_idle_longest_makes_room():
     clients: IdleOrder[Client] = IdleOrder()
     for client, heard in ((busy, 5.0), (oldest_idle, 8.0), (newest, 10.0)):
         clients.add(client, heard)
+        clients.heard(client, heard)  # each sent a line then
     may_close = Client.idle  # as HerdServer.client_opened asks
     assert clients.idlest(9.5, may_close) is oldest_idle  # a reply waits on the older one
     assert clients.idlest(8.5, may_close) is None  # idle half a second: nobody makes room
     clients.heard(oldest_idle, 11.0)  # it sent something: now the newest is idle longest
     assert clients.idlest(12.0, may_close) is newest
+    silent = Client()
+    clients.add(silent, 12.0)  # connected, nothing sent yet: while it is young, nobody
+    assert clients.idlest(12.1, may_close) is None  # goes (the newcomer is refused);
+    assert clients.idlest(12.5, may_close) is silent  # then it goes first

@@ -4,6 +4,7 @@ new ones (netkit.room) and cannot lock the working ones out."""
 from __future__ import annotations
 
 import socket
+import time
 
 from harness.processes import wait_until
 from lb.cli import SAMPLES
@@ -32,18 +33,22 @@ def answered(port: int) -> bool:
             return False
 
 
-def test_the_idlest_gives_way_only_once_idle_for_a_moment_and_if_allowed():
+def test_the_oldest_silent_gives_way_first_then_the_idlest_for_a_moment_if_allowed():
     room: IdleOrder[str] = IdleOrder()
-    for name, heard in (("a", 0.0), ("b", 1.0), ("c", 2.0)):
-        room.add(name, heard)
-    assert room.idlest(now=0.5) is None  # nobody idle for a second yet
-    assert room.idlest(now=2.5) == "a"
-    room.heard("a", 2.4)
+    for name, connected in (("a", 0.0), ("b", 1.0), ("c", 2.0)):
+        room.add(name, connected)
+    assert room.idlest(now=2.1) == "a"  # silent: no line from it yet
+    room.heard("a", 2.4)  # a line from it: it keeps its place while others are silent
     assert room.idlest(now=2.5) == "b"
-    assert room.idlest(now=3.5, may_close=lambda name: name != "b") == "c"
+    assert room.idlest(now=2.5, may_close=lambda name: name != "b") == "c"
+    assert room.idlest(now=2.1, may_close=lambda name: name != "b") is None  # c too young
     room.remove("b")
     room.remove("b")  # idempotent
-    assert len(room) == 2 and room.idlest(now=3.5) == "c"
+    room.heard("c", 2.6)
+    assert room.idlest(now=3.0) is None  # both spoke, neither idle for a second
+    assert room.idlest(now=3.5) == "a" and len(room) == 2 and "a" in room
+    room.heard("ghost", 4.0)  # one already gone: nothing
+    assert "ghost" not in room
 
 
 def connected(port: int) -> socket.socket:
@@ -70,6 +75,24 @@ def test_a_ts_at_its_limit_closes_the_idlest_for_a_newcomer_or_refuses_it(spawn)
         for sock in held:
             sock.close()
     assert "closed to make room" in ts.output() and "refused at the limit" in ts.output()
+
+
+def test_a_flood_of_silent_connections_does_not_push_out_a_connection_that_spoke(spawn):
+    """The attack a plain TS met once idle connections could make room: connections
+    that send nothing, opened faster than one a second, each only displaces another
+    of them, and an LS link idle between its queries keeps its place."""
+    ts, port = start_ts(spawn, SAMPLES / "PROJ2-DNSTS1.txt", "--max-connections", "4")
+    with connected(port) as link:
+        flood: list[socket.socket] = []
+        deadline = time.monotonic() + 1.5  # the link idle for longer than a second
+        while time.monotonic() < deadline:
+            flood.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(0.02)
+        link.sendall(QUERY)
+        assert link.recv(100) == ANSWER
+        for sock in flood:
+            sock.close()
+    assert "closed to make room" in ts.output()
 
 
 def test_an_ls_at_its_limit_keeps_a_client_waiting_for_its_answer(spawn):
