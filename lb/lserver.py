@@ -185,8 +185,11 @@ class LoadBalancer(ListeningService):
         name = format_address(address)
         now = self.loop.time()
         if len(self.clients) >= self.max_clients:
-            # One waiting for answers is not idle, however long it has been silent.
-            idlest = self.room.idlest(now, lambda c: not self.balancer.unanswered(c))
+            # One waiting for answers, or with answers still to go out, is not idle,
+            # however long it has been silent.
+            idlest = self.room.idlest(
+                now, lambda c: not self.balancer.unanswered(c) and not c.conn.wants_write
+            )
             if idlest is None:
                 sock.close()
                 self.refusals.note(
