@@ -13,10 +13,10 @@ connection's lines are answered for ``TURN_SLICE`` seconds at most before the
 loop serves the others (a client pipelining thousands of WHATSATs delays
 nobody else by more than that); an idle connection is closed after
 ``idle_timeout`` seconds; past ``max_clients`` connections, a new one takes the
-place of the one idle longest if that has been idle a second (netkit.room; as
-nginx reuses its idle keep-alive connections: otherwise whoever holds every
-place, sending nothing, locks everyone else out until ``idle_timeout``), and is
-closed if none has.
+place of one that has sent no complete line yet, else of the one idle longest
+for a second (netkit.room; as nginx reuses its idle keep-alive connections:
+otherwise whoever holds every place, sending nothing, locks everyone else out
+until ``idle_timeout``), and is closed if none may go.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Of two neighbours, the one whose name sorts first dials; the other accepts on
 its peer port. The other, when it starts, knocks (``knock``): a connection that
 opens like a dialer's and that the dialer closes once it has cut its backoff
 short and redialled, so that a restarted server is linked in milliseconds, not
-after its neighbour's next retry (up to ``--backoff-cap``). Both open with a HERD line (herd.peering); an accepted
-connection that does not name a neighbour of ours in the right role, within
-``handshake_timeout``, is closed. Once up, a link streams our changes and
+after its neighbour's next retry (up to ``--backoff-cap``). Both open with a
+HERD line (herd.peering); an accepted connection that does not name a
+neighbour of ours in the right role, within ``handshake_timeout``, is closed. Once up, a link streams our changes and
 acknowledges theirs; a PING goes out after ``ping_interval`` without traffic,
 and a link silent for ``peer_timeout`` is dropped. The dialer redials with
 exponential backoff (netkit.backoff), asking the catalog for the neighbour's

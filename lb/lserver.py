@@ -46,8 +46,8 @@ REFUSAL_LOG_INTERVAL = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 # Connections logged a line each per interval; a flood beyond that is counted.
 ARRIVALS_SHOWN = 20
-# Clients at once; past it a new one takes the place of the one idle longest
-# (netkit.room), or is refused when none has been idle for a second.
+# Clients at once; past it one makes room for a new one (netkit.room: a silent
+# one first), or the new one is refused.
 DEFAULT_MAX_CLIENTS = 1024
 
 
@@ -103,8 +103,7 @@ class LoadBalancer(ListeningService):
         self.links = TsLinks(
             self.loop, self.balancer, self.refusals, timeout, set(servers or ()), tls, server_name
         )
-        self.clients: set[Client] = set()
-        self.room: IdleOrder[Client] = IdleOrder()
+        self.clients: IdleOrder[Client] = IdleOrder()  # netkit.room: who makes room
         self._dirty: set[Client] = set()
         # Wakes the loop at the next query deadline or TS (re)connection attempt.
         self._alarm = self.loop.alarm(lambda: None)
@@ -187,7 +186,7 @@ class LoadBalancer(ListeningService):
         if len(self.clients) >= self.max_clients:
             # One waiting for answers, or with answers still to go out, is not idle,
             # however long it has been silent.
-            idlest = self.room.idlest(
+            idlest = self.clients.idlest(
                 now, lambda c: not self.balancer.unanswered(c) and not c.conn.wants_write
             )
             if idlest is None:
@@ -207,8 +206,7 @@ class LoadBalancer(ListeningService):
             return
         client = Client(conn, self.loop.watch(sock, lambda _: None, 0))
         client.watch.handler = partial(self._client_ready, client)
-        self.clients.add(client)
-        self.room.add(client, now)
+        self.clients.add(client, now)
         self.balancer.open_client(client)
         self.arrivals.note("clients connected", name, now)
         self._dirty.add(client)
@@ -247,7 +245,7 @@ class LoadBalancer(ListeningService):
             self._drop_client(client)
         else:
             if lines:  # a complete line: not silent (netkit.room)
-                self.room.heard(client, now)
+                self.clients.heard(client, now)
             self.balancer.client_lines(client, lines, now)
 
     def _sync_client(self, client: Client) -> None:
@@ -265,8 +263,7 @@ class LoadBalancer(ListeningService):
     def _drop_client(self, client: Client) -> None:
         client.watch.close()
         client.conn.close()
-        self.clients.discard(client)
-        self.room.remove(client)
+        self.clients.remove(client)
         self.balancer.close_client(client)
 
     # Output
@@ -276,7 +273,7 @@ class LoadBalancer(ListeningService):
         for peer, data in self.balancer.take_output().items():
             if isinstance(peer, Client):
                 self._dirty.add(peer)
-                self.room.heard(peer, now)  # answered now: not idle since
+                self.clients.heard(peer, now)  # answered now: not idle since
                 try:
                     peer.conn.send(data)
                 except Closed as exc:

@@ -59,8 +59,8 @@ HANDSHAKE_TIMEOUT = 10.0
 # between whole lines, as an LS with no queries is, stays).
 PARTIAL_LINE_TIMEOUT = 10.0
 _DISCARD = 64 * 1024
-# Peers at once; past it a new one takes the place of the one idle longest
-# (netkit.room) that has not proved the secret, or is refused.
+# Peers at once; past it one that has not proved the secret makes room for a new
+# one (netkit.room: a silent one first), or the new one is refused.
 DEFAULT_MAX_CONNECTIONS = 1024
 
 
@@ -117,11 +117,10 @@ class TopLevelServer(ListeningService):
         super().__init__(listener, loop)
         self.table = table
         self.max_connections = max_connections
-        self.room: IdleOrder[Peer] = IdleOrder()
         self.announcer = announcer
         self.tls = tls
         self.plain_too = plain_too
-        self.peers: set[Peer] = set()
+        self.peers: IdleOrder[Peer] = IdleOrder()  # netkit.room: who makes room
         self.refusals = EventSummary(log, REFUSAL_LOG_INTERVAL)
         # Comings and goings: a line each, until a flood makes them counts.
         self.arrivals = EventSummary(
@@ -163,7 +162,7 @@ class TopLevelServer(ListeningService):
         name = format_address(address)
         now = self.loop.time()
         if len(self.peers) >= self.max_connections:
-            idlest = self.room.idlest(now, self._may_make_room)
+            idlest = self.peers.idlest(now, self._may_make_room)
             if idlest is None:
                 sock.close()
                 self.refusals.note(
@@ -185,8 +184,7 @@ class TopLevelServer(ListeningService):
             return
         peer = Peer(conn)
         peer.watch = self.loop.watch(sock, partial(self._ready, peer), 0)
-        self.peers.add(peer)
-        self.room.add(peer, now)
+        self.peers.add(peer, now)
         if conn.established:
             self._welcome(peer)
         else:
@@ -250,7 +248,7 @@ class TopLevelServer(ListeningService):
         if not peer.welcomed and peer.reading and peer.conn.established:
             self._welcome(peer)
         if lines:  # a complete line: not silent (netkit.room)
-            self.room.heard(peer, self.loop.time())
+            self.peers.heard(peer, self.loop.time())
         replies = []
         for line in lines:
             answer = reply(self.table, line)
@@ -328,5 +326,4 @@ class TopLevelServer(ListeningService):
         if peer.watch is not None:
             peer.watch.close()
         peer.conn.close()
-        self.peers.discard(peer)
-        self.room.remove(peer)
+        self.peers.remove(peer)

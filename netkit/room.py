@@ -24,8 +24,8 @@ server full of connections that may not go costs little per refusal.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from itertools import islice
+from collections.abc import Callable, Hashable, Iterator
+from itertools import chain, islice
 from typing import Generic, TypeVar
 
 # At the limit, a connection that spoke and then went quiet this long may make room,
@@ -38,9 +38,10 @@ C = TypeVar("C", bound=Hashable)
 
 
 class IdleOrder(Generic[C]):
-    """Connections silent (oldest first) and spoken (idlest first); ``heard`` is O(1),
-    so it is called for every complete line a connection sends, and every answer it
-    gets (which makes it busy, not idle)."""
+    """A server's connections, silent (oldest first) and spoken (idlest first): its
+    one collection of them. ``heard`` is O(1), so it is called for every complete
+    line a connection sends, and every answer it gets (which makes it busy, not
+    idle)."""
 
     def __init__(self) -> None:
         self._silent: OrderedDict[C, float] = OrderedDict()
@@ -51,6 +52,9 @@ class IdleOrder(Generic[C]):
 
     def __contains__(self, connection: object) -> bool:
         return connection in self._silent or connection in self._heard
+
+    def __iter__(self) -> Iterator[C]:
+        return chain(self._silent, self._heard)
 
     def add(self, connection: C, now: float) -> None:
         self._silent[connection] = now
