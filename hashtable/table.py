@@ -44,16 +44,6 @@ def _missing(key: str) -> Outcome:
     return Outcome.failed("KeyError", f"no such key: {describe_key(key)}")
 
 
-def _superseded(held: Version, holds_value: bool, value: Any) -> Outcome:
-    """Refused as older: the newer version held, and with it the value (absent for a
-    tombstone), so that a writer whose write other replicas applied can bring them
-    to this one (docs/cluster.md)."""
-    result = {"applied": False, "newer": _wire(held)}
-    if holds_value:
-        result["value"] = value
-    return Outcome.ok(result)
-
-
 def _wire(version: Version | None) -> list[Any] | None:
     """A version as JSON carries it: [number, "writer"]."""
     return None if version is None else [version[0], version[1]]
@@ -148,8 +138,13 @@ class Table:
         return Outcome.ok({"applied": True, "removed": value, "was": _wire(was)})
 
     def _refusal(self, key: str, held: Version) -> Outcome:
-        holds_value = key in self.versions
-        return _superseded(held, holds_value, self.data[key] if holds_value else None)
+        """Refused as older: the newer version held, and with it the value (none for
+        a tombstone), so that a writer whose write other replicas applied can bring
+        them to this one (docs/cluster.md)."""
+        result = {"applied": False, "newer": _wire(held)}
+        if key in self.versions:
+            result["value"] = self.data[key]
+        return Outcome.ok(result)
 
     def purge_tombstones(self, horizon: int) -> int:
         """Forgets the tombstones older than ``horizon`` (a version number) from the

@@ -72,17 +72,11 @@ def test_a_catalog_that_lost_its_records_lists_a_server_at_its_next_announcement
     assert record["port"] == server.port
 
 
-class FakeCatalog:
-    """Answers one HTTP request with 200 and ``body_size`` bytes of a valid JSON
-    array of records (made as it is sent, so that the test holds none of it);
-    ``sent`` counts the bytes the kernel took before the client hung up."""
+class OneRequest:
+    """Takes one HTTP request on a port of its own and answers it (``answer``) from
+    a thread; ``done`` once the answer is over or the client has hung up."""
 
-    RECORD = b'{"type": "filler", "pad": "' + b"x" * 1000 + b'"},'
-
-    def __init__(self, body_size: int, pause: float = 0.0) -> None:
-        self.body_size = body_size
-        self.pause = pause  # seconds between pieces: a catalog trickling its reply
-        self.sent = 0
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.done = threading.Event()
@@ -94,15 +88,35 @@ class FakeCatalog:
             with peer:
                 while b"\r\n\r\n" not in peer.recv(65536):
                     pass
-                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-                peer.sendall(b"Connection: close\r\n\r\n[")
-                chunk = self.RECORD * 64
-                for _ in range(self.body_size // len(chunk)):
-                    peer.sendall(chunk)
-                    self.sent += len(chunk)
-                    time.sleep(self.pause)
-                peer.sendall(b'{"port": 1}]')
+                self.answer(peer)
         self.done.set()
+
+    def answer(self, peer: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class FakeCatalog(OneRequest):
+    """Answers one HTTP request with 200 and ``body_size`` bytes of a valid JSON
+    array of records (made as it is sent, so that the test holds none of it);
+    ``sent`` counts the bytes the kernel took before the client hung up."""
+
+    RECORD = b'{"type": "filler", "pad": "' + b"x" * 1000 + b'"},'
+
+    def __init__(self, body_size: int, pause: float = 0.0) -> None:
+        self.body_size = body_size
+        self.pause = pause  # seconds between pieces: a catalog trickling its reply
+        self.sent = 0
+        super().__init__()
+
+    def answer(self, peer: socket.socket) -> None:
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        peer.sendall(b"Connection: close\r\n\r\n[")
+        chunk = self.RECORD * 64
+        for _ in range(self.body_size // len(chunk)):
+            peer.sendall(chunk)
+            self.sent += len(chunk)
+            time.sleep(self.pause)
+        peer.sendall(b'{"port": 1}]')
 
     @property
     def records(self) -> int:
@@ -134,24 +148,17 @@ def test_a_catalog_trickling_its_reply_is_given_up_on_after_the_time_out():
     assert time.monotonic() - started < 3
 
 
-class Trickler:
+class Trickler(OneRequest):
     """Answers one HTTP request with ``reply``, one byte every ``pause`` seconds."""
 
     def __init__(self, reply: bytes, pause: float = 0.05) -> None:
         self.reply, self.pause = reply, pause
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError), self.listener:
-            peer, _ = self.listener.accept()
-            with peer:
-                while b"\r\n\r\n" not in peer.recv(65536):
-                    pass
-                for byte in self.reply:
-                    peer.sendall(bytes([byte]))
-                    time.sleep(self.pause)
+    def answer(self, peer: socket.socket) -> None:
+        for byte in self.reply:
+            peer.sendall(bytes([byte]))
+            time.sleep(self.pause)
 
 
 @pytest.mark.parametrize(
