@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from hashtable.database import Database, RecoveryError, StorageFailure
+from hashtable.memory_limit import MemoryLimit, describe_bytes
 from hashtable.server import Limits, Server
 from hashtable.server_options import parse_args
 from hashtable.singleton import ProjectGuard
@@ -37,6 +38,7 @@ from netkit.listeners import (
     raise_open_file_limit,
 )
 from netkit.logs import setup_logging
+from netkit.memory import resident_bytes
 from netkit.security import Secret, SecretError, load_secret, require_service_name
 from netkit.signals import StopSignals
 
@@ -125,12 +127,13 @@ def _limits(args: argparse.Namespace) -> Limits:
 def _open_database(args: argparse.Namespace) -> Database | None:
     """Recovers the table; None (the reason logged) when the directory cannot be used."""
     try:
-        return Database(
+        database = Database(
             args.data_dir,
             sync=args.sync,
             compact_after=args.compact_after,
             scan_timeout=args.scan_timeout,
             version_window=args.version_window,
+            memory_limit=MemoryLimit(args.max_memory) if args.max_memory else None,
             repair=args.repair,
         )
     except RecoveryError as exc:
@@ -143,7 +146,22 @@ def _open_database(args: argparse.Namespace) -> Database | None:
             )
     except OSError as exc:
         log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)
+    else:
+        _warn_if_over(args.max_memory)
+        return database
     return None
+
+
+def _warn_if_over(limit: int) -> None:
+    """--max-memory below what the recovered table takes: say so at once."""
+    used = resident_bytes()
+    if limit and used is not None and used > limit:
+        log.warning(
+            "--max-memory %s is less than the server holds once the table is loaded (%s): "
+            "every insert will be refused until removes free room",
+            describe_bytes(limit),
+            describe_bytes(used),
+        )
 
 
 def _server(

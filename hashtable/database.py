@@ -33,6 +33,7 @@ from hashtable import logfile as storage_log
 from hashtable import storage
 from hashtable.checkpoint import write_checkpoint
 from hashtable.compaction import Compactions
+from hashtable.memory_limit import MemoryLimit
 from hashtable.recovery import Recovery, rewrite
 from hashtable.request import MUTATIONS, Outcome, Request, numbering_problem, validate
 from hashtable.sealing import seal
@@ -73,6 +74,7 @@ class Database:
         lock_timeout: float = 5.0,
         session_limits: SessionLimits | None = None,
         version_window: float = DEFAULT_VERSION_WINDOW,
+        memory_limit: MemoryLimit | None = None,
         repair: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
@@ -85,6 +87,7 @@ class Database:
         self.scan_timeout = scan_timeout
         self.key_timeout = key_timeout
         self._window = VersionWindow(version_window)
+        self._memory = memory_limit  # refuses inserts while the process holds too much
         self._lock = storage.open_directory(self.directory, lock_timeout)
         try:
             self.origin = storage.read_origin(self.directory)
@@ -173,6 +176,8 @@ class Database:
         if problem is None and request.version is not None:
             held = self.table.held(request.key)  # type: ignore[arg-type]
             refused = self._window.refusal(request.version, held)
+        if problem is None and refused is None and request.method == "insert":
+            refused = self._memory.refusal() if self._memory is not None else None
         if problem is None and refused is None:
             record["key"] = request.key
             if request.method == "insert":
@@ -185,6 +190,8 @@ class Database:
                 problem = f"cannot store this {request.method}: {error}"
         if problem is not None or refused is not None:
             if client is None:
+                if problem is None:
+                    return Outcome.failed(*refused)  # type: ignore[misc]
                 return Outcome.invalid(problem)
             # Logged too, so that its retry gets the same answer even after a crash,
             # and the client's next number follows this one. A refusal depends on

@@ -62,7 +62,7 @@ class RequestQueue:
     """The interface of a pipeline: requests queued by the table's method names,
     run by ``execute()`` (at the end of a ``with`` block too), each one's result
     in its ``Reply``. ``Pipeline`` sends them together to one server; the
-    cluster's (``hashtable.cluster.client.ClusterPipeline``) runs them in turn."""
+    cluster's (``hashtable.cluster.pipeline.ClusterPipeline``) runs them in turn."""
 
     def __init__(self) -> None:
         self._queued: list[tuple[Request, Reply]] = []

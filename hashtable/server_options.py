@@ -19,6 +19,7 @@ from hashtable.names import project_problem
 from hashtable.server import DEFAULT_SUMMARY_INTERVAL, Limits
 from netkit.addresses import AddressError
 from netkit.cliargs import (
+    byte_size,
     int_between,
     nonempty_path,
     nonnegative_seconds,
@@ -28,10 +29,14 @@ from netkit.cliargs import (
     program_name,
 )
 from netkit.listeners import is_loopback
+from netkit.memory import memory_available
 
 # The most --max-request-bytes may be (256 MiB): a line is buffered whole before it
 # is parsed, so the bound is what keeps one client from taking all the memory.
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
+# --max-memory's default, as a share of the memory the process may use (the
+# machine's, or its control group's): room for a compaction's copy-on-write child.
+DEFAULT_MEMORY_SHARE = 0.5
 
 
 def default_data_dir(project: str) -> Path | None:
@@ -48,6 +53,27 @@ def default_data_dir(project: str) -> Path | None:
             return None
         state = os.path.join(home, ".local", "state")
     return Path(state) / "hashtable" / project
+
+
+def memory_size(text: str) -> int:
+    """--max-memory: a size (``byte_size``), or a share of the memory the process
+    may use (``50%``); 0 is no limit."""
+    if not text.endswith("%"):
+        return byte_size(text)
+    available = memory_available()
+    try:
+        share = float(text[:-1])
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 100:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a share of memory (more than 0%, at most 100%)"
+        )
+    if available is None:
+        raise argparse.ArgumentTypeError(
+            f"{text}: this system does not say how much memory there is; give a size"
+        )
+    return int(available * share / 100)
 
 
 def _project(text: str) -> str:
@@ -158,6 +184,15 @@ def _network_options(parser: argparse.ArgumentParser) -> None:
 
 def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--max-memory",
+        type=memory_size,
+        metavar="SIZE",
+        help="refuse inserts while the server holds more memory than this (resident size: "
+        "512M, 2G, 25%% of the machine's; 0: no limit; default "
+        f"{DEFAULT_MEMORY_SHARE * 100:.0f}%% of the machine's or its control group's); "
+        "lookups, removes and scans go on",
+    )
+    parser.add_argument(
         "--max-connections",
         type=positive_int,
         metavar="N",
@@ -221,6 +256,9 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(
                 f"--no-auth serves anyone who can connect, so only on loopback, not on {args.host!r}"
             )
+    if args.max_memory is None:
+        available = memory_available()
+        args.max_memory = int(available * DEFAULT_MEMORY_SHARE) if available else 0
     args.data_dir = args.data_dir or default_data_dir(args.project)
     if args.data_dir is None:
         parser.error("no home folder to keep the table in: give --data-dir (or set HOME)")

@@ -106,6 +106,26 @@ def positive_number(text: str) -> float:
     return value
 
 
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_BYTES = 1 << 62
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes, whole or with a unit: ``536870912``, ``512M``, ``1.5GiB``
+    (K, M, G, T are powers of 1024, with or without ``B``/``iB`` after them)."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _BYTE_UNITS else ""
+    try:
+        value = float(number[: len(number) - len(unit)]) * _BYTE_UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes (such as 536870912, 512M or 1.5G)"
+        )
+    return int(value)
+
+
 def number_list(item: Callable[[str], T]) -> Callable[[str], list[T]]:
     """argparse type: a comma-separated list, each item parsed (and checked) by ``item``,
     e.g. ``number_list(positive_int)`` for ``1,2,4,8``."""

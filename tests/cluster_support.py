@@ -38,9 +38,9 @@ class Cluster:
         started = [self._spawn(index) for index in range(servers)]
         self.servers: list[ServerHandle] = [self._ready(*each) for each in started]
 
-    def _spawn(self, index: int, port: int = 0) -> tuple[Process, str]:
+    def _spawn(self, index: int, port: int = 0, *more: str) -> tuple[Process, str]:
         project = f"{self.name}-{index}"
-        args = [project, "--host", "127.0.0.1", "--port", str(port), *self.extra]
+        args = [project, "--host", "127.0.0.1", "--port", str(port), *self.extra, *more]
         args += ["--data-dir", str(self.root / project), "--catalog", self.catalog]
         return self.spawn(python_script("HashTableServer.py", *args), name=project), project
 
@@ -53,16 +53,17 @@ class Cluster:
         assert process.alive(), f"{project} exited:\n{process.output()}"
         return ServerHandle(process, port, self.root / project, project)
 
-    def _start(self, index: int, port: int = 0) -> ServerHandle:
-        return self._ready(*self._spawn(index, port))
+    def _start(self, index: int, port: int = 0, *more: str) -> ServerHandle:
+        return self._ready(*self._spawn(index, port, *more))
 
     def kill(self, index: int) -> None:
         """SIGKILL: the crash the promises are about."""
         self.servers[index].process.kill()
 
-    def restart(self, index: int) -> None:
-        """Starts it again on its port with its data directory (it recovers)."""
-        self.servers[index] = self._start(index, self.servers[index].port)
+    def restart(self, index: int, *more: str) -> None:
+        """Starts it again on its port with its data directory (it recovers), with
+        ``more`` options than the others."""
+        self.servers[index] = self._start(index, self.servers[index].port, *more)
 
     def client(self, copies: int, **options: Any) -> ClusterClient:
         return ClusterClient(

@@ -67,6 +67,20 @@ def test_the_server_refuses_bad_places_to_keep_and_serve_from(tmp_path: Path, ar
     assert_one_message(run(["HashTableServer.py", "p", *data, *args]), message)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("12Q", "argument --max-memory: '12Q' is not a size in bytes (such as 536870912, 512M"),
+        ("-5M", "argument --max-memory: '-5M' is not a size in bytes"),
+        ("0%", "argument --max-memory: '0%' is not a share of memory (more than 0%, at most"),
+        ("150%", "argument --max-memory: '150%' is not a share of memory"),
+    ],
+)
+def test_the_server_refuses_a_memory_limit_it_cannot_read(tmp_path: Path, value, message):
+    args = ["HashTableServer.py", "p", "--data-dir", str(tmp_path), f"--max-memory={value}"]
+    assert_one_message(run(args), message)
+
+
 def test_the_server_without_a_home_folder_asks_for_a_data_dir(tmp_path: Path):
     """A relative HOME (or none that can be found) and a relative XDG_STATE_HOME (which
     the XDG rules say to ignore) would put the table wherever the server was started;

@@ -4,7 +4,8 @@
 ``python -m hashtable.cluster start NAME N`` runs a local cluster.
 """
 
-from hashtable.cluster.client import ClusterClient, ClusterPipeline
+from hashtable.cluster.client import ClusterClient
+from hashtable.cluster.pipeline import ClusterPipeline
 from hashtable.errors import (
     AuthenticationError,
     HashTableError,

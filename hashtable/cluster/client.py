@@ -13,6 +13,7 @@ versioned writes (``hashtable.cluster.clock``, docs/cluster.md).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -20,8 +21,6 @@ from typing import Any
 
 from hashtable.client import client_secret
 from hashtable.errors import (
-    ANSWERS,
-    AuthenticationError,
     InvalidRequestError,
     ServerError,
     ServiceUnavailable,
@@ -29,19 +28,21 @@ from hashtable.errors import (
 )
 from hashtable.names import project_problem
 from hashtable.numbering import Numbering
-from hashtable.pipeline import RequestQueue
 from hashtable.placement import covered, key_hash, replicas
 from hashtable.protocol import encode_request
 from hashtable.request import MAX_SERVERS, Outcome, Request, Status, argument_problem
 from hashtable.transport import DEFAULT_TIMEOUT, Transport
+from netkit.backoff import Backoff
 
 from .answers import census_size, merged_pairs
 from .clock import HybridClock
 from .fanout import Call, Member, Patience, run
+from .pipeline import ClusterPipeline
 from .writes import (
     behind,
     needs_new_version,
     newest,
+    out_of_memory,
     refusals,
     repair,
     write_result,
@@ -52,6 +53,10 @@ MAX_REISSUES = 8  # times a write that lost to newer versions on every replica i
 # version: once is the usual case (it was in flight for longer than the servers'
 # version window); more means this client's clock is that far behind the server's.
 MAX_RESTAMPS = 3
+# How often a write taken by some replicas is sent again to one out of memory.
+ROOM_BACKOFF = (0.05, 2.0)
+
+log = logging.getLogger("hashtable.client")
 
 
 class ClusterClient:
@@ -237,6 +242,7 @@ class ClusterClient:
             own.append(version)
             calls = [self._call(member, request, version) for member in targets]
             run(calls, patience, keep_trying=True)
+            self._until_room(request, version, calls, patience, all_must=False)
             outcomes: list[Outcome] = [call.outcome for call in calls]  # type: ignore[misc]
             if needs_new_version(outcomes) and restamped < MAX_RESTAMPS:
                 restamped += 1
@@ -279,6 +285,36 @@ class ClusterClient:
         ]
         if calls:
             run(calls, patience, keep_trying=True)
+            self._until_room(fix, fix.version, calls, patience, all_must=True)  # type: ignore[arg-type]
+
+    def _until_room(
+        self,
+        request: Request,
+        version: list[Any],
+        calls: list[Call],
+        patience: Patience,
+        *,
+        all_must: bool,
+    ) -> None:
+        """The calls refused for want of memory (a replica at its --max-memory) are
+        sent again, with the same version so that each applies once, until they are
+        taken or the write gives up (``give_up_after``): a full replica is waited for
+        like one that is down. Unless every replica refused and not ``all_must``:
+        then the write took effect nowhere, and the refusal is its answer."""
+        backoff = Backoff(*ROOM_BACKOFF)
+        while True:
+            full = [n for n, call in enumerate(calls) if out_of_memory(call.outcome)]
+            if not full or (len(full) == len(calls) and not all_must):
+                return
+            refusal = calls[full[0]].outcome.message  # type: ignore[union-attr]
+            if backoff.attempts == 0:
+                servers = ", ".join(f"{self.name}-{calls[n].member.index}" for n in full)
+                log.warning("cluster %r: %s: %s; waiting for room", self.name, servers, refusal)
+            patience.failed(ServerError(refusal), time.monotonic())
+            time.sleep(backoff.next_delay())
+            for n in full:
+                calls[n] = self._call(calls[n].member, request, version)
+            run([calls[n] for n in full], patience, keep_trying=True)
 
     def _read_key(self, request: Request) -> Any:
         """One replica's answer, trying them in turn from this read's first."""
@@ -338,29 +374,6 @@ class ClusterClient:
             now = time.monotonic()
             left = [patience.next_try(m, now) for m in self._members if m.index not in results]
             patience.sleep_until(min(left))
-
-
-class ClusterPipeline(RequestQueue):
-    """``Pipeline``'s interface for a cluster: requests queued, then run by
-    ``execute()`` (or at the end of a ``with`` block) one after another, each
-    result or answer (``KeyError``, ...) in its ``Reply``. Not sent together
-    yet: a cluster pipeline saves no round trips."""
-
-    def __init__(self, client: ClusterClient) -> None:
-        super().__init__()
-        self._client = client
-
-    def execute(self) -> list[Any]:
-        """Runs the queued requests in order and returns ``results()``."""
-        queued, self._queued = self._queued, []
-        for request, reply in queued:
-            try:
-                reply.outcome = Outcome.ok(self._client._execute(request))
-            except (ServiceUnavailable, AuthenticationError):
-                raise  # not an answer: as from Pipeline.execute()
-            except ANSWERS as exc:
-                reply.error = exc
-        return self.results()
 
 
 def check_shape(servers: Any, copies: Any) -> None:

@@ -17,6 +17,9 @@ version it holds (``newer``, with the value it holds, none for a tombstone). The
 - A remove returns the value the newest of its replicas' earlier states held, or
   ``KeyError`` when that state was a tombstone (another remove took the value
   first) or nothing.
+- **Refused for want of memory** (a replica at its ``--max-memory``) while others
+  took it: that replica is waited for like one that is down (``out_of_memory``).
+  Refused so by every replica, the write took effect nowhere: that is its answer.
 """
 
 from __future__ import annotations
@@ -25,10 +28,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from hashtable.errors import result_of
+from hashtable.memory_limit import OUT_OF_MEMORY
 from hashtable.protocol import ProtocolError
 from hashtable.request import Outcome, Request, Status
 
 from .clock import HybridClock
+
+
+def out_of_memory(outcome: Outcome | None) -> bool:
+    """Whether a replica refused the write for want of memory (docs/protocol.md)."""
+    return (
+        outcome is not None and outcome.status is Status.FAILED and outcome.error == OUT_OF_MEMORY
+    )
 
 
 def needs_new_version(outcomes: Iterable[Outcome]) -> bool:

@@ -1,0 +1,216 @@
+"""--max-memory: inserts refused while the server holds too much, everything else served,
+and inserts taken again once removes have freed room."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from harness.processes import wait_until
+from hashtable.database import Database
+from hashtable.errors import ServerError
+from hashtable.memory_limit import OUT_OF_MEMORY, MemoryLimit, describe_bytes
+from hashtable.request import Request, Status
+from HashTableClient import HashTableClient
+from netkit.memory import memory_available, resident_bytes
+from tests.server_support import start_server
+
+MiB = 1 << 20
+
+
+class FakeProcess:
+    """A resident size the test sets, and what releasing free memory gives back."""
+
+    def __init__(self, used: int) -> None:
+        self.used = used
+        self.freeable = 0
+        self.releases = 0
+        self.now = 100.0
+
+    def measure(self) -> int:
+        return self.used
+
+    def grow(self, used: int) -> None:
+        """The resident size becomes ``used``, seen by the next measure."""
+        self.used = used
+        self.now += 0.001
+
+    def release(self) -> None:
+        self.releases += 1
+        self.used -= self.freeable
+        self.freeable = 0
+
+    def limit(self, limit: int) -> MemoryLimit:
+        return MemoryLimit(
+            limit, measure=self.measure, release=self.release, clock=lambda: self.now
+        )
+
+
+def test_under_the_limit_nothing_is_refused_nor_released() -> None:
+    process = FakeProcess(used=50 * MiB)
+    limit = process.limit(64 * MiB)
+    assert limit.refusal() is None
+    assert process.releases == 0
+
+
+def test_over_the_limit_free_memory_is_given_back_before_refusing() -> None:
+    process = FakeProcess(used=70 * MiB)
+    process.freeable = 10 * MiB  # glibc held 10 MiB that was freed
+    limit = process.limit(64 * MiB)
+    assert limit.refusal() is None
+    assert process.releases == 1 and process.used == 60 * MiB
+
+
+def test_over_the_limit_inserts_are_refused_with_what_and_why(caplog) -> None:
+    process = FakeProcess(used=80 * MiB)
+    limit = process.limit(64 * MiB)
+    with caplog.at_level(logging.WARNING, logger="hashtable.server"):
+        error, message = limit.refusal()  # type: ignore[misc]
+        limit.refusal()
+    assert error == OUT_OF_MEMORY
+    assert "80.0 MiB" in message and "--max-memory of 64.0 MiB" in message
+    assert "removes" in message
+    # One line when it starts refusing, not one per insert.
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert len(caplog.records) == 1 and "refusing inserts" in caplog.records[0].message
+
+
+def test_free_memory_is_given_back_at_most_once_a_second() -> None:
+    process = FakeProcess(used=80 * MiB)
+    limit = process.limit(64 * MiB)
+    for _ in range(100):
+        assert limit.refusal() is not None
+    assert process.releases == 1
+    process.now += 1.0
+    process.freeable = 20 * MiB  # removes freed room
+    assert limit.refusal() is None
+    assert process.releases == 2
+
+
+def test_taking_inserts_again_is_logged(caplog) -> None:
+    process = FakeProcess(used=80 * MiB)
+    limit = process.limit(64 * MiB)
+    limit.refusal()
+    process.grow(30 * MiB)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hashtable.server"):
+        assert limit.refusal() is None
+        assert limit.refusal() is None
+    assert [r.message for r in caplog.records] == [
+        "memory: back under --max-memory 64.0 MiB: taking inserts again"
+    ]
+
+
+def test_inserts_faster_than_a_millisecond_share_one_measure() -> None:
+    process = FakeProcess(used=50 * MiB)
+    limit = process.limit(64 * MiB)
+    assert limit.refusal() is None
+    process.used = 80 * MiB  # no time has passed: the same measure
+    assert limit.refusal() is None
+    process.now += 0.001
+    assert limit.refusal() is not None
+
+
+def test_an_unreadable_size_never_refuses() -> None:
+    limit = MemoryLimit(1, measure=lambda: None, release=lambda: None)
+    assert limit.refusal() is None
+
+
+def test_sizes_are_described_in_the_unit_that_reads_best() -> None:
+    assert describe_bytes(512) == "512 bytes"
+    assert describe_bytes(1536) == "1.5 KiB"
+    assert describe_bytes(3 * MiB) == "3.0 MiB"
+    assert describe_bytes(5 << 40) == "5.0 TiB"
+
+
+def test_the_process_measures_are_real() -> None:
+    used = resident_bytes()
+    available = memory_available()
+    assert used is not None and 5 * MiB < used
+    assert available is not None and used < available
+
+
+# ---------------------------------------------------------------- the database
+
+
+def _insert(db: Database, key: str, seq: int) -> Request:
+    return Request("insert", key, "v" * 100, client="c1", seq=seq)
+
+
+def test_a_refused_insert_is_an_answer_kept_across_a_restart(tmp_path: Path) -> None:
+    process = FakeProcess(used=10 * MiB)
+    with Database(tmp_path, memory_limit=process.limit(64 * MiB)) as db:
+        assert db.execute(_insert(db, "kept", 1)).status is Status.OK
+        process.grow(80 * MiB)
+        refused = db.execute(_insert(db, "refused", 2))
+        assert (refused.status, refused.error) == (Status.FAILED, OUT_OF_MEMORY)
+        assert db.execute(Request("lookup", "kept")).status is Status.OK
+        removed = db.execute(Request("remove", "kept", client="c1", seq=3))
+        assert removed.status is Status.OK
+        # Unnumbered, as nc sends it: refused the same way.
+        plain = db.execute(Request("insert", "plain", 1))
+        assert (plain.status, plain.error) == (Status.FAILED, OUT_OF_MEMORY)
+        db.commit()
+    # Room again, after a restart: the retried insert still gets its first answer
+    # (exactly-once), which replay read from the log instead of deciding again.
+    process.used = 10 * MiB
+    with Database(tmp_path, memory_limit=process.limit(64 * MiB)) as db:
+        again = db.execute(_insert(db, "refused", 2))
+        assert (again.status, again.error) == (Status.FAILED, OUT_OF_MEMORY)
+        assert db.execute(Request("lookup", "refused")).error == "KeyError"
+        assert db.execute(Request("lookup", "kept")).error == "KeyError"  # removed
+        assert db.execute(_insert(db, "refused", 4)).status is Status.OK
+
+
+# ---------------------------------------------------------------- the server
+
+
+def _resident(pid: int) -> int:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * 4096
+
+
+def test_a_server_at_its_limit_refuses_inserts_serves_the_rest_and_recovers(
+    spawn, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first = start_server(spawn, data, "--sync", "no")
+    limit = _resident(first.process.pid) + 24 * MiB
+    first.process.stop()
+    server = start_server(spawn, data, "--sync", "no", "--max-memory", str(limit))
+    value = "x" * (256 * 1024)
+    stored = []
+    with HashTableClient.at("127.0.0.1", server.port, give_up_after=0) as table:
+        with pytest.raises(ServerError, match=r"OutOfMemory: the server holds .* more than its"):
+            for n in range(400):  # 100 MiB: well past the limit
+                table.insert(f"big-{n}", value)
+                stored.append(f"big-{n}")
+        assert 10 < len(stored) < 400
+        assert table.lookup(stored[0]) == value  # reads go on
+        assert table.size() == len(stored)
+        for key in stored:
+            assert table.remove(key) == value  # removes go on, and free room
+        wait_until(lambda: _inserted(table), timeout=10, what="an insert taken again")
+    log = server.log()
+    assert "refusing inserts until removes free room" in log
+    assert "back under --max-memory" in log
+
+
+def _inserted(table: HashTableClient) -> bool:
+    try:
+        table.insert("after", "room again")
+    except ServerError:
+        return False
+    return True
+
+
+def test_a_limit_below_what_the_table_takes_is_said_at_start(spawn, tmp_path: Path) -> None:
+    server = start_server(spawn, tmp_path / "data", "--max-memory", "1M")
+    wait_until(lambda: "every insert will be refused" in server.log(), timeout=10, what="warning")
+    with HashTableClient.at("127.0.0.1", server.port, give_up_after=0) as table:
+        with pytest.raises(ServerError, match="OutOfMemory"):
+            table.insert("k", 1)
+        with pytest.raises(KeyError):
+            table.lookup("k")
