@@ -5,7 +5,7 @@ Two hash table servers of one project with different data directories hold two
 different tables: clients that find one never see what was written to the
 other (a split brain). The server refuses to start beside another one
 (``hashtable.singleton``), and the client warns when the catalog lists two
-(``hashtable.transport``). This module is their common ground, sans-IO: catalog
+(``hashtable.endpoints``). This module is their common ground, sans-IO: catalog
 records in, the servers they describe and the messages out.
 
 Only records that can be trusted count, since anyone may announce anything to a

@@ -17,19 +17,18 @@ import logging
 import select
 import socket
 import struct
-import threading
 import time
 from collections import deque
 
-from catalog.client import CatalogUnavailable, catalog_addresses, matching, query, record_endpoint
+from catalog.client import CatalogUnavailable, catalog_addresses, matching, query
+from hashtable.endpoints import NotListed, candidates
 from hashtable.errors import AuthenticationError, ServiceUnavailable
 from hashtable.names import project_problem
 from hashtable.protocol import ProtocolError, decode_reply
 from hashtable.request import Outcome
-from hashtable.rivals import listed_servers, rival_warning, rivals
 from netkit.backoff import Backoff
 from netkit.framing import LineFramer
-from netkit.security import AUTH_SCHEME, Secret, service_name
+from netkit.security import Secret, service_name
 from netkit.tls import TlsError, TlsSession, handshake_blocking
 
 log = logging.getLogger("hashtable.client")
@@ -38,21 +37,9 @@ DEFAULT_TIMEOUT = 5.0
 # Replies hold whole scans, so they may be far longer than a request.
 MAX_REPLY_LINE = 1 << 31
 RECV_SIZE = 64 * 1024  # see netkit.connection.RECV_SIZE
-# Servers tried per connection attempt: impostors replaying a signed record from
-# their own addresses cost one failed handshake each, at most this many.
-MAX_CANDIDATES = 8
 
 # Everything after which a request is sent again, to a freshly resolved server.
 RETRYABLE = (OSError, ProtocolError)  # OSError covers timeouts, refusals, CatalogUnavailable
-
-# The pairs of tables (origins) this process has warned of: once each, not at every
-# look-up, whichever client of the process looked.
-_WARNED: set[frozenset[str]] = set()
-_WARNED_LOCK = threading.Lock()
-
-
-class NotListed(ConnectionError):
-    """The catalog answered but lists no usable server for the project."""
 
 
 class Transport:
@@ -275,67 +262,24 @@ class Transport:
         self._secret_proven = True
 
     def _candidates(self) -> list[tuple[str, int]]:
-        """The endpoints of the project's servers the catalog lists, freshest first,
-        each once: with a secret, only those whose records it signed."""
+        """The endpoints the catalog lists for the project (``hashtable.endpoints``)."""
         assert self.project is not None
         found = matching(
             query(catalogs=self.catalogs, timeout=self.timeout), "hashtable", self.project
         )
-        self._warn_of_rivals(found)
-        if self.secret is not None:
-            ours = [record for record in found if self.secret.record_signed_by_us(record)]
-            signed = any(record.get("auth") == AUTH_SCHEME for record in found)
-            if not ours and signed and self._secret_proven:
-                # Anyone who can send the catalog a datagram can list a forged record (and
-                # withdraw ours): wait for the server's next announcement, as if unlisted.
-                # (Or the server's secret was rotated: docs/security.md.)
-                problem = (
-                    f"the catalog lists servers for project {self.project!r} only with "
-                    "records signed with another secret than the one the server took: "
-                    "impostors, or the server's secret was rotated; waiting for a record of ours"
-                )
-                if not self._warned_foreign:
-                    self._warned_foreign = True
-                    log.warning("%s", problem)
-                raise NotListed(problem)
-            if not ours and signed:
-                raise AuthenticationError(
-                    f"the catalog lists servers for project {self.project!r}, but none signed "
-                    f"with our secret {self.secret.fingerprint} ({self.secret.path}): the server "
-                    "holds another secret file (or these are impostors)"
-                )
-            if not ours and found:
-                raise NotListed(
-                    f"the catalog lists only servers of project {self.project!r} that do not "
-                    "authenticate (--no-auth, or impostors); this client requires authentication"
-                )
-            found = ours
-        else:
-            found = [record for record in found if record.get("auth") != AUTH_SCHEME] or found
-        endpoints: dict[tuple[str, int], None] = {}
-        for record in found:
-            try:
-                endpoints[record_endpoint(record)] = None
-            except ValueError as exc:
-                log.debug("ignoring a catalog record: %s", exc)
-        if not endpoints:
-            asked = ", ".join(f"{host}:{port}" for host, port in self.catalogs)
-            raise NotListed(
-                f"the catalog ({asked}) lists no hashtable server for project {self.project!r}"
+        try:
+            return candidates(
+                found,
+                self.project,
+                self.secret,
+                secret_proven=self._secret_proven,
+                catalogs=self.catalogs,
             )
-        return list(endpoints)[:MAX_CANDIDATES]
-
-    def _warn_of_rivals(self, records: list[dict]) -> None:
-        """One warning per pair of servers of the project holding different tables
-        (a split brain: hashtable.rivals); the freshest is used all the same."""
-        assert self.project is not None
-        for chosen, other in rivals(listed_servers(records, self.project, self.secret)):
-            pair = frozenset((chosen.origin, other.origin))
-            with _WARNED_LOCK:
-                if pair in _WARNED:
-                    continue
-                _WARNED.add(pair)
-            log.warning("%s", rival_warning(self.project, chosen, other))
+        except NotListed as exc:
+            if exc.foreign and not self._warned_foreign:
+                self._warned_foreign = True
+                log.warning("%s", exc)
+            raise
 
     def disconnect(self) -> None:
         if self.sock is not None:
