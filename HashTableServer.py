@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def _limits(args: argparse.Namespace) -> Limits:
     return Limits(
         max_request_bytes=args.max_request_bytes,
+        max_request_values=args.max_request_values,
         max_connections=connection_capacity(
             args.max_connections or Limits.max_connections,
             raise_open_file_limit(),

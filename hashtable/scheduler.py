@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
-from hashtable.protocol import encode_reply, is_http_request, parse_request
+from hashtable.protocol import MAX_REQUEST_VALUES, encode_reply, is_http_request, parse_request
 from hashtable.request import MUTATIONS, WHOLE_TABLE_READS, Outcome, Request
 from hashtable.table import ReadJob
 from netkit.connection import DEFAULT_HIGH_WATER
@@ -56,6 +56,7 @@ class Limits:
     the server option of the same name (``--max-request-bytes``, ...)."""
 
     max_request_bytes: int = DEFAULT_MAX_LINE  # bytes in one request line
+    max_request_values: int = MAX_REQUEST_VALUES  # JSON values in one (hashtable.protocol)
     high_water: int = DEFAULT_HIGH_WATER  # queued reply bytes before the server stops reading
     max_connections: int = 10_000
     # Connections not yet authenticated, in all and from one address; past these the
@@ -255,7 +256,7 @@ class Scheduler:
                 if i == end:
                     break
                 line = lines[i]
-                request = parse_request(line)
+                request = parse_request(line, self.limits.max_request_values)
                 if type(request) is Request:
                     if (
                         request.method in WHOLE_TABLE_READS or request.servers is not None

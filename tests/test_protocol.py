@@ -19,6 +19,7 @@ from hashtable.protocol import (
     encode_reply,
     encode_request,
     parse_request,
+    too_many_values,
 )
 from hashtable.request import METHODS, Outcome, Request, Status
 
@@ -388,3 +389,46 @@ def test_arbitrary_objects_are_requests_or_reasons(obj):
     else:
         assert result.status is Status.INVALID and result.message
         assert encode_reply(result).endswith(b"\n")
+
+
+# ---------------------------------------------------------------- values per request
+
+_TRICKY = st.text(alphabet=st.sampled_from('ab,:[{}]"\\\n\u00e9\U0001f600'), max_size=12)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _TRICKY,
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(_TRICKY, children, max_size=6)
+    ),
+    max_leaves=60,
+)
+
+
+def _separators_of(value) -> int:
+    """The ``[``, ``{``, ``,`` and ``:`` of ``value``'s compact JSON outside its strings."""
+    if isinstance(value, list):
+        return 1 + max(len(value) - 1, 0) + sum(_separators_of(item) for item in value)
+    if isinstance(value, dict):
+        inner = sum(_separators_of(item) for item in value.values())
+        return 1 + max(len(value) - 1, 0) + len(value) + inner
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_the_values_of_a_request_are_counted_outside_its_strings(value):
+    line = orjson.dumps({"value": value})
+    count = _separators_of({"value": value})
+    if count < len(line):  # (a line no longer than the limit is let through unread)
+        assert too_many_values(line, count - 1)
+    assert not too_many_values(line, count)
+
+
+def test_a_request_with_too_many_values_is_refused_unparsed():
+    bomb = b'{"method": "insert", "key": "k", "value": [' + b"{}," * 300_000 + b"{}]}"
+    reply = parse_request(bomb)
+    assert isinstance(reply, Outcome) and reply.status is Status.INVALID
+    assert "more than 250000 JSON values" in reply.message
+    # Strings are cheap to parse: commas, colons and brackets inside them do not count.
+    text = b'{"method": "insert", "key": "k", "value": "' + b'a,b:[{\\"' * 300_000 + b'"}'
+    assert isinstance(parse_request(text), Request)
+    assert isinstance(parse_request(bomb, max_values=1_000_000), Request)

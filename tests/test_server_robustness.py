@@ -172,6 +172,39 @@ def test_pipelined_catastrophic_scans_do_not_stall_other_clients(server, witness
     assert all("took longer than 0.05 s on one key" in message for message in refused)
 
 
+def test_wide_json_bombs_do_not_stall_other_clients(server, witness):
+    """8 MiB of ``[{},{},...]`` is 2.8 million objects: orjson took 0.6 s to build
+    them, with nobody else served meanwhile, and 250 MB to hold them. A request of
+    more than --max-request-values is refused unparsed, in a few milliseconds."""
+    bomb = b'{"method": "insert", "key": "k", "value": [' + b"{}," * 2_700_000 + b"{}]}\n"
+    stop = threading.Event()
+    refused: list[str] = []
+
+    def attack() -> None:
+        with Wire(server.port, timeout=30) as evil:
+            evil.send(bomb, bomb)
+            while not stop.is_set():
+                refused.append(evil.reply()["message"])
+                evil.send(bomb)
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    slowest = 0.0
+    with Wire(server.port) as other:
+        ends = time.monotonic() + 2.0
+        while time.monotonic() < ends or len(refused) < 4:
+            started = time.monotonic()
+            assert other.call({"method": "lookup", "key": "witness-0"})["status"] == "ok"
+            slowest = max(slowest, time.monotonic() - started)
+    stop.set()
+    attacker.join(timeout=30)
+    assert not attacker.is_alive()
+    assert slowest < 0.3, f"a lookup waited {slowest:.2f} s behind the bombs"
+    assert all("more than 250000 JSON values" in message for message in refused), refused[:1]
+    with Wire(server.port) as wire:
+        assert wire.call({"method": "lookup", "key": "k"})["error"] == "KeyError"
+
+
 def test_a_regex_too_big_to_compile_is_refused_at_once(server, witness):
     """Compiling a regex, and the tables its first search builds, come before any scan
     timeout: a 2 MB literal held every client for seconds ("x" * 4096 alone: 20 s), and
