@@ -266,9 +266,10 @@ KINDS: dict[str, Callable[[Attack], None]] = {
     "records": catalog_attacks.records,
     "handshakes": hashtable_attacks.handshakes,
     "sessions": hashtable_attacks.sessions,
+    "bombs": hashtable_attacks.bombs,
 }
 CATALOG_KINDS = ["udp", "pages", "idle", "records"]
-HASHTABLE_KINDS = ["handshakes", "sessions"]
+HASHTABLE_KINDS = ["handshakes", "sessions", "bombs"]
 
 
 def default_kinds(target: str) -> list[str]:

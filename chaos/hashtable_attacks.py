@@ -8,6 +8,9 @@
   insert, as fast as one connection takes them (100,500 of them used to evict
   every real client's session for good). Only a holder of the secret can open a
   session at all, so this attacker holds it: a client fleet gone wrong.
+- bombs: wide JSON bombs, inserts of 8 MiB of ``[{},{},...]`` (2.8 million
+  objects) pipelined two at a time by a holder of the secret; parsing each one
+  used to hold the loop for 0.6 s, and it to hold 250 MB.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ IDLE_HELD = 2000
 SLOW_HANDSHAKES = 200
 HELLO = b"\x16\x03\x01\x02\x00" + b"\x01" * 600  # a handshake record that never ends
 STORM_BATCH = 500
+BOMB = b'{"method": "insert", "key": "bomb", "value": [' + b"{}," * 2_700_000 + b"{}]}\n"
 
 
 def handshakes(attack: Attack) -> None:
@@ -91,3 +95,27 @@ def sessions(attack: Attack) -> None:
                     attack.count("fake sessions", STORM_BATCH)
             except (TimeoutError, OSError):
                 attack.count("storm connections lost")
+
+
+def bombs(attack: Attack) -> None:
+    while attack.running():
+        sock = attack.connect(session=True)
+        if sock is None:
+            time.sleep(0.05)
+            continue
+        with contextlib.closing(sock):
+            try:
+                sock.settimeout(30)
+                sock.sendall(BOMB + BOMB)
+                replies = b""
+                while attack.running():
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        raise ConnectionResetError
+                    replies += data
+                    while b"\n" in replies:
+                        reply, replies = replies.split(b"\n", 1)
+                        attack.count(f"bombs {orjson.loads(reply)['status']}")
+                        sock.sendall(BOMB)
+            except (TimeoutError, OSError):
+                attack.count("bomb connections lost")

@@ -55,6 +55,7 @@ CATALOG_ALONE = [
 HASHTABLE_ALONE = [
     ("handshakes", "2,000 idle connections and 200 unfinished handshakes"),
     ("sessions", "a storm of fake sessions"),
+    ("bombs", "wide JSON bombs"),
 ]
 
 

@@ -33,7 +33,7 @@ from hashtable import logfile as storage_log
 from hashtable import storage
 from hashtable.checkpoint import write_checkpoint
 from hashtable.compaction import Compactions
-from hashtable.memory_limit import MemoryLimit
+from hashtable.memory_limit import MemoryLimit, removed_bytes
 from hashtable.recovery import Recovery, rewrite
 from hashtable.request import MUTATIONS, Outcome, Request, numbering_problem, validate
 from hashtable.sealing import seal
@@ -176,8 +176,6 @@ class Database:
         if problem is None and request.version is not None:
             held = self.table.held(request.key)  # type: ignore[arg-type]
             refused = self._window.refusal(request.version, held)
-        if problem is None and refused is None and request.method == "insert":
-            refused = self._memory.refusal() if self._memory is not None else None
         if problem is None and refused is None:
             record["key"] = request.key
             if request.method == "insert":
@@ -188,6 +186,9 @@ class Database:
                 line = seal(_dumps(record))
             except TypeError as error:  # orjson.JSONEncodeError: huge int, bad Unicode, a set...
                 problem = f"cannot store this {request.method}: {error}"
+            else:
+                if self._memory is not None and request.method == "insert":
+                    refused = self._memory.refusal(len(line))
         if problem is not None or refused is not None:
             if client is None:
                 if problem is None:
@@ -206,7 +207,11 @@ class Database:
             line = seal(_dumps(record))
         self._lsn += 1
         self._log.append(line, self._lsn)
-        return self._apply(request, problem, refused)
+        outcome = self._apply(request, problem, refused)
+        if self._memory is not None and self._memory.counting and request.method == "remove":
+            removed = removed_bytes(request.key, outcome, request.version is not None)  # type: ignore[arg-type]
+            self._memory.freed(removed)
+        return outcome
 
     def _apply(
         self, request: Request, invalid: str | None, refused: list[str] | None = None

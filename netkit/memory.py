@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+from pathlib import Path
 
 try:
     _trim = ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
@@ -80,19 +81,58 @@ def resident_bytes() -> int | None:
         return None
 
 
-def memory_available() -> int | None:
-    """The memory this process may use at most: the machine's, or its control
-    group's limit when that is smaller; None when neither can be read."""
+def memory_available(sys_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory this process may use at most: the machine's, or the smallest
+    limit of its control group and those above it (cgroup v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``), when smaller; None when none can be read."""
     limits = []
     with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", "rb") as info:
         for line in info:
             if line.startswith(b"MemTotal:"):
                 limits.append(int(line.split()[1]) * 1024)
                 break
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+        groups = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        groups = ""
+    group_limit = smallest_limit(cgroup_limit_files(groups, sys_root))
+    if group_limit is not None:
+        limits.append(group_limit)
+    return min(limits, default=None)
+
+
+def smallest_limit(files: list[Path]) -> int | None:
+    """The smallest number among the limit files that exist (``max``: none)."""
+    limits = []
+    for path in files:
         with contextlib.suppress(OSError, ValueError):
-            with open(path, "rb") as limit:
-                text = limit.read().strip()
+            text = path.read_bytes().strip()
             if text != b"max":
                 limits.append(int(text))
     return min(limits, default=None)
+
+
+def cgroup_limit_files(groups: str, sys_root: Path) -> list[Path]:
+    """The memory limit files of a control group and of each one above it, from
+    the text of ``/proc/self/cgroup`` (``0::/path`` in v2, found in ``sys_root``
+    or, on a hybrid system, its ``unified``; ``N:memory:/path`` in v1)."""
+    files = []
+    for line in groups.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, group = parts
+        if controllers == "":
+            places = [(sys_root, "memory.max"), (sys_root / "unified", "memory.max")]
+        elif "memory" in controllers.split(","):
+            places = [(sys_root / "memory", "memory.limit_in_bytes")]
+        else:
+            continue
+        for root, name in places:
+            here = root / group.strip("/")
+            while True:  # the group's own, then each one above it, up to the root
+                files.append(here / name)
+                if here == root:
+                    break
+                here = here.parent
+    return files

@@ -242,7 +242,9 @@ class ClusterClient:
             own.append(version)
             calls = [self._call(member, request, version) for member in targets]
             run(calls, patience, keep_trying=True)
-            self._until_room(request, version, calls, patience, all_must=False)
+            # Refused by every replica for want of memory, it took effect nowhere,
+            # unless a round before this one (sent again as stale) was taken.
+            self._until_room(request, version, calls, patience, all_must=bool(earlier))
             outcomes: list[Outcome] = [call.outcome for call in calls]  # type: ignore[misc]
             if needs_new_version(outcomes) and restamped < MAX_RESTAMPS:
                 restamped += 1
