@@ -33,6 +33,7 @@ from harness.processes import (  # noqa: E402
 )
 from harness.procfs import memory_kib  # noqa: E402
 from harness.services import listening_port  # noqa: E402
+from netkit.cliargs import positive_seconds  # noqa: E402
 from tests.server_support import Wire  # noqa: E402
 
 
@@ -74,10 +75,8 @@ def under_bombs(process: Process, port: int, seconds: float) -> dict[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="lookups under attack")
+    parser.add_argument("--seconds", type=positive_seconds, default=4.0, help="of lookups")
     args = parser.parse_args()
-    if not args.seconds > 0:
-        parser.error("--seconds must be positive")
     columns = {}
     with tempfile.TemporaryDirectory(prefix="bomb-stall-") as scratch:
         directory = Path(scratch)
