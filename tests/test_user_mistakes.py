@@ -238,7 +238,10 @@ def test_testperf_out_of_file_descriptors_says_so(spawn, tmp_path: Path):
         (["-m", "chaos", "--work-dir", ""], "an empty path names no file or folder"),
         (["-m", "chaos", "--work-dir", "{file}", "--only", "crash"], "cannot use"),
         (["bench/catalog_bench.py", "--sizes", "1000,x"], "'x' is not a whole number"),
-        (["bench/bomb_stall.py", "--seconds", "0"], "'0' is not a number of seconds greater than 0"),
+        (
+            ["bench/bomb_stall.py", "--seconds", "0"],
+            "'0' is not a number of seconds greater than 0",
+        ),
         (["bench/catalog_bench.py", "--queries", "0"], "'0' is not a whole number"),
         (["bench/catalog_bench.py", "--rates", "-5"], "'-5' is not a number greater than 0"),
         (["bench/catalog_bench.py", "--big", "-1"], "'-1' is not a whole number of at least 0"),
