@@ -138,6 +138,38 @@ def test_a_catastrophic_regex_costs_its_time_budget_once(server, witness):
     assert witness.slowest < 5.0
 
 
+def slowest_lookup_beside(
+    port: int, attack: object, ahead: int, least: int, key: str, value: object, wait: float
+) -> tuple[float, list[str]]:
+    """One client pipelining ``attack`` (``ahead`` at first, then one more after each
+    reply) while another looks ``key`` up, expecting ``value``, for 2 s and until the
+    attacker has had ``least`` replies. Returns the slowest lookup and the messages of
+    the attacker's replies; the attacker must be done ``wait`` seconds after."""
+    stop = threading.Event()
+    refused: list[str] = []
+
+    def attacker_loop() -> None:
+        with Wire(port, timeout=30) as evil:
+            evil.send(*[attack] * ahead)
+            while not stop.is_set():
+                refused.append(evil.reply()["message"])
+                evil.send(attack)
+
+    attacker = threading.Thread(target=attacker_loop, daemon=True)
+    attacker.start()
+    slowest = 0.0
+    with Wire(port) as other:
+        ends = time.monotonic() + 2.0
+        while time.monotonic() < ends or len(refused) < least:
+            started = time.monotonic()
+            assert other.call({"method": "lookup", "key": key})["result"] == value
+            slowest = max(slowest, time.monotonic() - started)
+    stop.set()
+    attacker.join(timeout=wait)
+    assert not attacker.is_alive()
+    return slowest, refused
+
+
 def test_pipelined_catastrophic_scans_do_not_stall_other_clients(server, witness):
     """The chaos battery's attack: four catastrophic scans always waiting. Each used
     to hold the loop for the whole --scan-timeout (1 s), so other clients waited
@@ -146,28 +178,7 @@ def test_pipelined_catastrophic_scans_do_not_stall_other_clients(server, witness
         for n in range(40):
             setup.call({"method": "insert", "key": "a" * 30 + f"!{n}", "value": n})
     scan = {"method": "scan", "regex": "^(a|aa)+$"}
-    stop = threading.Event()
-    refused: list[str] = []
-
-    def attack() -> None:
-        with Wire(server.port, timeout=30) as evil:
-            evil.send(scan, scan, scan, scan)
-            while not stop.is_set():
-                refused.append(evil.reply()["message"])
-                evil.send(scan)
-
-    attacker = threading.Thread(target=attack, daemon=True)
-    attacker.start()
-    slowest = 0.0
-    with Wire(server.port) as other:
-        ends = time.monotonic() + 2.0
-        while time.monotonic() < ends or len(refused) < 8:
-            started = time.monotonic()
-            assert other.call({"method": "lookup", "key": "a" * 30 + "!7"})["result"] == 7
-            slowest = max(slowest, time.monotonic() - started)
-    stop.set()
-    attacker.join(timeout=10)
-    assert not attacker.is_alive()
+    slowest, refused = slowest_lookup_beside(server.port, scan, 4, 8, "a" * 30 + "!7", 7, 10)
     assert slowest < 0.5, f"a lookup waited {slowest:.2f} s behind the scans"
     assert all("took longer than 0.05 s on one key" in message for message in refused)
 
@@ -177,29 +188,9 @@ def test_wide_json_bombs_do_not_stall_other_clients(server, witness):
     them, with nobody else served meanwhile, and 250 MB to hold them. A request of
     more than --max-request-values is refused unparsed, in a few milliseconds."""
     bomb = b'{"method": "insert", "key": "k", "value": [' + b"{}," * 2_700_000 + b"{}]}\n"
-    stop = threading.Event()
-    refused: list[str] = []
-
-    def attack() -> None:
-        with Wire(server.port, timeout=30) as evil:
-            evil.send(bomb, bomb)
-            while not stop.is_set():
-                refused.append(evil.reply()["message"])
-                evil.send(bomb)
-
-    attacker = threading.Thread(target=attack, daemon=True)
-    attacker.start()
-    slowest = 0.0
-    with Wire(server.port) as other:
-        assert other.call({"method": "insert", "key": "mine", "value": 1})["status"] == "ok"
-        ends = time.monotonic() + 2.0
-        while time.monotonic() < ends or len(refused) < 4:
-            started = time.monotonic()
-            assert other.call({"method": "lookup", "key": "mine"})["result"] == 1
-            slowest = max(slowest, time.monotonic() - started)
-    stop.set()
-    attacker.join(timeout=30)
-    assert not attacker.is_alive()
+    with Wire(server.port) as setup:
+        assert setup.call({"method": "insert", "key": "mine", "value": 1})["status"] == "ok"
+    slowest, refused = slowest_lookup_beside(server.port, bomb, 2, 4, "mine", 1, 30)
     assert slowest < 0.3, f"a lookup waited {slowest:.2f} s behind the bombs"
     assert all("more than 250000 JSON values" in message for message in refused), refused[:1]
     with Wire(server.port) as wire:
