@@ -28,21 +28,12 @@ from harness.processes import (  # noqa: E402
     Process,
     free_port,
     python_module,
-    python_script,
     wait_until,
 )
 from harness.procfs import memory_kib  # noqa: E402
-from harness.services import listening_port  # noqa: E402
+from harness.services import start_hashtable_server  # noqa: E402
 from netkit.cliargs import positive_seconds  # noqa: E402
 from tests.server_support import Wire  # noqa: E402
-
-
-def start(directory: Path, name: str, *extra: str) -> tuple[Process, int]:
-    args = [name, "--host", "127.0.0.1", "--data-dir", str(directory / name)]
-    args += ["--catalog", f"127.0.0.1:{free_port()}", "--sync", "no", "--quiet", *extra]
-    process = Process(python_script("HashTableServer.py", *args), directory / f"{name}.log")
-    port = wait_until(lambda: listening_port(process.output()), timeout=30, what=name)
-    return process, port
 
 
 def under_bombs(process: Process, port: int, seconds: float) -> dict[str, float]:
@@ -81,7 +72,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bomb-stall-") as scratch:
         directory = Path(scratch)
         for label, extra in (("bounded", ()), ("unbounded", ("--max-request-values", "10000000"))):
-            process, port = start(directory, f"bombs-{label}", *extra)
+            name = f"bombs-{label}"
+            process, port = start_hashtable_server(
+                name, directory / name, f"127.0.0.1:{free_port()}", directory,
+                "--sync", "no", "--quiet", *extra,
+            )  # fmt: skip
             try:
                 columns[label] = under_bombs(process, port, args.seconds)
             finally:
