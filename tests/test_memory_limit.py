@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.processes import wait_until
+from harness.procfs import memory_kib
 from hashtable.database import Database
 from hashtable.errors import ServerError
 from hashtable.memory_limit import (
@@ -215,8 +216,7 @@ def test_a_refused_insert_is_an_answer_kept_across_a_restart(tmp_path: Path) -> 
 
 
 def _resident(pid: int) -> int:
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * 4096
+    return memory_kib(pid)[0] * 1024
 
 
 def test_a_server_at_its_limit_refuses_inserts_serves_the_rest_and_recovers(
