@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from hashtable.database import Database, RecoveryError, StorageFailure
-from hashtable.memory_limit import MemoryLimit, describe_bytes
+from hashtable.memory_limit import MemoryLimit
 from hashtable.server import Limits, Server
 from hashtable.server_options import parse_args
 from hashtable.singleton import ProjectGuard
@@ -38,7 +38,6 @@ from netkit.listeners import (
     raise_open_file_limit,
 )
 from netkit.logs import setup_logging
-from netkit.memory import resident_bytes
 from netkit.security import Secret, SecretError, load_secret, require_service_name
 from netkit.signals import StopSignals
 
@@ -127,6 +126,7 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 def _open_database(args: argparse.Namespace) -> Database | None:
     """Recovers the table; None (the reason logged) when the directory cannot be used."""
+    memory_limit = MemoryLimit(args.max_memory) if args.max_memory else None
     try:
         database = Database(
             args.data_dir,
@@ -134,7 +134,7 @@ def _open_database(args: argparse.Namespace) -> Database | None:
             compact_after=args.compact_after,
             scan_timeout=args.scan_timeout,
             version_window=args.version_window,
-            memory_limit=MemoryLimit(args.max_memory) if args.max_memory else None,
+            memory_limit=memory_limit,
             repair=args.repair,
         )
     except RecoveryError as exc:
@@ -148,21 +148,10 @@ def _open_database(args: argparse.Namespace) -> Database | None:
     except OSError as exc:
         log.critical("cannot use data directory %s: %s", args.data_dir, exc.strerror or exc)
     else:
-        _warn_if_over(args.max_memory)
+        if memory_limit is not None:
+            memory_limit.warn_if_over()
         return database
     return None
-
-
-def _warn_if_over(limit: int) -> None:
-    """--max-memory below what the recovered table takes: say so at once."""
-    used = resident_bytes()
-    if limit and used is not None and used > limit:
-        log.warning(
-            "--max-memory %s is less than the server holds once the table is loaded (%s): "
-            "every insert will be refused until removes free room",
-            describe_bytes(limit),
-            describe_bytes(used),
-        )
 
 
 def _server(

@@ -112,6 +112,17 @@ class MemoryLimit:
         self.refused = 0  # inserts refused since the last log line about them
         self.full = False
 
+    def warn_if_over(self) -> None:
+        """At start: a limit below what the recovered table takes is said at once."""
+        used = self._measure()
+        if used is not None and used > self.limit:
+            log.warning(
+                "--max-memory %s is less than the server holds once the table is loaded "
+                "(%s): every insert will be refused until removes free room",
+                describe_bytes(self.limit),
+                describe_bytes(used),
+            )
+
     @property
     def counting(self) -> bool:
         """Whether removes are counted (``freed``): only while over the limit."""
